@@ -1,0 +1,47 @@
+# The README's commands. Each one does its own set-up on a fresh machine:
+# the virtual environment in .venv, the Python packages, the Kafka jars.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+YRDBUS := $(VENV)/bin/yrdbus
+KAFKA_LIB := infra/kafka/target/lib/.pom-mtime
+
+.PHONY: run test bench faults deps jars os-test-deps clean help
+
+help:
+	@echo "make run    - bring the bus up on its embedded default and run its main job"
+	@echo "make test   - set everything up and run the tests on the real broker and engine"
+	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (3.11+) is needed to build .venv" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+deps: $(VENV)/.installed
+
+$(KAFKA_LIB): infra/kafka/pom.xml | $(VENV)/.installed
+	@command -v java >/dev/null || { echo "error: java (17+) is not on PATH; it runs the Kafka broker. Debian: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+	@command -v mvn >/dev/null || { echo "error: mvn is not on PATH; it fetches the pinned Kafka jars. Debian: apt-get install maven" >&2; exit 1; }
+	$(PY) -c "from yrdbus.stack import ensure_kafka_jars; ensure_kafka_jars()"
+
+jars: $(KAFKA_LIB)
+
+# Debian packages the tests use (kcat: a Kafka client nobody here wrote).
+os-test-deps:
+	@bash infra/os-packages.sh kcat
+
+run: deps jars
+	$(YRDBUS) run $(if $(DURATION),--duration $(DURATION),)
+
+test: deps jars os-test-deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: deps jars
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) infra/kafka/target

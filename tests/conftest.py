@@ -1,0 +1,73 @@
+"""Shared fixtures: one real Kafka broker and one embedded ClickHouse engine per test run.
+
+The broker is started once per session in a temporary folder on free ports
+(or, when YRDBUS_KAFKA_BOOTSTRAP is set, that cluster is used). Each test gets
+its own topic names and consumer groups through ``unique``; each ClickHouse
+test gets its own database.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from yrdbus.settings import Settings
+from yrdbus.stack import KafkaStack
+from yrdbus import store
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def embedded_settings(var_dir: Path, **overrides) -> Settings:
+    """Settings for a private embedded broker in ``var_dir`` on free ports."""
+    return Settings(var_dir=var_dir, kafka_bootstrap=None, kafka_port=free_port(),
+                    kafka_controller_port=free_port(), kafka_heap="512m", **overrides)
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("yrdbus")
+
+
+@pytest.fixture(scope="session")
+def kafka(session_dir) -> Settings:
+    """Settings whose ``bootstrap`` reaches a real, running Kafka broker."""
+    external = os.environ.get("YRDBUS_KAFKA_BOOTSTRAP")
+    if external:
+        yield Settings(kafka_bootstrap=external, var_dir=session_dir)
+        return
+    settings = embedded_settings(session_dir / "var")
+    stack = KafkaStack(settings)
+    stack.up(echo=lambda m: None)
+    yield settings
+    stack.down(echo=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(session_dir) -> str:
+    """The one embedded engine this test process may open (chDB: one engine per process)."""
+    return os.environ.get("YRDBUS_TEST_CLICKHOUSE_URL", f"chdb://{session_dir / 'clickhouse'}")
+
+
+@pytest.fixture
+def unique(request) -> str:
+    """A short name unique to this test, for topics, groups and databases."""
+    base = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]
+    return f"{base}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def ch(clickhouse_url, unique):
+    """A clickhouse-connect client and a database of this test's own."""
+    client = store.get_client(clickhouse_url)
+    db = f"t_{unique}".lower()
+    client.command(f"CREATE DATABASE {db}")
+    yield client, db
+    client.command(f"DROP DATABASE IF EXISTS {db} SYNC")

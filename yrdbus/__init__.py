@@ -1,0 +1,1 @@
+"""yrdbus: the event-streaming intelligence bus of the YRD border-inspection agencies."""

@@ -1,0 +1,99 @@
+"""The `yrdbus` command line. Every command and group has --help."""
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from yrdbus.settings import get_settings
+from yrdbus.stack import KafkaStack, StackError
+
+app = typer.Typer(
+    help="yrdbus: the event-streaming intelligence bus of the Yangtze River Delta border-inspection agencies.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="The local stack: a real Apache Kafka broker (KRaft) started by the project.",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- stack
+@stack_app.command("up")
+def stack_up(
+    brokers: int = typer.Option(None, "--brokers", min=1, max=5,
+                                help="Number of brokers (default: YRDBUS_KAFKA_BROKERS, 1)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON when up."),
+) -> None:
+    """Start the Kafka broker (formats storage on first start) and wait until it answers."""
+    stack = KafkaStack(get_settings())
+    try:
+        status = stack.up(brokers=brokers, echo=(lambda m: typer.echo(m, err=True)) if json_out else typer.echo)
+    except StackError as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(status))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the Kafka broker cleanly. Nothing running is not an error; data is kept."""
+    try:
+        KafkaStack(get_settings()).down(echo=typer.echo)
+    except StackError as exc:
+        fail(str(exc))
+
+
+@stack_app.command("status")
+def stack_status(json_out: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """Whether the broker runs, where, and its pid."""
+    status = KafkaStack(get_settings()).status()
+    if json_out:
+        typer.echo(json.dumps(status))
+        return
+    k = status["kafka"]
+    state = "running" if k["running"] else "stopped"
+    where = "external cluster" if k.get("external") else f"pid {k['pid']}" if k["pid"] else "embedded"
+    typer.echo(f"kafka: {state} at {k['bootstrap']} ({where})")
+
+
+@stack_app.command("reset")
+def stack_reset(yes: bool = typer.Option(False, "--yes", help="Really delete the broker's data.")) -> None:
+    """Delete the embedded broker's data (topics, offsets). The broker must be down."""
+    if not yes:
+        fail("this deletes every topic of the embedded broker; pass --yes to confirm.")
+    try:
+        KafkaStack(get_settings()).reset()
+    except StackError as exc:
+        fail(str(exc))
+    typer.echo("Kafka data deleted.")
+
+
+# --------------------------------------------------------------------------- run
+@app.command("run")
+def run(
+    duration: float = typer.Option(None, "--duration", envvar="DURATION",
+                                   help="Stop after this many seconds (default: until Ctrl-C)."),
+) -> None:
+    """Bring the bus up on its embedded default and run its main job."""
+    from yrdbus.run import run_bus
+
+    try:
+        sys.exit(run_bus(get_settings(), duration=duration))
+    except StackError as exc:
+        fail(str(exc))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""One settings object for every yrdbus process.
+
+Values come, highest first, from: keyword arguments, the environment
+(``YRDBUS_*``), a TOML file (``YRDBUS_CONFIG``, default ``./yrdbus.toml`` when
+it exists), and the defaults written here. README.md lists them all.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("YRDBUS_CONFIG", "yrdbus.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YRDBUS_", extra="ignore")
+
+    # --- local state -------------------------------------------------------
+    var_dir: Path = Field(Path("var"), description="Folder for broker data, the embedded ClickHouse store and logs (git-ignored).")
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_bootstrap: Optional[str] = Field(
+        None, description="Bootstrap servers of an external Kafka cluster. Unset: the project runs its own broker.")
+    kafka_port: int = Field(9092, description="Client port of the embedded broker (the first one when there are several).")
+    kafka_controller_port: int = Field(29093, description="KRaft controller port of the embedded broker (the first one).")
+    kafka_brokers: int = Field(1, ge=1, le=5, description="Number of brokers of the embedded cluster.")
+    kafka_heap: str = Field("768m", description="Java heap (-Xmx) of each embedded broker.")
+    kafka_start_timeout_s: float = Field(90.0, description="How long `stack up` waits for the broker to answer a metadata request.")
+
+    # --- ClickHouse --------------------------------------------------------
+    clickhouse_url: str = Field(
+        "chdb://./var/clickhouse",
+        description="chdb://<folder> runs the ClickHouse engine in-process; http(s)://host:8123 points at a server.")
+
+    # --- schemas -----------------------------------------------------------
+    schema_registry_url: Optional[str] = Field(
+        None, description="Confluent-compatible schema registry. Unset: ids come from schemas/ids.json.")
+
+    # --- privacy -----------------------------------------------------------
+    subject_key: Optional[SecretStr] = Field(None, description="HMAC key for subject tokens. Never logged.")
+    subject_key_file: Optional[Path] = Field(None, description="File holding the HMAC key for subject tokens.")
+    demo: bool = Field(False, description="Demo mode: a fixed, public subject key is used when none is configured.")
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def bootstrap(self) -> str:
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        return ",".join(f"127.0.0.1:{self.kafka_port + i}" for i in range(self.kafka_brokers))
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,331 @@
+"""The local stack: a real Apache Kafka broker (KRaft) started by the project.
+
+The jars are the official ones from Maven Central, pinned in
+``infra/kafka/pom.xml`` and copied by Maven into ``infra/kafka/target/lib``.
+Each node is one JVM running Kafka's own main class, ``kafka.Kafka``, with a
+``server.properties`` this module writes under ``<var>/kafka/node-<id>/``.
+Every node is both broker and controller, so one node is a whole cluster and
+three nodes are a quorum.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from yrdbus.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+KAFKA_INFRA = ROOT / "infra" / "kafka"
+KAFKA_LIB = KAFKA_INFRA / "target" / "lib"
+
+
+class StackError(RuntimeError):
+    """A stack operation failed; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- jars
+def ensure_kafka_jars(quiet: bool = False) -> Path:
+    """Resolve the pinned Kafka jars with Maven unless they are already there."""
+    stamp = KAFKA_LIB / ".pom-mtime"
+    pom = KAFKA_INFRA / "pom.xml"
+    if stamp.is_file() and stamp.read_text() == str(pom.stat().st_mtime_ns):
+        return KAFKA_LIB
+    for tool, why in (("java", "run the Kafka broker (Java 17 or newer)"),
+                      ("mvn", "fetch the pinned Kafka jars from Maven Central")):
+        if shutil.which(tool) is None:
+            raise StackError(f"'{tool}' is not on PATH: it is needed to {why}. "
+                             f"Install it (Debian: apt-get install {'openjdk-17-jre-headless' if tool == 'java' else 'maven'}).")
+    if KAFKA_LIB.exists():
+        shutil.rmtree(KAFKA_LIB)
+    cmd = ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+           f"-DoutputDirectory={KAFKA_LIB}", "-DincludeScope=runtime"]
+    if not quiet:
+        print("Fetching the Kafka jars with Maven (once) ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError("Maven could not resolve infra/kafka/pom.xml:\n" + (proc.stdout + proc.stderr)[-3000:])
+    stamp.write_text(str(pom.stat().st_mtime_ns))
+    return KAFKA_LIB
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Node:
+    node_id: int
+    port: int
+    controller_port: int
+    home: Path
+    log_file: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "kafka.pid"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def properties(self) -> Path:
+        return self.home / "server.properties"
+
+    def pid(self) -> int | None:
+        """The pid of this node's running JVM, or None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_kafka_process(pid) else None
+
+
+def _is_kafka_process(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in cmdline
+
+
+class KafkaStack:
+    """The embedded Kafka cluster described by the settings."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = settings.var_dir.resolve() / "kafka"
+        self.log_dir = settings.log_dir.resolve()
+        self.layout_file = self.home / "cluster.json"
+
+    # ------------------------------------------------------------------ nodes
+    def nodes(self, count: int | None = None) -> list[Node]:
+        count = count or self._layout().get("brokers") or self.settings.kafka_brokers
+        s = self.settings
+        return [Node(node_id=i + 1, port=s.kafka_port + i, controller_port=s.kafka_controller_port + i,
+                     home=self.home / f"node-{i + 1}", log_file=self.log_dir / f"kafka-{i + 1}.log")
+                for i in range(count)]
+
+    def _layout(self) -> dict:
+        try:
+            return json.loads(self.layout_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def bootstrap(self, nodes: list[Node] | None = None) -> str:
+        return ",".join(f"127.0.0.1:{n.port}" for n in (nodes or self.nodes()))
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        if not self.settings.embedded_kafka:
+            return {"kafka": {"running": _answers(self.settings.bootstrap), "external": True,
+                              "bootstrap": self.settings.bootstrap, "pid": None}}
+        nodes = self.nodes()
+        pids = [n.pid() for n in nodes]
+        return {"kafka": {
+            "running": all(pids),
+            "external": False,
+            "bootstrap": self.bootstrap(nodes),
+            "pid": pids[0],
+            "brokers": [{"node_id": n.node_id, "port": n.port, "pid": p, "running": p is not None}
+                        for n, p in zip(nodes, pids)],
+            "data_dir": str(self.home),
+        }}
+
+    # ------------------------------------------------------------------ up
+    def up(self, brokers: int | None = None, echo=print) -> dict:
+        """Start the embedded cluster; a no-op (said so) when it is already running."""
+        if not self.settings.embedded_kafka:
+            echo(f"YRDBUS_KAFKA_BOOTSTRAP names an external cluster ({self.settings.bootstrap}); nothing started.")
+            return self.status()
+        brokers = brokers or self.settings.kafka_brokers
+        layout = self._layout()
+        if layout and layout.get("brokers") != brokers:
+            raise StackError(
+                f"{self.home} holds a {layout.get('brokers')}-broker cluster; asked for {brokers}. "
+                f"Run `yrdbus stack down` and `yrdbus stack reset --yes` to start over with another size.")
+        nodes = self.nodes(brokers)
+        running = [n for n in nodes if n.pid()]
+        started: dict[int, subprocess.Popen] = {}
+        if len(running) == len(nodes):
+            echo(f"Kafka is already running at {self.bootstrap(nodes)} (pid {', '.join(str(n.pid()) for n in nodes)}).")
+            return self.status()
+        lib = ensure_kafka_jars(quiet=False)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if not layout:
+            layout = {"cluster_id": _new_cluster_id(), "brokers": brokers}
+            self.layout_file.write_text(json.dumps(layout, indent=2) + "\n")
+        for node in nodes:
+            if node.pid():
+                continue
+            for port in (node.port, node.controller_port):
+                if _port_in_use(port):
+                    raise StackError(f"port {port} on 127.0.0.1 is taken by another process; "
+                                     f"set YRDBUS_KAFKA_PORT / YRDBUS_KAFKA_CONTROLLER_PORT to free ports.")
+            node.home.mkdir(parents=True, exist_ok=True)
+            node.properties.write_text(self._server_properties(node, nodes))
+            if not (node.data_dir / "meta.properties").is_file():
+                self._format(node, layout["cluster_id"], lib)
+            started[node.node_id] = self._start(node, lib)
+        self._wait_until_ready(nodes, started)
+        echo(f"Kafka is up: bootstrap {self.bootstrap(nodes)} (pid {', '.join(str(n.pid()) for n in nodes)}).")
+        return self.status()
+
+    def _server_properties(self, node: Node, nodes: list[Node]) -> str:
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
+        rf = min(3, len(nodes))
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": node.node_id,
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": node.data_dir,
+            "num.partitions": 4,
+            "default.replication.factor": rf,
+            "min.insync.replicas": max(1, rf - 1),
+            "offsets.topic.replication.factor": rf,
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": max(1, rf - 1),
+            # A consumer group on a local stack should not wait 3 s for members that never come.
+            "group.initial.rebalance.delay.ms": 0,
+            # Topics are created by `yrdbus topics apply`; auto-creation stays on for clients' convenience.
+            "auto.create.topics.enable": "true",
+            "log.retention.hours": 168,
+            "log.segment.bytes": 256 * 1024 * 1024,
+        }
+        return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _java(self, lib: Path, *args: str, heap: str | None = None) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("'java' is not on PATH: it is needed to run the Kafka broker (Java 17 or newer).")
+        cmd = [java]
+        if heap:
+            cmd += [f"-Xmx{heap}", "-Xms256m", "-XX:+UseG1GC"]
+        cmd += ["-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={KAFKA_INFRA / 'log4j2.properties'}",
+                "-cp", f"{lib}/*", *args]
+        return cmd
+
+    def _format(self, node: Node, cluster_id: str, lib: Path) -> None:
+        cmd = self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                         "-c", str(node.properties), "--ignore-formatted")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"formatting the storage of node {node.node_id} failed:\n{proc.stdout}{proc.stderr}")
+
+    def _start(self, node: Node, lib: Path) -> subprocess.Popen:
+        cmd = self._java(lib, "kafka.Kafka", str(node.properties), heap=self.settings.kafka_heap)
+        with open(node.log_file, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=node.home, start_new_session=True)
+        node.pid_file.write_text(f"{proc.pid}\n")
+        return proc
+
+    def _wait_until_ready(self, nodes: list[Node], started: dict[int, subprocess.Popen]) -> None:
+        deadline = time.monotonic() + self.settings.kafka_start_timeout_s
+        bootstrap = self.bootstrap(nodes)
+        while time.monotonic() < deadline:
+            for n in nodes:
+                # The JVM launcher may re-exec itself at start, so ask the child we started, not /proc.
+                proc = started.get(n.node_id)
+                if (proc.poll() is not None) if proc else n.pid() is None:
+                    raise StackError(f"Kafka node {n.node_id} exited during start-up. Last lines of {n.log_file}:\n"
+                                     + _tail(n.log_file))
+            if _answers(bootstrap, expect_brokers=len(nodes)):
+                return
+            time.sleep(0.5)
+        raise StackError(f"Kafka did not answer a metadata request at {bootstrap} within "
+                         f"{self.settings.kafka_start_timeout_s:.0f} s. Last lines of {nodes[0].log_file}:\n"
+                         + _tail(nodes[0].log_file))
+
+    # ------------------------------------------------------------------ down
+    def down(self, echo=print, timeout_s: float = 60.0) -> bool:
+        """Stop the embedded cluster cleanly (SIGTERM: a controlled shutdown). Nothing running is fine."""
+        if not self.settings.embedded_kafka:
+            echo("YRDBUS_KAFKA_BOOTSTRAP names an external cluster; nothing to stop.")
+            return False
+        nodes = [n for n in self.nodes() if n.pid()]
+        if not nodes:
+            echo("Kafka is not running; nothing to stop.")
+            return False
+        for n in nodes:
+            pid = n.pid()
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for n in nodes:
+            while n.pid() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            pid = n.pid()
+            if pid:
+                echo(f"node {n.node_id} did not stop within {timeout_s:.0f} s; killing it.")
+                os.kill(pid, signal.SIGKILL)
+            n.pid_file.unlink(missing_ok=True)
+        echo("Kafka stopped.")
+        return True
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (for fault tests)."""
+        node = self.nodes()[node_id - 1]
+        pid = node.pid()
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            while node.pid():
+                time.sleep(0.05)
+
+    def reset(self) -> None:
+        if any(n.pid() for n in self.nodes()):
+            raise StackError("Kafka is running; `yrdbus stack down` first.")
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- helpers
+def _new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _answers(bootstrap: str, expect_brokers: int = 1, timeout_s: float = 2.0) -> bool:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka import KafkaException
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000),
+                         "log_level": 0, "logger": _SilentLogger()})
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return len(md.brokers) >= expect_brokers
+
+
+class _SilentLogger:
+    """librdkafka logs every refused connection while the broker starts; that is expected here."""
+
+    def log(self, *args, **kwargs):  # noqa: D401 - logging.Logger protocol
+        pass
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
