@@ -1,0 +1,114 @@
+"""The event contract: which Avro schema each kind of event has, and every version of it.
+
+``schemas/avsc/`` holds the current schemas, one named type a file
+(``yrd.border.<Name>.avsc``; fastavro resolves the references between them).
+``schemas/history/<Name>/v<N>.avsc`` keeps every version ever registered,
+fully expanded, and ``schemas/ids.json`` is the append-only table of local
+schema ids used in the Confluent framing when no registry is configured.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from fastavro import parse_schema
+from fastavro.schema import load_schema
+
+HERE = Path(__file__).resolve().parent
+AVSC_DIR = HERE / "avsc"
+HISTORY_DIR = HERE / "history"
+IDS_FILE = HERE / "ids.json"
+NAMESPACE = "yrd.border"
+
+#: kind (as used in topic names, files and the CLI) -> full Avro name
+KINDS: dict[str, str] = {
+    "clearance": f"{NAMESPACE}.ClearanceEvent",
+    "alert": f"{NAMESPACE}.AlertEvent",
+    "case": f"{NAMESPACE}.CaseEvent",
+    "control": f"{NAMESPACE}.ControlEvent",
+    "derived_alert": f"{NAMESPACE}.DerivedAlert",
+    "trend": f"{NAMESPACE}.TrendSignal",
+    "risk": f"{NAMESPACE}.RiskScore",
+}
+#: kinds that stations publish
+SOURCE_KINDS = ("clearance", "alert", "case")
+KIND_OF_NAME = {v: k for k, v in KINDS.items()}
+
+
+class UnknownKind(ValueError):
+    pass
+
+
+def full_name(kind: str) -> str:
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise UnknownKind(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}") from None
+
+
+@lru_cache(maxsize=None)
+def current_schema_json(kind: str) -> str:
+    """The current schema of ``kind``, every named type expanded, as canonical JSON text."""
+    name = full_name(kind)
+    expanded = load_schema(str(AVSC_DIR / f"{name}.avsc"), _write_hint=False, _injected_schemas=set())
+    return json.dumps(_strip_fastavro_keys(expanded), sort_keys=True, ensure_ascii=False)
+
+
+def _strip_fastavro_keys(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_fastavro_keys(v) for k, v in obj.items() if not k.startswith("__")}
+    if isinstance(obj, list):
+        return [_strip_fastavro_keys(v) for v in obj]
+    return obj
+
+
+def fingerprint(schema_json: str) -> str:
+    return hashlib.sha256(schema_json.encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def parsed(schema_json: str):
+    """fastavro's parsed form of a schema's JSON text (cached: parsing is not free)."""
+    return parse_schema(json.loads(schema_json))
+
+
+def current_parsed(kind: str):
+    return parsed(current_schema_json(kind))
+
+
+def load_ids() -> list[dict]:
+    """Rows of the local id table: {"id", "name", "version", "fingerprint", "file"}."""
+    if not IDS_FILE.is_file():
+        return []
+    return json.loads(IDS_FILE.read_text())["schemas"]
+
+
+def history_file(name: str, version: int) -> Path:
+    return HISTORY_DIR / name / f"v{version}.avsc"
+
+
+def read_history(row: dict) -> str:
+    """The schema JSON text of one row of the id table."""
+    return json.dumps(json.loads((HERE / row["file"]).read_text()), sort_keys=True, ensure_ascii=False)
+
+
+def register_local(kind: str) -> dict:
+    """Append the current schema of ``kind`` as a new version, unless it is already registered."""
+    name = full_name(kind)
+    text = current_schema_json(kind)
+    fp = fingerprint(text)
+    rows = load_ids()
+    for row in rows:
+        if row["fingerprint"] == fp and row["name"] == name:
+            return row
+    version = 1 + max((r["version"] for r in rows if r["name"] == name), default=0)
+    path = history_file(name, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n")
+    row = {"id": 1 + max((r["id"] for r in rows), default=0), "name": name, "version": version,
+           "fingerprint": fp, "file": str(path.relative_to(HERE))}
+    rows.append(row)
+    IDS_FILE.write_text(json.dumps({"schemas": rows}, indent=1) + "\n")
+    return row
