@@ -51,9 +51,69 @@ def full_name(kind: str) -> str:
 @lru_cache(maxsize=None)
 def current_schema_json(kind: str) -> str:
     """The current schema of ``kind``, every named type expanded, as canonical JSON text."""
-    name = full_name(kind)
-    expanded = load_schema(str(AVSC_DIR / f"{name}.avsc"), _write_hint=False, _injected_schemas=set())
+    return expanded_schema_json(AVSC_DIR, full_name(kind))
+
+
+def expanded_schema_json(avsc_dir: Path, name: str) -> str:
+    """The schema ``name`` of the folder ``avsc_dir``, every named type expanded, as canonical JSON text."""
+    expanded = load_schema(str(Path(avsc_dir) / f"{name}.avsc"), _write_hint=False, _injected_schemas=set())
     return json.dumps(_strip_fastavro_keys(expanded), sort_keys=True, ensure_ascii=False)
+
+
+def project(schema: dict, fields) -> dict:
+    """A copy of the record ``schema`` (expanded JSON) keeping only ``fields``, in that order.
+
+    A named type (an enum) is defined where it is first used in an expanded schema and referred to by
+    name afterwards; a projection that keeps only a later use carries the definition there instead.
+    """
+    named = _named_definitions(schema)
+    ns = schema.get("namespace") or schema["name"].rpartition(".")[0]
+    by_name = {f["name"]: f for f in schema["fields"]}
+    seen: set[str] = {_full(schema["name"], ns)}
+    return dict(schema, fields=[_inline_named(by_name[f], named, seen, ns) for f in fields])
+
+
+def _full(name: str, ns: str) -> str:
+    return name if "." in name or not ns else f"{ns}.{name}"
+
+
+def _named_definitions(schema) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+
+    def walk(node, ns):
+        if isinstance(node, dict):
+            if node.get("type") in ("enum", "record", "fixed") and "name" in node:
+                full = _full(node["name"], node.get("namespace", ns))
+                out.setdefault(full, node)
+                ns = full.rpartition(".")[0]
+            for v in node.values():
+                walk(v, ns)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, ns)
+
+    walk(schema, schema.get("namespace", ""))
+    return out
+
+
+def _inline_named(node, named: dict[str, dict], seen: set[str], ns: str):
+    if isinstance(node, str):
+        full = _full(node, ns)
+        if full in named and full not in seen:
+            seen.add(full)
+            return _inline_named(named[full], named, seen, ns)
+        return node
+    if isinstance(node, list):
+        return [_inline_named(v, named, seen, ns) for v in node]
+    if isinstance(node, dict):
+        if node.get("type") in ("enum", "record", "fixed") and "name" in node:
+            full = _full(node["name"], node.get("namespace", ns))
+            if full in seen:
+                return full
+            seen.add(full)
+        return {k: (_inline_named(v, named, seen, ns) if k in ("type", "items", "values", "fields") else v)
+                for k, v in node.items()}
+    return node
 
 
 def _strip_fastavro_keys(obj):

@@ -18,6 +18,9 @@ app = typer.Typer(
 stack_app = typer.Typer(help="The local stack: a real Apache Kafka broker (KRaft) started by the project.",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+from yrdbus.cli_schemas import codec_app, schemas_app  # noqa: E402
+app.add_typer(codec_app, name="codec")
+app.add_typer(schemas_app, name="schemas")
 
 
 def fail(message: str, code: int = 1) -> None:
