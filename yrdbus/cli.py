@@ -21,6 +21,9 @@ app.add_typer(stack_app, name="stack")
 from yrdbus.cli_schemas import codec_app, schemas_app  # noqa: E402
 app.add_typer(codec_app, name="codec")
 app.add_typer(schemas_app, name="schemas")
+from yrdbus.cli_streams import evaluate as streams_evaluate, worker as streams_worker  # noqa: E402
+app.command("worker")(streams_worker)
+app.command("evaluate")(streams_evaluate)
 
 
 def fail(message: str, code: int = 1) -> None:

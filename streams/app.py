@@ -1,0 +1,363 @@
+"""The stream processors as a Faust app: thin agents around the pure rules.
+
+Topology::
+
+  border.<R>.<kind> (12) + control ──rekey──► streams.subjects  (N partitions, keyed by subject token)
+                                        └───► streams.regional  (1 partition: alerts, cases, control)
+  streams.subjects ──subjects──► alerts.derived, alerts.to.<R>, risk.scores
+                            └──► streams.regional (diverted and crew clearances, hourly flow partials)
+  streams.regional ──regional──► alerts.derived, alerts.to.<R>, trends, risk.scores
+
+The re-key step forwards the value's bytes untouched (only alerts and cases,
+which are few, are decoded to find their subjects). State lives in tables with
+compacted changelog topics and is recovered after a restart.
+
+Event time: the subject stage's watermark is the smallest of its partitions'
+(largest event time minus ``lateness_minutes``; a partition idle for
+``idle_partition_seconds`` stops holding it back); the regional stage has one
+partition and its own, wider lateness. Deadlines fire on watermarks only.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+
+from schemas.codec import get_codec
+from schemas.deadletter import headers_for
+from schemas.errors import EventError
+from streams import derived, metrics, ruleset, subject as subject_rules
+from streams.event_time import Watermark
+from streams.events import for_avro, plain
+from streams.flow import FlowCounter
+from streams.regional import SECTIONS, RegionalRules
+from yrdbus import topics
+
+log = logging.getLogger("yrdbus.streams")
+
+CLEARANCE_FIELDS = ("event_id", "region", "station_id", "port_code", "occurred_at", "published_at", "subject",
+                    "direction", "nationality", "conveyance_type", "conveyance_id", "scheduled_port", "lane",
+                    "entry_basis", "decision", "origin_country", "destination_country")
+OUTPUT_KIND = {"derived_alert": "derived_alert", "trend": "trend", "risk": "risk"}
+
+
+@dataclass
+class StreamsConfig:
+    bootstrap: str
+    app_id: str = "yrdbus-streams"
+    prefix: str = ""                 # a private copy of every topic (tests, side-by-side runs)
+    partitions: int = 4              # partitions of the subject-keyed internal topic
+    data_dir: Path = Path("var/streams")
+    rules: str | None = None
+    replication: int = 1
+    metrics_port: int | None = None
+
+    def t(self, name: str) -> str:
+        return self.prefix + name
+
+    @property
+    def subject_topic(self) -> str:
+        return self.t("streams.subjects")
+
+    @property
+    def regional_topic(self) -> str:
+        return self.t("streams.regional")
+
+
+def _kind_of_source(name: str, prefix: str) -> str:
+    bare = name[len(prefix):] if prefix and name.startswith(prefix) else name
+    if bare == topics.CONTROL:
+        return "control"
+    return bare.rsplit(".", 1)[-1]
+
+
+def build_app(cfg: StreamsConfig) -> faust.App:
+    rs = ruleset.load(cfg.rules) if cfg.rules else ruleset.default()
+    codec = get_codec()
+    clearance_decode = (codec.projected_decoder("clearance", CLEARANCE_FIELDS)
+                        if hasattr(codec, "projected_decoder") else (lambda b: codec.decode(b, "clearance")[1]))
+    brokers = [f"kafka://{h.strip()}" for h in cfg.bootstrap.split(",") if h.strip()]
+    app = faust.App(
+        cfg.app_id,
+        broker=brokers,
+        store="memory://",            # state is rebuilt from the compacted changelogs on start
+        datadir=str(cfg.data_dir),
+        topic_partitions=cfg.partitions,
+        topic_replication_factor=cfg.replication,
+        table_standby_replicas=0,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        # small fetches interleave partitions finely, so one partition's backlog cannot race far ahead
+        consumer_max_fetch_size=256 * 1024,
+        producer_acks=-1,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    sources = [cfg.t(topics.source(r, k)) for r in ("SH", "JS", "ZJ", "AH") for k in ("clearance", "alert", "case")]
+    source_topic = app.topic(*sources, cfg.t(topics.CONTROL), key_type=bytes, value_type=bytes)
+    subject_topic = app.topic(cfg.subject_topic, partitions=cfg.partitions, internal=True,
+                              key_type=bytes, value_type=bytes)
+    regional_topic = app.topic(cfg.regional_topic, partitions=1, internal=True, key_type=bytes, value_type=bytes)
+    out = {
+        "derived": app.topic(cfg.t(topics.DERIVED_ALERTS), key_type=bytes, value_type=bytes),
+        "trend": app.topic(cfg.t(topics.TRENDS), key_type=bytes, value_type=bytes),
+        "risk": app.topic(cfg.t(topics.RISK_SCORES), key_type=bytes, value_type=bytes),
+        **{f"to.{r}": app.topic(cfg.t(topics.routed_alerts(r)), key_type=bytes, value_type=bytes)
+           for r in ("SH", "JS", "ZJ", "AH")},
+    }
+    dlq_topics: dict[str, faust.TopicT] = {}
+
+    # subject tokens are the keys of the subject topic too: with use_partitioner the changelog partition
+    # of a key is the topic partition of the same key, whichever event wrote it (deadlines fire on the
+    # watermark, while another subject's event is being processed)
+    table_schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+    subjects_table = app.Table("subjects", default=None, partitions=cfg.partitions, use_partitioner=True,
+                               schema=table_schema)
+    flow_table = app.Table("flowcounts", default=None, partitions=cfg.partitions,
+                           schema=table_schema)
+    regional_table = app.Table("regional", default=None, partitions=1,
+                               schema=table_schema)
+
+    srules = subject_rules.SubjectRules(rs)
+    rrules = RegionalRules(rs)
+    counter = FlowCounter(rs)
+    sub_wm = Watermark(rs.minutes_ms("event_time", "lateness_minutes"),
+                       int(float(rs["event_time"]["idle_partition_seconds"]) * 1000))
+    reg_wm = Watermark(rs.minutes_ms("event_time", "global_lateness_minutes"), 1 << 40)
+    lateness = rs.minutes_ms("event_time", "lateness_minutes")
+
+    st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
+          "reg_last_wm": None, "flow_dirty": {}, "regional": None}
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
+        st["rescan"] = True
+        st["regional"] = None
+        for tp in assigned:
+            if tp.topic == cfg.subject_topic:
+                sub_wm.forget(tp.partition)
+
+    # ------------------------------------------------------------------ output
+    async def dead_letter(source: str, raw: bytes, key, error, partition=None, offset=None) -> None:
+        name = topics.dead_letter(source)
+        t = dlq_topics.get(name) or dlq_topics.setdefault(name, app.topic(name, key_type=bytes, value_type=bytes))
+        await t.send(key=key, value=raw, headers=headers_for(source, error, partition=partition, offset=offset))
+        metrics.DEAD.labels(name, getattr(error, "reason", "error")).inc()
+        log.warning("dead letter %s: %s", name, error)
+
+    async def emit(outs: list) -> None:
+        now = int(time.time() * 1000)
+        for kind, rec in outs:
+            rec["emitted_at"] = now
+            metrics.OUTPUTS.labels(kind).inc()
+            if kind == "derived_alert":
+                raw = codec.encode("derived_alert", for_avro(rec))
+                key = rec["alert_id"].encode()
+                await out["derived"].send(key=key, value=raw)
+                for region in derived.recipients(rec):
+                    await out[f"to.{region}"].send(key=key, value=raw)
+                    metrics.DERIVED.labels(rec["kind"], region).inc()
+                metrics.EMIT_LAG.labels(kind).observe(max(0.0, (now - rec["occurred_at"]) / 1000))
+            elif kind == "trend":
+                await out["trend"].send(key=rec["signal_id"].encode(), value=codec.encode("trend", for_avro(rec)))
+            elif kind == "risk":
+                key = f"{rec['subject_kind']}:{rec['subject']}".encode()
+                await out["risk"].send(key=key, value=codec.encode("risk", for_avro(rec)))
+
+    # ------------------------------------------------------------------ re-key
+    @app.agent(source_topic)
+    async def rekey(stream):
+        async for event in stream.events():
+            msg = event.message
+            kind = _kind_of_source(msg.topic, cfg.prefix)
+            raw, key = event.value, event.key
+            metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
+            headers = [("yrd-kind", kind.encode()), ("yrd-source", msg.topic.encode())]
+            try:
+                if kind == "clearance" and key:
+                    await subject_topic.send(key=key, value=raw, headers=headers)
+                    continue
+                _, rec = codec.decode(raw, kind)
+                if kind == "clearance":
+                    await subject_topic.send(key=rec["subject"].encode(), value=raw, headers=headers)
+                    continue
+                if kind == "alert" and rec.get("subject"):
+                    await subject_topic.send(key=rec["subject"].encode(), value=raw, headers=headers)
+                elif kind == "case":
+                    for s in sorted(set(rec.get("subjects") or [])):
+                        await subject_topic.send(key=s.encode(), value=raw, headers=headers)
+                await regional_topic.send(key=b"regional", value=raw, headers=headers)
+            except EventError as exc:
+                await dead_letter(msg.topic, raw, key, exc, msg.partition, msg.offset)
+
+    # ------------------------------------------------------------------ subject stage
+    def rescan() -> None:
+        st["heap"] = []
+        for s, state in subjects_table.items():
+            d = subject_rules.next_deadline(state) if state else None
+            if d is not None:
+                st["heap"].append((d, s))
+        heapq.heapify(st["heap"])
+        st["rescan"] = False
+
+    def load_subject(s: str) -> dict:
+        state = subjects_table.get(s)
+        if state is None:
+            hit = st["ephemeral"].get(s)
+            state = hit if hit is not None else subject_rules.new_state()
+        return state
+
+    def store_subject(s: str, state: dict, at: int) -> None:
+        if subject_rules.is_durable(state):
+            subjects_table[s] = state
+            st["ephemeral"].pop(s, None)
+            d = subject_rules.next_deadline(state)
+            if d is not None:
+                heapq.heappush(st["heap"], (d, s))
+        else:
+            if s in subjects_table:
+                del subjects_table[s]
+            if state["crossings"]:
+                st["ephemeral"][s] = state
+                heapq.heappush(st["ephemeral_heap"], (at, s))
+
+    @app.agent(subject_topic)
+    async def subjects(stream):
+        async for event in stream.events():
+            msg = event.message
+            headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
+                if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
+            kind, source = headers.get("yrd-kind", "clearance"), headers.get("yrd-source", msg.topic)
+            raw, key = event.value, event.key
+            metrics.EVENTS_IN.labels(source, "subjects").inc()
+            if st["rescan"]:
+                rescan()
+            try:
+                rec = clearance_decode(raw) if kind == "clearance" else codec.decode(raw, kind)[1]
+            except EventError as exc:
+                await dead_letter(source, raw, key, exc, msg.partition, msg.offset)
+                continue
+            ev = plain(kind, rec)
+            s = key.decode() if key else (ev.get("subject") or "")
+            if sub_wm.observe(msg.partition, ev["occurred_at"]):
+                metrics.LATE.labels("subjects").inc()
+            outs: list = []
+            state = load_subject(s)
+            outs += srules.on_event(state, ev, s)
+            store_subject(s, state, ev["occurred_at"])
+            part = str(msg.partition)
+            fstate = flow_table.get(part) or FlowCounter.new_state()
+            if kind == "clearance":
+                wm = sub_wm.current()
+                for p in counter.on_clearance(fstate, ev, msg.partition, wm):
+                    await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
+                if ev.get("scheduled_port") or rrules.vessel.wants(ev):
+                    await regional_topic.send(key=b"regional", value=raw, headers=[
+                        ("yrd-kind", b"clearance"), ("yrd-source", source.encode())])
+                st["flow_dirty"][part] = st["flow_dirty"].get(part, 0) + 1
+            wm = sub_wm.current()
+            metrics.WATERMARK.labels("subjects").set(max(0, wm) / 1000)
+            if st["sub_last_wm"] is None or wm > st["sub_last_wm"]:
+                st["sub_last_wm"] = wm
+                while st["heap"] and st["heap"][0][0] < wm:
+                    d, hs = heapq.heappop(st["heap"])
+                    hstate = subjects_table.get(hs)
+                    if hstate is None or subject_rules.next_deadline(hstate) != d:
+                        continue
+                    outs += srules.on_watermark(hstate, hs, wm)
+                    store_subject(hs, hstate, wm)
+                while st["ephemeral_heap"] and st["ephemeral_heap"][0][0] < wm - lateness:
+                    _, es = heapq.heappop(st["ephemeral_heap"])
+                    e = st["ephemeral"].get(es)
+                    if e is not None and all(c["at"] < wm - lateness for c in e["crossings"]):
+                        del st["ephemeral"][es]
+                for p in counter.on_watermark(fstate, wm, msg.partition):
+                    await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
+                    st["flow_dirty"][part] = 1 << 30
+            # the partition's flow counts go to its changelog every so often, not on every clearance
+            if st["flow_dirty"].get(part, 0) >= 200:
+                flow_table[part] = fstate
+                st["flow_dirty"][part] = 0
+            elif part not in flow_table:
+                flow_table[part] = fstate
+            await emit(outs)
+            metrics.TABLE.labels("subjects").set(len(subjects_table))
+            metrics.TABLE.labels("subjects_recent").set(len(st["ephemeral"]))
+
+    # ------------------------------------------------------------------ regional stage
+    def regional_state() -> dict:
+        if st["regional"] is None:
+            fresh = rrules.new_state()
+            st["regional"] = {sec: (regional_table.get(sec) or fresh[sec]) for sec in SECTIONS}
+        return st["regional"]
+
+    @app.agent(regional_topic)
+    async def regional(stream):
+        async for event in stream.events():
+            msg = event.message
+            raw = event.value
+            headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
+                if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
+            source = headers.get("yrd-source", msg.topic)
+            if raw[:1] == b"{":
+                ev = json.loads(raw)
+            else:
+                kind = headers.get("yrd-kind")
+                try:
+                    kind, rec = codec.decode(raw, kind)
+                except EventError as exc:
+                    await dead_letter(source, raw, event.key, exc, msg.partition, msg.offset)
+                    continue
+                ev = plain(kind, rec)
+                if kind == "control":
+                    ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
+            metrics.EVENTS_IN.labels(source, "regional").inc()
+            state = regional_state()
+            if reg_wm.observe(0, ev["occurred_at"]):
+                metrics.LATE.labels("regional").inc()
+            outs = rrules.on_event(state, ev)
+            touched = set(rrules.touched(ev))
+            wm = reg_wm.current()
+            metrics.WATERMARK.labels("regional").set(max(0, wm) / 1000)
+            if st["reg_last_wm"] is None or wm > st["reg_last_wm"]:
+                st["reg_last_wm"] = wm
+                more, changed = rrules.on_watermark(state, wm)
+                outs += more
+                touched |= set(changed)
+            for sec in sorted(touched):
+                regional_table[sec] = state[sec]
+            await emit(outs)
+
+    app.yrd_config = cfg
+    app.yrd_rules = rs
+    return app
+
+
+def ensure_topics(cfg: StreamsConfig) -> None:
+    """The topics the stream layer reads and writes exist before the worker subscribes."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    apply = getattr(topics, "apply", None)
+    if apply is not None:
+        apply(cfg.bootstrap, prefix=cfg.prefix)
+        return
+    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
+    have = set(admin.list_topics(timeout=30).topics)
+    names = [cfg.t(topics.source(r, k)) for r in ("SH", "JS", "ZJ", "AH") for k in ("clearance", "alert", "case")]
+    names += [cfg.t(n) for n in (topics.CONTROL, topics.DERIVED_ALERTS, topics.TRENDS, topics.RISK_SCORES)]
+    names += [cfg.t(topics.routed_alerts(r)) for r in ("SH", "JS", "ZJ", "AH")]
+    new = [NewTopic(n, num_partitions=1 if n.endswith(topics.CONTROL) else 4, replication_factor=cfg.replication)
+           for n in names if n not in have]
+    if new:
+        for name, fut in admin.create_topics(new).items():
+            try:
+                fut.result(30)
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise

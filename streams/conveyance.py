@@ -1,0 +1,95 @@
+"""Conveyance following: when a flight scheduled for one region's port lands at
+another region's port (its clearances carry ``scheduled_port`` != ``port_code``),
+the alerts pending for the conveyance or its passengers go to the station where
+it actually landed (CONVEYANCE_DIVERTED, one per pending alert)."""
+from __future__ import annotations
+
+from schemas.reference import ports as reference_ports
+from streams import derived
+
+
+class ConveyanceFollowing:
+    def __init__(self, rs):
+        self.rs = rs
+        c = rs["conveyance"]
+        self.kinds = set(c["pending_kinds"])
+        self.pending_ms = rs.hours_ms("conveyance", "pending_hours")
+        self.keep_ms = rs.hours_ms("conveyance", "keep_diverted_hours")
+        self.ports = reference_ports()
+
+    @staticmethod
+    def new_state() -> dict:
+        return {"pending": [], "diverted": {}, "passengers": {}, "done": {}}
+
+    def on_alert(self, state: dict, ev: dict) -> list:
+        if ev["kind"] not in self.kinds:
+            return []
+        if ev.get("status") in ("RESOLVED", "DISMISSED"):
+            state["pending"] = [p for p in state["pending"] if not (
+                p["kind"] == ev["kind"] and p["subject"] == ev.get("subject") and p["region"] == ev["region"])]
+            return []
+        if not ev.get("subject") and not ev.get("conveyance_id"):
+            return []
+        p = {"id": ev["event_id"], "subject": ev.get("subject"), "conveyance": ev.get("conveyance_id"),
+             "region": ev["region"], "kind": ev["kind"], "severity": ev["severity"], "at": ev["occurred_at"],
+             "pub": ev.get("published_at")}
+        if any(x["id"] == p["id"] for x in state["pending"]):
+            return []
+        state["pending"].append(p)
+        outs: list = []
+        # a diversion read before the alert
+        if p["conveyance"] in state["diverted"]:
+            outs += self._notify(state, p, state["diverted"][p["conveyance"]])
+        elif p["subject"] in state["passengers"]:
+            d = state["diverted"].get(state["passengers"][p["subject"]]["conveyance"])
+            if d is not None:
+                outs += self._notify(state, p, d, state["passengers"][p["subject"]])
+        return outs
+
+    def on_clearance(self, state: dict, ev: dict) -> list:
+        sched, landed = ev.get("scheduled_port"), ev["port_code"]
+        if not sched or sched == landed:
+            return []
+        sp, lp = self.ports.get(sched), self.ports.get(landed)
+        if sp is None or lp is None or sp.region == lp.region:
+            return []
+        conv = ev["conveyance_id"]
+        c = {"id": ev["event_id"], "at": ev["occurred_at"], "subject": ev["subject"], "pub": ev.get("published_at"),
+             "conveyance": conv}
+        d = state["diverted"].get(conv)
+        if d is None:
+            d = {"conveyance": conv, "port": landed, "station": ev["station_id"] or lp.station_id,
+                 "region": lp.region, "scheduled": sched, "scheduled_region": sp.region, "first": c}
+            state["diverted"][conv] = d
+        state["passengers"][ev["subject"]] = c
+        outs: list = []
+        for p in state["pending"]:
+            if p["conveyance"] == conv or p["subject"] == ev["subject"]:
+                outs += self._notify(state, p, d, c if p["subject"] == ev["subject"] else None)
+        return outs
+
+    def _notify(self, state: dict, p: dict, d: dict, clearance: dict | None = None) -> list:
+        if abs(d["first"]["at"] - p["at"]) > self.pending_ms:
+            return []
+        key = f"cd|{p['id']}"
+        if key in state["done"]:
+            return []
+        c = clearance or d["first"]
+        state["done"][key] = c["at"]
+        at = max(p["at"], c["at"])
+        a = derived.make(
+            self.rs, "conveyance", "CONVEYANCE_DIVERTED", p["severity"], [d["region"]],
+            [d["scheduled_region"], p["region"]], [p["id"], c["id"]], at,
+            f"{d['conveyance']} scheduled for {d['scheduled']} landed at {d['port']}: pending {p['kind']} "
+            f"from {p['region']} goes to {d['station']}",
+            subject=p["subject"], conveyance_id=d["conveyance"], port_code=d["port"], station_id=d["station"],
+            details={"scheduled_port": d["scheduled"], "pending_alert": p["id"], "pending_kind": p["kind"],
+                     "pending_region": p["region"]},
+            published_at=c["pub"] if p["at"] <= c["at"] else p["pub"])
+        return [("derived_alert", a)]
+
+    def prune(self, state: dict, now: int) -> None:
+        state["pending"] = [p for p in state["pending"] if now - p["at"] <= self.pending_ms]
+        state["diverted"] = {k: d for k, d in state["diverted"].items() if now - d["first"]["at"] <= self.keep_ms}
+        state["passengers"] = {k: c for k, c in state["passengers"].items() if now - c["at"] <= self.keep_ms}
+        state["done"] = {k: t for k, t in state["done"].items() if now - t <= self.keep_ms + self.pending_ms}

@@ -1,0 +1,63 @@
+"""Building derived alerts: ids from rule and evidence, routing to regions."""
+from __future__ import annotations
+
+import uuid
+
+from schemas.reference import REGIONS
+
+#: namespace of derived alert ids (uuid5 of rule id and sorted evidence)
+ALERT_NAMESPACE = uuid.UUID("6f1d3c52-2d8e-5b7a-9c43-1b2f7e0a9d11")
+SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+
+
+def alert_id(rule_id: str, evidence: list[str], key: str = "") -> str:
+    """Same rule, same evidence (in any order): same id. Reprocessing cannot make a second alert."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, "|".join([rule_id, key, *sorted(set(evidence))])))
+
+
+def ordered(regions) -> list[str]:
+    got = set(regions)
+    return [r for r in REGIONS if r in got]
+
+
+def others(*regions: str) -> list[str]:
+    return [r for r in REGIONS if r not in regions]
+
+
+def severity_at_least(severity: str | None, floor: str) -> bool:
+    return severity in SEVERITIES and SEVERITIES.index(severity) >= SEVERITIES.index(floor)
+
+
+def make(rs, rule_id: str, kind: str, severity: str, must_act, inform, evidence: list[str],
+         occurred_at: int, summary: str, *, subject=None, conveyance_id=None, pattern=None, port_code=None,
+         station_id=None, details: dict | None = None, key: str = "", published_at: int | None = None) -> dict:
+    """A DerivedAlert record (times in epoch millis; ``emitted_at`` is set when it is sent)."""
+    must = ordered(must_act)
+    info = [r for r in ordered(inform) if r not in must]
+    det = {k: str(v) for k, v in (details or {}).items() if v is not None}
+    if published_at is not None:
+        det["evidence_published_at"] = str(int(published_at))
+    return {
+        "alert_id": alert_id(rule_id, evidence, key),
+        "kind": kind,
+        "severity": severity if severity in SEVERITIES else "MEDIUM",
+        "rule_id": rule_id,
+        "rule_set_version": rs.version,
+        "must_act": must,
+        "inform": info,
+        "station_id": station_id,
+        "port_code": port_code,
+        "subject": subject,
+        "conveyance_id": conveyance_id,
+        "pattern": pattern,
+        "evidence": sorted(set(evidence)),
+        "occurred_at": int(occurred_at),
+        "emitted_at": None,
+        "summary": summary,
+        "details": det,
+    }
+
+
+def recipients(alert: dict) -> list[str]:
+    """Regions that receive a routed copy: must_act and inform."""
+    return ordered([*alert["must_act"], *alert["inform"]])

@@ -1,0 +1,45 @@
+"""Event time: watermarks.
+
+The watermark of a stream is the largest event time seen minus the allowed
+lateness. With several partitions the stream's watermark is the smallest of
+the partitions' own: a partition read far ahead of another (a replay, a
+backlog) must not fire the other's deadlines early. A partition silent for
+``idle_ms`` of wall-clock time while the others move on stops holding the
+watermark back (it is "idle") until it speaks again.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+class Watermark:
+    def __init__(self, lateness_ms: int, idle_ms: int = 30_000, clock: Callable[[], float] = time.monotonic):
+        self.lateness_ms = lateness_ms
+        self.idle_ms = idle_ms
+        self._clock = clock
+        self._max: dict[object, int] = {}       # partition -> largest event time seen
+        self._seen_at: dict[object, float] = {}  # partition -> wall clock of its last event
+        self.late = 0
+
+    def observe(self, partition, event_ms: int) -> bool:
+        """Record one event; True when it is late (older than the watermark before it came)."""
+        late = event_ms < self.current()
+        if late:
+            self.late += 1
+        if event_ms > self._max.get(partition, -(1 << 62)):
+            self._max[partition] = event_ms
+        self._seen_at[partition] = self._clock()
+        return late
+
+    def forget(self, partition) -> None:
+        self._max.pop(partition, None)
+        self._seen_at.pop(partition, None)
+
+    def current(self) -> int:
+        if not self._max:
+            return -(1 << 62)
+        now = self._clock()
+        active = [m for p, m in self._max.items() if (now - self._seen_at[p]) * 1000 < self.idle_ms]
+        lowest = min(active) if active else max(self._max.values())
+        return lowest - self.lateness_ms

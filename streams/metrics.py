@@ -1,0 +1,27 @@
+"""Prometheus metrics of a stream worker (served on ``--metrics-port`` / ``YRDBUS_WORKER_METRICS_PORT``)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_IN = Counter("yrdbus_streams_events_in_total", "Events read by the stream layer, per topic and stage.",
+                    ["topic", "stage"])
+DERIVED = Counter("yrdbus_streams_derived_alerts_total", "Derived alerts emitted, per kind and recipient region.",
+                  ["kind", "region"])
+OUTPUTS = Counter("yrdbus_streams_outputs_total", "Records emitted, per output kind (derived_alert, trend, risk).",
+                  ["kind"])
+EMIT_LAG = Histogram("yrdbus_streams_emit_lag_seconds",
+                     "Wall-clock emission time minus the event time of the evidence that completed the output.",
+                     ["kind"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400, float("inf")))
+LATE = Counter("yrdbus_streams_late_events_total", "Events older than the watermark when they arrived.", ["stage"])
+DEAD = Counter("yrdbus_streams_dead_letters_total", "Records sent to a dead-letter topic.", ["topic", "reason"])
+TABLE = Gauge("yrdbus_streams_table_entries", "Entries in the worker's state, per table.", ["table"])
+WATERMARK = Gauge("yrdbus_streams_watermark_seconds", "Current watermark (event time, epoch seconds), per stage.",
+                  ["stage"])
+
+_started: set[int] = set()
+
+
+def serve(port: int | None) -> None:
+    if port and port not in _started:
+        start_http_server(port)
+        _started.add(port)

@@ -1,0 +1,81 @@
+"""The cross-subject detectors, run on one single-partition stage fed by all four
+regions: document-fraud spread, trends and systemic escalation, passenger-flow
+surge, conveyance following, heightened mode and broadcast, vessel risk.
+
+Pure: ``on_event(state, event)`` and ``on_watermark(state, watermark)`` change
+the plain state in place and return ``[(kind, record)]`` outputs. The state is
+one dict per detector so the stage can store each under its own table key.
+"""
+from __future__ import annotations
+
+from streams.conveyance import ConveyanceFollowing
+from streams.flow import FlowSurge
+from streams.fraud import FraudSpread
+from streams.heightened import Heightened
+from streams.trends import Trends
+from streams.vessel import VesselRisk
+
+SECTIONS = ("fraud", "trend", "flow", "conveyance", "heightened", "vessel")
+
+
+class RegionalRules:
+    def __init__(self, rs):
+        self.rs = rs
+        self.fraud = FraudSpread(rs)
+        self.trend = Trends(rs)
+        self.flow = FlowSurge(rs)
+        self.conveyance = ConveyanceFollowing(rs)
+        self.heightened = Heightened(rs)
+        self.vessel = VesselRisk(rs)
+
+    def new_state(self) -> dict:
+        return {"fraud": FraudSpread.new_state(), "trend": Trends.new_state(), "flow": FlowSurge.new_state(),
+                "conveyance": ConveyanceFollowing.new_state(), "heightened": Heightened.new_state(),
+                "vessel": VesselRisk.new_state()}
+
+    @staticmethod
+    def touched(ev: dict) -> tuple[str, ...]:
+        """The state sections an event can change (the stage writes back only these)."""
+        kind = ev["_kind"]
+        if kind == "alert":
+            return ("fraud", "conveyance", "heightened", "vessel", "trend")
+        if kind == "case":
+            return ("trend", "vessel")
+        if kind == "control":
+            return ("heightened", "trend")
+        if kind == "clearance":
+            return ("conveyance", "vessel", "trend")
+        if kind == "flow_partial":
+            return ("flow",)
+        return ()
+
+    def on_event(self, state: dict, ev: dict) -> list:
+        kind = ev["_kind"]
+        outs: list = []
+        if kind != "flow_partial":
+            self.trend.note_time(state["trend"], ev["occurred_at"])
+        if kind == "alert":
+            outs += self.heightened.on_alert(state["heightened"], ev)
+            outs += self.fraud.on_alert(state["fraud"], ev)
+            outs += self.conveyance.on_alert(state["conveyance"], ev)
+            outs += self.vessel.on_alert(state["vessel"], ev)
+        elif kind == "case":
+            self.trend.on_case(state["trend"], ev)
+            outs += self.vessel.on_case(state["vessel"], ev)
+        elif kind == "control":
+            outs += self.heightened.on_control(state["heightened"], ev)
+        elif kind == "clearance":
+            outs += self.conveyance.on_clearance(state["conveyance"], ev)
+            outs += self.vessel.on_clearance(state["vessel"], ev)
+        elif kind == "flow_partial":
+            self.flow.on_partial(state["flow"], ev)
+        return outs
+
+    def on_watermark(self, state: dict, watermark: int) -> tuple[list, tuple[str, ...]]:
+        """Outputs due at this watermark, and the sections it changed."""
+        outs = self.trend.on_watermark(state["trend"], watermark, state["heightened"])
+        outs += self.flow.on_watermark(state["flow"], watermark, state["heightened"])
+        self.fraud.prune(state["fraud"], watermark)
+        self.conveyance.prune(state["conveyance"], watermark)
+        self.heightened.prune(state["heightened"], watermark)
+        return outs, ("trend", "flow", "fraud", "conveyance", "heightened")
