@@ -46,6 +46,7 @@ class Codec:
         self._lock = threading.Lock()
         self._writer_ids: dict[str, int] = {}          # kind -> id of the current schema
         self._headers: dict[str, bytes] = {}           # kind -> the 5 framing bytes
+        self._specs: dict[str, tuple] = {}
         self._by_id: dict[int, tuple[str, object]] = {}  # id -> (kind, parsed writer schema, as decoded)
         self._writers = {kind: contract.current_parsed(kind) for kind in contract.KINDS}
         self._readers = {kind: _decode_parsed(contract.current_schema_json(kind)) for kind in contract.KINDS}
@@ -78,7 +79,9 @@ class Codec:
 
     def _set_writer_id(self, kind: str, sid: int) -> None:
         self._writer_ids[kind] = sid
-        self._headers[kind] = _HEADER.pack(MAGIC, sid)
+        self._headers[kind] = header = _HEADER.pack(MAGIC, sid)
+        # everything encode needs, in one look-up: framing, checks, the writer without and with uuid conversion
+        self._specs[kind] = (header, self._checks[kind], self._readers[kind], self._writers[kind])
         self._by_id.setdefault(sid, (kind, self._readers[kind]))
 
     @staticmethod
@@ -145,16 +148,25 @@ class Codec:
         semantic checks (reference data, event time) but never the schema; ``now`` is the clock the
         future-event check uses (default: the wall clock).
         """
-        header = self._headers.get(kind)
-        if header is None:
+        spec = self._specs.get(kind)
+        if spec is None:
             self.schema_id(kind)
-            header = self._headers[kind]
-        if validate:
-            self._checks[kind](record, now, self.future_skew)
+            spec = self._specs[kind]
+        header, check, lean, full = spec
         buf = _BytesIO(header)
         buf.seek(5)
+        if validate:
+            check(record, now, self.future_skew)
+            # Validated: event_id is a canonical UUID string, so the writer can skip fastavro's uuid
+            # conversion (the bytes are the same). A uuid.UUID object takes the full writer below.
+            try:
+                schemaless_writer(buf, lean, record)
+                return buf.getvalue()
+            except Exception:
+                buf = _BytesIO(header)
+                buf.seek(5)
         try:
-            schemaless_writer(buf, self._writers[kind], record)
+            schemaless_writer(buf, full, record)
         except Exception as exc:  # fastavro raises ValueError, TypeError, KeyError, AttributeError ...
             validation.validate_structure(kind, record)  # names the field when it can
             raise ValidationError(f"does not fit the {kind} schema: {type(exc).__name__}: {exc}") from None
