@@ -154,7 +154,7 @@ class FlowSurge:
             min_ratio = max(self.ratio_floor, self.min_ratio * mult) if mult < 1 else self.min_ratio * mult
             min_count = max(self.count_floor, self.min_count * mult) if mult < 1 else self.min_count * mult
             surging = (observed >= min_count and observed >= min_ratio * expected
-                       and upper_tail(observed, expected) < self.alpha)
+                       and upper_tail(observed, expected) < (self.alpha ** mult if mult < 1 else self.alpha))
             signal = {
                 "signal_id": hashlib.sha256(f"flow|{code}|{end}".encode()).hexdigest()[:32],
                 "rule_id": "flow_surge", "rule_set_version": self.rs.version, "metric": "PASSENGER_FLOW",

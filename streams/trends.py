@@ -139,7 +139,7 @@ class Trends:
             min_count = max(self.count_floor, self.min_count * mult) if mult < 1 else self.min_count * mult
             min_ratio = max(self.ratio_floor, self.min_ratio * mult) if mult < 1 else self.min_ratio * mult
             p = upper_tail(observed, expected)
-            rising = observed >= min_count and observed >= min_ratio * expected and p < self.alpha
+            rising = observed >= min_count and observed >= min_ratio * expected and p < (self.alpha ** mult if mult < 1 else self.alpha)
             sd = math.sqrt(expected) if expected > 0 else 1.0
             signal = {
                 "signal_id": _signal_id("trend", key, window_end),

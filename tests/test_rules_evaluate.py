@@ -1,0 +1,67 @@
+"""Scoring derived alerts against ground truth (docs/scenarios.md), without a broker."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streams.evaluate import TruthError, load_truth, score
+
+ROW = {"scenario_id": "a-1", "scenario": "cross_region_hit", "incident_kind": "x",
+       "expected_alert_kind": "CROSS_REGION_HIT", "must_notify": ["JS", "SH"], "subjects": ["tok"],
+       "conveyance_id": None, "pattern": None, "port_code": None,
+       "window_start": "2017-06-01T10:00:00.000Z", "window_end": "2017-06-01T16:00:00.000Z"}
+IN_WINDOW = 1_496_311_200_000 + 3_600_000   # 2017-06-01T11:00Z
+
+
+def alert(**kw):
+    a = {"alert_id": "A", "kind": "CROSS_REGION_HIT", "occurred_at": IN_WINDOW, "must_act": ["JS"], "inform": ["SH"],
+         "subject": "tok", "conveyance_id": None, "pattern": None, "port_code": None,
+         "emitted_at": IN_WINDOW + 5000, "details": {"evidence_published_at": str(IN_WINDOW + 1000)}}
+    a.update(kw)
+    return a
+
+
+@pytest.fixture
+def truth(tmp_path):
+    def write(*rows):
+        p = tmp_path / "t.jsonl"
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return load_truth(p)
+    return write
+
+
+def test_matching_alert_detects_the_scenario_and_reports_its_delay(truth):
+    r = score(truth(ROW), [alert()])
+    assert (r["precision"], r["recall"], r["false_alerts"]) == (1.0, 1.0, [])
+    assert r["scenarios"][0]["detected"] and r["scenarios"][0]["delay_s"] == 4.0
+
+
+@pytest.mark.parametrize("change", [
+    {"kind": "PORT_SHOPPING"}, {"subject": "other"}, {"inform": []},
+    {"occurred_at": IN_WINDOW + 6 * 3_600_000}])
+def test_alert_that_differs_in_kind_subject_regions_or_time_is_a_false_alert(truth, change):
+    r = score(truth(ROW), [alert(**change)])
+    assert r["recall"] == 0.0 and r["precision"] == 0.0 and len(r["false_alerts"]) == 1
+
+
+def test_window_bounds_are_inclusive(truth):
+    r = score(truth(ROW), [alert(occurred_at=1_496_311_200_000)])
+    assert r["recall"] == 1.0
+
+
+def test_scenario_needs_every_row_and_the_same_alert_twice_counts_once(truth):
+    row2 = {**ROW, "expected_alert_kind": "CONVEYANCE_DIVERTED", "conveyance_id": "MU1"}
+    r = score(truth(ROW, row2), [alert(), alert()])
+    assert r["recall"] == 0.0 and r["alerts"] == 1 and r["precision"] == 1.0
+    r = score(truth(ROW, row2), [alert(), alert(alert_id="B", kind="CONVEYANCE_DIVERTED", conveyance_id="MU1")])
+    assert r["recall"] == 1.0
+
+
+def test_truth_row_without_a_window_is_refused_with_its_line_and_field(tmp_path):
+    p = tmp_path / "t.jsonl"
+    bad = dict(ROW)
+    del bad["window_end"]
+    p.write_text(json.dumps(ROW) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(TruthError, match=r"line 2, field `window_end`"):
+        load_truth(p)

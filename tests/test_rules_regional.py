@@ -1,0 +1,288 @@
+"""Pure rules of the regional stage: fraud spread, broadcast and heightened mode, conveyance
+following, trends with systemic escalation, passenger-flow surge; and the watermark."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from schemas.reference import ports
+from streams import ruleset
+from streams.event_time import Watermark
+from streams.events import plain
+from streams.flow import FlowCounter, FlowSurge
+from streams.regional import RegionalRules
+from streams.scripted import DAY, HOUR, Script, token
+
+T0 = 1_496_275_200_000  # 2017-06-01T00:00Z, a Thursday
+
+
+@pytest.fixture(scope="module")
+def rs():
+    return ruleset.default()
+
+
+@pytest.fixture
+def rules(rs):
+    return RegionalRules(rs)
+
+
+def feed(rules, events, state=None, watermark=None):
+    state = state or rules.new_state()
+    outs = []
+    for kind, _, _, rec in sorted(events, key=lambda e: e[3]["occurred_at"]):
+        outs += rules.on_event(state, plain(kind, rec))
+    if watermark is not None:
+        outs += rules.on_watermark(state, watermark)[0]
+    return [r for k, r in outs if k == "derived_alert"], outs, state
+
+
+PAT = ("NGA", "PASSPORT", "A07", "COUNTERFEIT")
+
+
+def test_fraud_pattern_in_a_second_region_becomes_one_regional_warning(rules):
+    s = Script()
+    s.alert("PVG", T0, "FORGED_DOCUMENT", subject=token(1), pattern=PAT)
+    s.alert("SHA", T0 + HOUR, "FORGED_DOCUMENT", subject=token(2), pattern=PAT)   # same region: not yet
+    second = s.alert("NKG", T0 + DAY, "FORGED_DOCUMENT", subject=token(3), pattern=PAT)
+    s.alert("HGH", T0 + 2 * DAY, "FORGED_DOCUMENT", subject=token(4), pattern=PAT)  # third region: once only
+    alerts, _, _ = feed(rules, s.events)
+    assert [(a["kind"], a["must_act"], a["pattern"], a["occurred_at"], a["subject"]) for a in alerts] == [
+        ("DOCUMENT_FRAUD_SPREAD", ["SH", "JS", "ZJ", "AH"], "NGA/PASSPORT/A07/COUNTERFEIT", second["occurred_at"],
+         token(3))]
+
+
+def test_fraud_pattern_hits_further_apart_than_the_window_raise_nothing(rules):
+    s = Script()
+    s.alert("PVG", T0, "FORGED_DOCUMENT", subject=token(1), pattern=PAT)
+    s.alert("NKG", T0 + 4 * DAY + 1, "FORGED_DOCUMENT", subject=token(2), pattern=PAT)
+    assert feed(rules, s.events)[0] == []
+
+
+def test_fraud_spread_read_out_of_order_still_warns_once(rules, rs):
+    s = Script()
+    s.alert("PVG", T0, "FORGED_DOCUMENT", subject=token(1), pattern=PAT)
+    s.alert("NKG", T0 + DAY, "FORGED_DOCUMENT", subject=token(2), pattern=PAT)
+    s.alert("HGH", T0 + 2 * DAY, "FORGED_DOCUMENT", subject=token(3), pattern=PAT)
+    state, outs = rules.new_state(), []
+    for kind, _, _, rec in reversed(s.events):
+        outs += rules.on_event(state, plain(kind, rec))
+    assert [(r["kind"], r["pattern"]) for k, r in outs if k == "derived_alert"] == [
+        ("DOCUMENT_FRAUD_SPREAD", "NGA/PASSPORT/A07/COUNTERFEIT")]
+
+
+def test_high_counter_terror_alert_is_broadcast_to_every_other_region_once(rules):
+    s = Script()
+    ct = s.alert("NKG", T0, "COUNTER_TERROR", "HIGH", subject=token(1), source="OFFICER")
+    s.events.append(s.events[-1])    # the same event read twice
+    s.alert("NKG", T0, "COUNTER_TERROR", "MEDIUM", subject=token(2), source="OFFICER")
+    alerts, _, _ = feed(rules, s.events)
+    assert [(a["kind"], a["must_act"], a["inform"], a["evidence"]) for a in alerts] == [
+        ("BROADCAST", ["SH", "ZJ", "AH"], ["JS"], [ct["event_id"]])]
+
+
+def test_high_smuggling_alert_is_not_broadcast_outside_a_heightened_window(rules):
+    s = Script()
+    s.alert("PVG", T0, "SMUGGLING", "HIGH", subject=token(1), source="OFFICER")
+    assert feed(rules, s.events)[0] == []
+
+
+def test_heightened_mode_announces_itself_and_broadcasts_high_alerts_inside_its_window(rules):
+    s = Script()
+    s.control(["SH"], T0 + HOUR, T0 + 10 * HOUR, 0.5, issued=T0)
+    inside = s.alert("CNSHA-WSK", T0 + 2 * HOUR, "SMUGGLING", "HIGH", subject=token(1), source="OFFICER")
+    s.alert("NKG", T0 + 2 * HOUR, "SMUGGLING", "HIGH", subject=token(2), source="OFFICER")      # other region
+    s.alert("PVG", T0 + 10 * HOUR, "SMUGGLING", "HIGH", subject=token(3), source="OFFICER")     # end is exclusive
+    s.alert("PVG", T0 + 3 * HOUR, "SMUGGLING", "MEDIUM", subject=token(4), source="OFFICER")
+    alerts, _, _ = feed(rules, s.events)
+    assert [(a["kind"], a["must_act"], a["inform"], a["occurred_at"]) for a in alerts] == [
+        ("HEIGHTENED_MODE", ["SH"], ["JS", "ZJ", "AH"], T0 + HOUR),
+        ("BROADCAST", ["JS", "ZJ", "AH"], ["SH"], inside["occurred_at"])]
+
+
+def test_alert_read_before_its_heightened_window_is_still_broadcast(rules):
+    s = Script()
+    s.alert("CNSHA-WSK", T0 + 2 * HOUR, "SMUGGLING", "HIGH", subject=token(1), source="OFFICER")
+    alerts, _, state = feed(rules, s.events)
+    assert alerts == []
+    s2 = Script(8)
+    s2.control(["SH"], T0 + HOUR, T0 + 10 * HOUR)
+    alerts, _, _ = feed(rules, s2.events, state=state)
+    assert [a["kind"] for a in alerts] == ["HEIGHTENED_MODE", "BROADCAST"]
+
+
+def test_diverted_flight_sends_the_pending_alert_to_the_landing_station(rules):
+    s = Script()
+    pax, conv = token("pax"), "MU512/2017-06-02"
+    pending = s.alert("PVG", T0, "WATCHLIST_HIT", subject=pax, conveyance=conv, conveyance_type="FLIGHT")
+    s.clearance("HGH", T0 + 2 * HOUR, token("other"), conveyance=conv, scheduled_port="PVG")
+    s.clearance("HGH", T0 + 2 * HOUR + 1, pax, conveyance=conv, scheduled_port="PVG")
+    alerts, _, _ = feed(rules, s.events)
+    assert [(a["kind"], a["must_act"], a["inform"], a["station_id"], a["subject"], a["conveyance_id"])
+            for a in alerts] == [("CONVEYANCE_DIVERTED", ["ZJ"], ["SH"], "ZJ-HGH", pax, conv)]
+    assert pending["event_id"] in alerts[0]["evidence"]
+
+
+def test_pending_alert_read_after_the_diversion_is_still_sent_on(rules):
+    s = Script()
+    pax, conv = token("pax"), "MU512/2017-06-02"
+    s.clearance("HGH", T0, pax, conveyance=conv, scheduled_port="PVG")
+    _, _, state = feed(rules, s.events)
+    s2 = Script(9)
+    s2.alert("PVG", T0 - HOUR, "WATCHLIST_HIT", subject=pax)
+    alerts, _, _ = feed(rules, s2.events, state=state)
+    assert [(a["kind"], a["must_act"], a["station_id"]) for a in alerts] == [("CONVEYANCE_DIVERTED", ["ZJ"], "ZJ-HGH")]
+
+
+def test_landing_at_another_port_of_the_same_region_is_no_diversion(rules):
+    s = Script()
+    pax, conv = token("pax"), "MU512/2017-06-02"
+    s.alert("PVG", T0, "WATCHLIST_HIT", subject=pax, conveyance=conv)
+    s.clearance("SHA", T0 + HOUR, pax, conveyance=conv, scheduled_port="PVG")
+    assert feed(rules, s.events)[0] == []
+
+
+def baseline_cases(script, rs, days, seed=1):
+    """Stationary Poisson cases at the profile's rates (day-of-week shaped), as the simulator draws them."""
+    rng = random.Random(seed)
+    prof = rs.flow_profile
+    seaport = {"SH": "CNSHA-YSN", "JS": "CNLYG", "ZJ": "CNNGB", "AH": "CNWHI"}
+    for hour in range(days * 24):
+        at = T0 + hour * HOUR
+        dow = prof["day_of_week"][((at // DAY) + 3) % 7]
+        for region, rates in prof.get("cases_per_day", {}).items():
+            for key, per_day in rates.items():
+                case_type, method = key.split("/")
+                for _ in range(_poisson(rng, per_day * dow / 24)):
+                    script.case(seaport[region], at + rng.randrange(HOUR), case_type, method, [token(rng.random())],
+                                [rng.choice(["VNM", "MMR", "NGA", "PAK"])])
+
+
+def _poisson(rng, lam):
+    k, p, limit = 0, 1.0, math.exp(-lam)
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def test_a_week_of_stationary_case_baseline_raises_no_trend(rules, rs):
+    s = Script()
+    baseline_cases(s, rs, 7)
+    alerts, outs, _ = feed(rules, s.events, watermark=T0 + 7 * DAY)
+    assert alerts == []
+    assert any(k == "trend" for k, _ in outs)
+
+
+def test_stowaway_surge_in_two_regions_rises_in_each_and_escalates_once(rules, rs):
+    s = Script()
+    baseline_cases(s, rs, 4)
+    for i in range(8):
+        s.case("CNNGB", T0 + 3 * DAY + i * HOUR, "STOWAWAY", "STOWAWAY_ON_VESSEL", [token("zj", i)], ["VNM"])
+        s.case("CNSHA-YSN", T0 + 3 * DAY + 2 * HOUR + i * HOUR, "STOWAWAY", "STOWAWAY_ON_VESSEL", [token("sh", i)],
+               ["MMR"])
+    alerts, _, _ = feed(rules, s.events, watermark=T0 + 4 * DAY)
+    got = [(a["kind"], a["must_act"], a["inform"], a["pattern"]) for a in alerts]
+    assert got == [
+        ("TREND_RISING", ["ZJ"], ["SH", "JS", "AH"], "STOWAWAY"),
+        ("TREND_RISING", ["SH"], ["JS", "ZJ"], "STOWAWAY"),
+        ("SYSTEMIC_ESCALATION", ["SH", "JS", "ZJ", "AH"], [], "STOWAWAY"),
+    ]
+
+
+def test_heightened_mode_lowers_the_trend_threshold(rules, rs):
+    def surge(script):
+        baseline_cases(script, rs, 3)
+        for i in range(4):
+            script.case("CNNGB", T0 + 2 * DAY + i * HOUR, "STOWAWAY", "STOWAWAY_ON_VESSEL", [token(i)], ["VNM"])
+    plain_s = Script()
+    surge(plain_s)
+    assert feed(rules, plain_s.events, watermark=T0 + 3 * DAY)[0] == []
+    hm = Script()
+    surge(hm)
+    hm.control(["ZJ"], T0 + 2 * DAY, T0 + 3 * DAY, 0.5, issued=T0 + 2 * DAY)
+    kinds = [a["kind"] for a in feed(RegionalRules(rs), hm.events, watermark=T0 + 3 * DAY)[0]]
+    assert kinds == ["HEIGHTENED_MODE", "TREND_RISING"]
+
+
+def flow_week(rs, days, surge_port=None, surge_from=None, surge_factor=4.0, scale=0.02, seed=2):
+    """Hourly partial counts for every port drawn around the profile's expectation (x scale)."""
+    rng = random.Random(seed)
+    fs = FlowSurge(rs)
+    events = []
+    for hour in range(T0 // HOUR, T0 // HOUR + days * 24):
+        for code in ports():
+            lam = fs.expected(code, hour) * scale
+            if surge_port == code and hour * HOUR >= surge_from:
+                lam *= surge_factor
+            n = _poisson(rng, lam) if lam < 50 else max(0, round(rng.gauss(lam, math.sqrt(lam))))
+            events.append({"_kind": "flow_partial", "port": code, "hour": hour, "partition": 0, "count": n,
+                           "occurred_at": (hour + 1) * HOUR - 1})
+    return events
+
+
+def run_flow(rules, events, until):
+    state = rules.new_state()
+    outs = []
+    wm = Watermark(rules.rs.minutes_ms("event_time", "global_lateness_minutes"))
+    for ev in events:
+        rules.on_event(state, ev)
+        wm.observe(0, ev["occurred_at"])
+        outs += rules.on_watermark(state, wm.current())[0]
+    outs += rules.on_watermark(state, until)[0]
+    return [r for k, r in outs if k == "derived_alert"]
+
+
+def test_a_week_of_passenger_flow_at_its_hour_of_week_level_raises_no_surge(rules, rs):
+    assert run_flow(rules, flow_week(rs, 7), T0 + 8 * DAY) == []
+
+
+def test_expo_week_flow_at_one_port_asks_the_neighbours_for_support(rules, rs):
+    alerts = run_flow(rules, flow_week(rs, 4, "CNSHA-WSK", T0 + 2 * DAY), T0 + 5 * DAY)
+    assert alerts, "no surge raised"
+    a = alerts[0]
+    assert (a["kind"], a["port_code"], a["must_act"], a["inform"]) == ("FLOW_SURGE_SUPPORT", "CNSHA-WSK",
+                                                                        ["JS", "ZJ"], ["SH"])
+    assert T0 + 2 * DAY <= a["occurred_at"] <= T0 + 2 * DAY + 4 * HOUR
+    assert {x["port_code"] for x in alerts} == {"CNSHA-WSK"}
+
+
+def test_flow_partials_resent_for_a_partition_replace_rather_than_add(rules, rs):
+    state = rules.new_state()
+    ev = {"_kind": "flow_partial", "port": "PVG", "hour": 10, "partition": 1, "count": 5, "occurred_at": 0}
+    rules.on_event(state, ev)
+    rules.on_event(state, {**ev, "count": 7})
+    rules.on_event(state, {**ev, "partition": 2, "count": 3})
+    assert sum(state["flow"]["partials"]["PVG|10"].values()) == 10
+
+
+def test_flow_counter_sends_an_hour_once_the_watermark_passes_it_and_resends_late_totals(rs):
+    fc = FlowCounter(rs)
+    st = fc.new_state()
+    ev = {"port_code": "PVG", "occurred_at": 10 * HOUR + 5}
+    assert fc.on_clearance(st, ev, 0, 0) == []
+    assert fc.on_watermark(st, 11 * HOUR - 1, 0) == []
+    sent = fc.on_watermark(st, 11 * HOUR, 0)
+    assert [(p["port"], p["hour"], p["count"]) for p in sent] == [("PVG", 10, 1)]
+    late = fc.on_clearance(st, ev, 0, 11 * HOUR)
+    assert [(p["hour"], p["count"]) for p in late] == [(10, 2)]
+
+
+def test_watermark_is_the_slowest_partition_minus_lateness():
+    clock = [0.0]
+    wm = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])
+    wm.observe(1, 2_000)
+    wm.observe(0, 10_000)
+    assert wm.current() == 1_900                               # partition 0 ran ahead: 1 holds it back
+    assert wm.observe(0, 1_000) is True and wm.late == 1        # older than the watermark: late
+    assert wm.observe(1, 1_950) is False
+    clock[0] = 10.0                                            # partition 1 idle for 10 s, 0 just spoke
+    wm.observe(0, 11_000)
+    assert wm.current() == 10_900
+
+
+def test_rule_set_without_a_version_is_refused():
+    with pytest.raises(ruleset.RuleSetError, match="version"):
+        ruleset.from_dict({"transit": {}})
