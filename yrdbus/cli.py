@@ -18,6 +18,8 @@ app = typer.Typer(
 stack_app = typer.Typer(help="The local stack: a real Apache Kafka broker (KRaft) started by the project.",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+from yrdbus.cli_stations import register as register_stations  # noqa: E402
+register_stations(app)
 from yrdbus.cli_schemas import codec_app, schemas_app  # noqa: E402
 app.add_typer(codec_app, name="codec")
 app.add_typer(schemas_app, name="schemas")

@@ -1,5 +1,15 @@
-"""Topic names of the bus, in one place."""
+"""Topic names of the bus, in one place, and every topic's definition as code.
+
+``definitions()`` is the one declarative table of the bus's topics
+(partitions, retention, cleanup policy, ``min.insync.replicas``, replication
+factor); ``apply()`` makes a cluster match it: creates what is missing, adds
+partitions, alters configs that differ. Running it twice changes nothing the
+second time. ``yrdbus topics apply`` and ``yrdbus topics list`` are its
+command line.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from schemas.reference import REGIONS
 from schemas.contract import SOURCE_KINDS
@@ -26,3 +36,222 @@ def routed_alerts(region: str) -> str:
 
 def dead_letter(topic: str) -> str:
     return f"dlq.{topic}"
+
+
+# =========================================================================== definitions
+DAY_MS = 24 * 3600 * 1000
+
+#: Replication wanted on a real cluster (ARCHITECTURE.md: RF 3, min ISR 2); capped by the brokers present.
+WANTED_REPLICATION = 3
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic as the bus wants it."""
+
+    name: str
+    partitions: int
+    retention_ms: int           # -1: kept forever (compacted topics)
+    cleanup_policy: str         # delete | compact
+    purpose: str
+    replication: int = WANTED_REPLICATION
+    extra: dict = field(default_factory=dict)
+
+    def replication_for(self, brokers: int) -> int:
+        return max(1, min(self.replication, brokers))
+
+    def configs(self, brokers: int) -> dict[str, str]:
+        """The topic-level configs ``apply`` sets, as the broker reports them (strings)."""
+        rf = self.replication_for(brokers)
+        out = {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            # One replica may be down and writes with acks=all still succeed; with RF 1 there is only one.
+            "min.insync.replicas": str(max(1, rf - 1)),
+        }
+        out.update({k: str(v) for k, v in self.extra.items()})
+        return out
+
+
+def definitions(prefix: str = "") -> list[TopicSpec]:
+    """Every topic of the bus. ``prefix`` (tests only) puts a private copy of the whole set beside the real one."""
+    specs: list[TopicSpec] = []
+    for region in REGIONS:
+        for kind in SOURCE_KINDS:
+            # Source topics are the record of what each agency saw: 30 days on the bus (ClickHouse keeps it
+            # for good). 4 partitions: enough for two workers per topic on this 2-core machine; raise them
+            # with `topics apply` when a real cluster needs more (keys keep per-subject order either way,
+            # except across the raise itself).
+            specs.append(TopicSpec(prefix + source(region, kind), 4, 30 * DAY_MS, "delete",
+                                   f"{kind} events published by {region}'s stations, keyed by "
+                                   f"{'case_id' if kind == 'case' else 'subject token'}"))
+    specs += [
+        # Control events are keyed by their event_id (a change to a window reuses it): compaction keeps
+        # the latest version of every window for good, so a worker that starts late still learns of all.
+        TopicSpec(prefix + CONTROL, 1, -1, "compact",
+                  "operators' control events (heightened-security windows), keyed by event_id"),
+        TopicSpec(prefix + DERIVED_ALERTS, 4, 90 * DAY_MS, "delete",
+                  "every derived alert of the stream layer"),
+        TopicSpec(prefix + TRENDS, 2, 90 * DAY_MS, "delete", "trend signals of case counts and passenger flow"),
+        # The latest risk score per subject or vessel is what a reader needs: compacted by its key.
+        TopicSpec(prefix + RISK_SCORES, 4, -1, "compact", "the current risk score of each subject and vessel"),
+    ]
+    for region in REGIONS:
+        specs.append(TopicSpec(prefix + routed_alerts(region), 2, 30 * DAY_MS, "delete",
+                               f"derived alerts {region} must act on or be informed of"))
+    # Dead letters wait for a person to look at them: kept three times as long as their source.
+    for name in [s.name for s in specs if s.name.startswith(prefix + "border.")] + [prefix + DERIVED_ALERTS]:
+        specs.append(TopicSpec(dead_letter(name), 1, 90 * DAY_MS, "delete",
+                               f"records of {name} that broke the contract, original bytes and the reason"))
+    # Rows of a station's export whose region cannot be told (so no source topic): the importer's last resort.
+    specs.append(TopicSpec(dead_letter(prefix + "import"), 1, 90 * DAY_MS, "delete",
+                           "imported rows whose region could not be read"))
+    return specs
+
+
+def spec(name: str, prefix: str = "") -> TopicSpec:
+    for s in definitions(prefix):
+        if s.name == name:
+            return s
+    raise KeyError(f"{name!r} is not a topic of the bus")
+
+
+# =========================================================================== apply
+@dataclass
+class Change:
+    topic: str
+    action: str        # create | add_partitions | alter_config | kept
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"topic": self.topic, "action": self.action, "detail": self.detail}
+
+
+class TopicsError(RuntimeError):
+    """The cluster refused a topic change; the message says which and why."""
+
+
+def _admin(bootstrap: str):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
+
+
+def _wait(futures: dict, what: str, timeout: float = 30.0) -> dict:
+    out, errors = {}, []
+    for key, fut in futures.items():
+        try:
+            out[key] = fut.result(timeout=timeout)
+        except Exception as exc:  # KafkaException carries the broker's error
+            errors.append(f"{what} {getattr(key, 'name', key)}: {exc}")
+    if errors:
+        raise TopicsError("; ".join(errors))
+    return out
+
+
+def describe(bootstrap: str, prefix: str = "", timeout: float = 30.0) -> list[dict]:
+    """Each defined topic as the cluster has it now: partitions, replication, the configs we manage."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    admin = _admin(bootstrap)
+    md = admin.list_topics(timeout=timeout)
+    brokers = max(1, len(md.brokers))
+    specs = definitions(prefix)
+    present = [s for s in specs if s.name in md.topics and not md.topics[s.name].error]
+    configs: dict[str, dict[str, str]] = {}
+    if present:
+        res = _wait(admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in present]),
+                    "describe", timeout)
+        for resource, entries in res.items():
+            configs[resource.name] = {k: v.value for k, v in entries.items()}
+    rows = []
+    for s in specs:
+        t = md.topics.get(s.name)
+        exists = t is not None and not t.error
+        have = configs.get(s.name, {})
+        rows.append({
+            "topic": s.name, "exists": exists, "purpose": s.purpose,
+            "partitions": len(t.partitions) if exists else None, "wanted_partitions": s.partitions,
+            "replication": len(next(iter(t.partitions.values())).replicas) if exists and t.partitions else None,
+            "wanted_replication": s.replication_for(brokers),
+            "configs": {k: have.get(k) for k in s.configs(brokers)} if exists else {},
+            "wanted_configs": s.configs(brokers),
+        })
+    return rows
+
+
+def apply(bootstrap: str, prefix: str = "", timeout: float = 30.0, dry_run: bool = False) -> list[Change]:
+    """Make the cluster at ``bootstrap`` match ``definitions(prefix)``; return what was changed (empty: nothing).
+
+    Missing topics are created; a topic with fewer partitions than defined gets more (never fewer: Kafka
+    cannot remove partitions, which is reported as ``kept``); topic configs that differ are set with
+    incremental alter-configs, so configs this table does not manage are left as they are. The replication
+    factor of an existing topic is not changed (that is a reassignment): a difference is reported as ``kept``.
+    """
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions,
+                                       NewTopic, ResourceType)
+
+    admin = _admin(bootstrap)
+    md = admin.list_topics(timeout=timeout)
+    brokers = max(1, len(md.brokers))
+    specs = definitions(prefix)
+    changes: list[Change] = []
+
+    missing = [s for s in specs if s.name not in md.topics or md.topics[s.name].error]
+    if missing:
+        changes += [Change(s.name, "create", f"{s.partitions} partitions, replication {s.replication_for(brokers)}, "
+                           + ", ".join(f"{k}={v}" for k, v in s.configs(brokers).items())) for s in missing]
+        if not dry_run:
+            new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_for(brokers),
+                            config=s.configs(brokers)) for s in missing]
+            futures = admin.create_topics(new, operation_timeout=timeout)
+            errors = []
+            for name, fut in futures.items():
+                try:
+                    fut.result(timeout=timeout)
+                except Exception as exc:
+                    # Another process may have created it between our look and our create: that is fine.
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        errors.append(f"create {name}: {exc}")
+            if errors:
+                raise TopicsError("; ".join(errors))
+
+    existing = [s for s in specs if s not in missing]
+    grow = []
+    for s in existing:
+        t = md.topics[s.name]
+        have = len(t.partitions)
+        if have < s.partitions:
+            grow.append(NewPartitions(s.name, s.partitions))
+            changes.append(Change(s.name, "add_partitions", f"{have} -> {s.partitions}"))
+        elif have > s.partitions:
+            changes.append(Change(s.name, "kept", f"has {have} partitions, defined {s.partitions}: "
+                                  "Kafka cannot remove partitions"))
+        rf = len(next(iter(t.partitions.values())).replicas) if t.partitions else 0
+        if rf and rf != s.replication_for(brokers):
+            changes.append(Change(s.name, "kept", f"replication {rf}, defined {s.replication_for(brokers)}: "
+                                  "changing it is a partition reassignment, not done here"))
+    if grow and not dry_run:
+        _wait(admin.create_partitions(grow, operation_timeout=timeout), "add partitions to", timeout)
+
+    if existing:
+        res = _wait(admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in existing]),
+                    "describe", timeout)
+        have_cfg = {r.name: {k: v.value for k, v in entries.items()} for r, entries in res.items()}
+        alter = []
+        for s in existing:
+            differ = {k: v for k, v in s.configs(brokers).items() if have_cfg.get(s.name, {}).get(k) != v}
+            if not differ:
+                continue
+            changes.append(Change(s.name, "alter_config", ", ".join(
+                f"{k}: {have_cfg.get(s.name, {}).get(k)} -> {v}" for k, v in differ.items())))
+            alter.append(ConfigResource(ResourceType.TOPIC, s.name, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in differ.items()]))
+        if alter and not dry_run:
+            _wait(admin.incremental_alter_configs(alter), "alter configs of", timeout)
+    return changes
+
+
+def ensure(bootstrap: str, prefix: str = "", timeout: float = 30.0) -> list[Change]:
+    """``apply`` for a publisher that is about to write: the topics exist, as defined, before the first event."""
+    return apply(bootstrap, prefix=prefix, timeout=timeout)
