@@ -26,6 +26,9 @@ app.add_typer(schemas_app, name="schemas")
 from yrdbus.cli_streams import evaluate as streams_evaluate, worker as streams_worker  # noqa: E402
 app.command("worker")(streams_worker)
 app.command("evaluate")(streams_evaluate)
+from yrdbus.cli_gateway import alerts_app, gateway_app  # noqa: E402
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(alerts_app, name="alerts")
 
 
 def fail(message: str, code: int = 1) -> None:

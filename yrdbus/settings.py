@@ -53,6 +53,19 @@ class Settings(BaseSettings):
     subject_key_file: Optional[Path] = Field(None, description="File holding the HMAC key for subject tokens.")
     demo: bool = Field(False, description="Demo mode: a fixed, public subject key is used when none is configured.")
 
+    # --- alert gateway -----------------------------------------------------
+    gateway_host: str = Field("127.0.0.1", description="Address the alert gateway listens on.")
+    gateway_port: int = Field(8090, description="Port of the alert gateway (SSE, WebSocket, the wall, /metrics).")
+    gateway_tokens_file: Path = Field(
+        Path("gateway.toml"), description="The gateway's access file: hashed bearer tokens with scopes, and webhooks.")
+    gateway_url: Optional[str] = Field(
+        None, description="Where `yrdbus alerts tail` finds the gateway. Unset: http://<gateway_host>:<gateway_port>.")
+    gateway_token: Optional[SecretStr] = Field(None, description="Bearer token of `yrdbus alerts tail`. Never logged.")
+    gateway_queue_size: int = Field(
+        256, ge=1, description="Alerts buffered per subscriber; a subscriber that falls further behind is sent `lagged`.")
+    gateway_webhook_attempts: int = Field(5, ge=1, description="POST attempts per alert before it is dead-lettered.")
+    gateway_webhook_backoff_s: float = Field(0.5, ge=0, description="First retry delay of a webhook; doubles each attempt.")
+
     @property
     def embedded_kafka(self) -> bool:
         return not self.kafka_bootstrap

@@ -1,0 +1,413 @@
+"""The live side of the gateway: one Kafka consumer fanned out to every connected subscriber.
+
+One consumer (no group, every partition of the five alert topics assigned)
+reads from the end of the log when the gateway starts and hands each decoded
+alert to the bounded queue of every subscriber whose selection matches.
+Handing over never waits: when a subscriber's queue is full, that
+subscriber alone is cut off with a ``lagged`` signal carrying the cursor to
+resume from, and everyone else carries on.
+
+Resumption seeks the broker, it keeps no history in memory: a subscriber that
+comes back with a cursor (or a time) gets a reader of its own that replays
+``[cursor, live position)`` from Kafka, while live alerts from the live
+position on queue up behind it. Attaching a subscriber reads the live
+position and registers it in one step of the event loop, so the replay ends
+exactly where the live delivery begins: nothing missed, nothing twice.
+Resumption therefore reaches back as far as the topics' retention; a cursor
+older than that gets a ``gap`` event naming what was deleted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import AsyncIterator, Optional
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from schemas.codec import get_codec
+from schemas.errors import EventError
+from yrdbus import topics
+
+from connectors.gateway.metrics import GatewayMetrics
+from connectors.gateway.selection import (
+    BadRequest, Item, Position, Selection, TopicNames, format_cursor, make_item, parse_cursor)
+
+log = logging.getLogger("yrdbus.gateway")
+
+LAGGED = object()
+CLOSING = object()
+
+
+def ensure_topics(bootstrap: str, names: list[str], prefix: str = "", timeout_s: float = 30.0) -> dict[str, int]:
+    """Create the topics that do not exist yet and return each one's partition count.
+
+    A topic the bus declares (``yrdbus.topics``) is created as declared; any other
+    (``dlq.webhooks``) with the broker's defaults.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(timeout=timeout_s)
+    missing = [n for n in names if n not in meta.topics or meta.topics[n].error]
+    if missing:
+        brokers = max(1, len(meta.brokers))
+        new = []
+        for n in missing:
+            declared = _declared(n, prefix)
+            if declared is None:
+                new.append(NewTopic(n))
+            else:
+                new.append(NewTopic(n, num_partitions=declared.partitions,
+                                    replication_factor=declared.replication_for(brokers),
+                                    config=declared.configs(brokers)))
+        for name, fut in admin.create_topics(new, operation_timeout=timeout_s).items():
+            try:
+                fut.result()
+            except Exception as exc:  # another process may have created it meanwhile
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    # A topic just created can take a moment to show its partitions in the metadata.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = admin.list_topics(timeout=timeout_s)
+        lacking = [n for n in names if n not in meta.topics or meta.topics[n].error or not meta.topics[n].partitions]
+        if not lacking:
+            return {n: len(meta.topics[n].partitions) for n in names}
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic(s) {', '.join(lacking)} still have no partitions {timeout_s:g} s after creation")
+        time.sleep(0.1)
+
+
+def _declared(name: str, prefix: str):
+    try:
+        return topics.spec(name, prefix)
+    except (AttributeError, KeyError):
+        return None
+
+
+def decode_item(names: TopicNames, metrics: GatewayMetrics, record) -> Optional[Item]:
+    try:
+        _, alert = get_codec().decode(record.value, kind="derived_alert")
+    except EventError as exc:
+        metrics.undecodable.labels(record.topic).inc()
+        log.warning("%s[%d]@%d skipped: %s (%s)", record.topic, record.partition, record.offset, exc, exc.reason)
+        return None
+    return make_item(record.topic, record.partition, record.offset, record.key, record.value, alert,
+                     names.region_of(record.topic))
+
+
+# --------------------------------------------------------------------------- one subscriber
+class Subscriber:
+    """A connected SSE or WebSocket client: its selection and its bounded queue."""
+
+    def __init__(self, kind: str, selection: Selection, queue_size: int, metrics: GatewayMetrics):
+        self.kind = kind
+        self.selection = selection
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=queue_size)
+        self.start: dict[Position, int] = {}
+        self.lagged = False
+        self._metrics = metrics
+
+    def offer(self, item: Item) -> bool:
+        """Queue the item if it is for this subscriber; False when this cut it off (lagged)."""
+        if self.lagged or item.offset < self.start.get((item.topic, item.partition), 0):
+            return True
+        if not self.selection.matches(item):
+            return True
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            self.lagged = True
+            self._metrics.lagged.labels(self.kind).inc()
+            self._replace_queue_with(LAGGED)
+            return False
+
+    def _replace_queue_with(self, marker) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(marker)
+
+
+# --------------------------------------------------------------------------- the hub
+class Hub:
+    def __init__(self, bootstrap: str, names: TopicNames, metrics: GatewayMetrics, *, queue_size: int = 256):
+        self.bootstrap = bootstrap
+        self.names = names
+        self.metrics = metrics
+        self.queue_size = queue_size
+        self.partitions: dict[str, int] = {}
+        self.live: dict[Position, int] = {}
+        self._subs: dict[str, set[Subscriber]] = defaultdict(set)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        wanted = self.names.all_alert_topics() + [self.names.webhook_dead_letters]
+        counts = await asyncio.to_thread(ensure_topics, self.bootstrap, wanted, self.names.prefix)
+        self.partitions = {t: counts[t] for t in self.names.all_alert_topics()}
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+            client_id="yrdbus-gateway-live", auto_offset_reset="latest",
+            # Alerts are few and urgent: answer a fetch as soon as one byte is there.
+            fetch_max_wait_ms=250, isolation_level="read_committed")
+        await self._consumer.start()
+        tps = [TopicPartition(t, p) for t, n in self.partitions.items() for p in range(n)]
+        self._consumer.assign(tps)
+        ends = await self._consumer.end_offsets(tps)
+        for tp in tps:
+            self._consumer.seek(tp, ends[tp])
+            self.live[(tp.topic, tp.partition)] = ends[tp]
+        self._task = asyncio.create_task(self._run(), name="gateway-live")
+        self.ready.set()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.close_subscribers()
+        if self._consumer:
+            await self._consumer.stop()
+
+    def close_subscribers(self) -> None:
+        """End every stream with a ``closing`` event carrying its cursor (the server is stopping)."""
+        for sub in {s for subs in self._subs.values() for s in subs}:
+            sub._replace_queue_with(CLOSING)
+            self.detach(sub)
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=1000, max_records=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker going away is retried; the gateway stays up
+                log.warning("live consumer: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in batch.items():
+                for record in records:
+                    item = decode_item(self.names, self.metrics, record)
+                    if item is not None:
+                        for sub in tuple(self._subs.get(record.topic, ())):
+                            if not sub.offer(item):
+                                self.detach(sub)
+                    self.live[(tp.topic, tp.partition)] = record.offset + 1
+
+    # ----------------------------------------------------------------- subscribers
+    def attach(self, sub: Subscriber, start: dict[Position, int | None]) -> dict[Position, tuple[int, int]]:
+        """Register ``sub`` for live delivery and return the ranges it must replay from the broker.
+
+        Synchronous on purpose: the live positions read here and the registration happen
+        in one step of the event loop, so no alert falls between replay and live.
+        ``start[p] is None`` means: from the live position.
+        """
+        ranges: dict[Position, tuple[int, int]] = {}
+        sub.start = {}
+        for pos in self.positions_of(sub.selection):
+            live = self.live[pos]
+            begin = start.get(pos)
+            begin = live if begin is None else begin
+            sub.start[pos] = begin
+            if begin < live:
+                ranges[pos] = (begin, live)
+        for topic in sub.selection.topics:
+            self._subs[topic].add(sub)
+        self.metrics.subscribers.labels(sub.kind).inc()
+        return ranges
+
+    def detach(self, sub: Subscriber) -> None:
+        found = False
+        for topic in sub.selection.topics:
+            subs = self._subs.get(topic)
+            if subs and sub in subs:
+                subs.discard(sub)
+                found = True
+        if found:
+            self.metrics.subscribers.labels(sub.kind).dec()
+
+    def positions_of(self, selection: Selection) -> list[Position]:
+        return [(t, p) for t in selection.topics for p in range(self.partitions[t])]
+
+    # ----------------------------------------------------------------- replay
+    def reader(self) -> "Reader":
+        return Reader(self)
+
+
+class Reader:
+    """A private consumer that replays ranges of the alert topics for one resuming subscriber."""
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> "Reader":
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.hub.bootstrap, group_id=None, enable_auto_commit=False,
+            client_id="yrdbus-gateway-replay", auto_offset_reset="earliest", isolation_level="read_committed",
+            fetch_max_wait_ms=100)
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._consumer:
+            await self._consumer.stop()
+
+    async def offsets_at(self, positions: list[Position], when: datetime) -> dict[Position, int | None]:
+        """The first offset at or after ``when`` in each partition; None where nothing is that recent."""
+        assert self._consumer is not None
+        ms = int(when.timestamp() * 1000)
+        found = await self._consumer.offsets_for_times({TopicPartition(t, p): ms for t, p in positions})
+        return {(tp.topic, tp.partition): (v.offset if v is not None else None) for tp, v in found.items()}
+
+    async def earliest(self, positions: list[Position]) -> dict[Position, int]:
+        assert self._consumer is not None
+        found = await self._consumer.beginning_offsets([TopicPartition(t, p) for t, p in positions])
+        return {(tp.topic, tp.partition): o for tp, o in found.items()}
+
+    async def replay(self, ranges: dict[Position, tuple[int, int]]) -> AsyncIterator[tuple[Position, int, Optional[Item]]]:
+        """Yield ``(position, offset, item or None)`` for every record in the ranges, in order per partition."""
+        assert self._consumer is not None
+        c = self._consumer
+        tps = {TopicPartition(t, p): (t, p) for t, p in ranges}
+        c.assign(list(tps))
+        for tp, pos in tps.items():
+            c.seek(tp, ranges[pos][0])
+        remaining = set(tps)
+        while remaining:
+            batch = await c.getmany(*remaining, timeout_ms=500, max_records=500)
+            for tp, records in batch.items():
+                pos = tps[tp]
+                stop = ranges[pos][1]
+                for record in records:
+                    if record.offset >= stop:
+                        break
+                    yield pos, record.offset, decode_item(self.hub.names, self.hub.metrics, record)
+            for tp in list(remaining):
+                if await c.position(tp) >= ranges[tps[tp]][1]:
+                    remaining.discard(tp)
+                    c.pause(tp)
+
+
+# --------------------------------------------------------------------------- one subscriber's stream
+@dataclass
+class Event:
+    kind: str                    # hello, alert, gap, lagged, closing
+    id: str                      # the cursor after this event
+    data: dict
+    item: Optional[Item] = None
+
+
+@dataclass
+class Feed:
+    """One subscriber's stream of events: a ``hello``, the replay (if resuming), then live alerts."""
+
+    hub: Hub
+    sub: Subscriber
+    ranges: dict[Position, tuple[int, int]]
+    positions: dict[Position, int]
+    gaps: list[dict] = field(default_factory=list)
+    reader: Optional[Reader] = None
+    _seen: OrderedDict = field(default_factory=OrderedDict)
+
+    @classmethod
+    async def open(cls, hub: Hub, kind: str, selection: Selection, *, cursor: str | None = None,
+                   from_time: datetime | None = None) -> "Feed":
+        """Validate the resume point, attach to the hub; BadRequest names what is wrong."""
+        sub = Subscriber(kind, selection, hub.queue_size, hub.metrics)
+        wanted = hub.positions_of(selection)
+        start: dict[Position, int | None] = {}
+        reader: Reader | None = None
+        gaps: list[dict] = []
+        if cursor:
+            parsed = parse_cursor(cursor)
+            for (topic, p), offset in parsed.items():
+                if (topic, p) not in wanted:
+                    raise BadRequest(
+                        f"cursor {cursor!r}: {topic}:{p} is not read by this stream ({', '.join(selection.topics)}); "
+                        f"a cursor resumes the same selection it came from")
+                start[(topic, p)] = offset
+        if cursor or from_time:
+            reader = Reader(hub)
+            await reader.__aenter__()
+            try:
+                if from_time and not cursor:
+                    start = dict(await reader.offsets_at(wanted, from_time))
+                behind = [pos for pos, o in start.items() if o is not None]
+                if behind:
+                    earliest = await reader.earliest(behind)
+                    for pos in behind:
+                        if start[pos] < earliest[pos]:
+                            gaps.append({"topic": pos[0], "partition": pos[1], "from": start[pos],
+                                         "to": earliest[pos], "reason": "deleted by the topic's retention"})
+                            start[pos] = earliest[pos]
+            except BaseException:
+                await reader.__aexit__(None, None, None)
+                raise
+        ranges = hub.attach(sub, start)
+        feed = cls(hub=hub, sub=sub, ranges=ranges, positions=dict(sub.start), gaps=gaps, reader=reader)
+        if not ranges and reader is not None:
+            await reader.__aexit__(None, None, None)
+            feed.reader = None
+        return feed
+
+    @property
+    def cursor(self) -> str:
+        return format_cursor(self.positions)
+
+    def _duplicate(self, item: Item) -> bool:
+        """A subscriber reading several routed topics gets an alert routed to two of them once."""
+        if len(self.sub.selection.sources) < 2:
+            return False
+        aid = item.alert.get("alert_id")
+        if aid in self._seen:
+            return True
+        self._seen[aid] = None
+        if len(self._seen) > 10_000:
+            self._seen.popitem(last=False)
+        return False
+
+    async def events(self) -> AsyncIterator[Event]:
+        yield Event("hello", self.cursor, {"cursor": self.cursor, "selection": self.sub.selection.describe(),
+                                           "replaying": bool(self.ranges)})
+        for gap in self.gaps:
+            yield Event("gap", self.cursor, gap)
+        if self.reader is not None:
+            try:
+                async for pos, offset, item in self.reader.replay(self.ranges):
+                    self.positions[pos] = offset + 1
+                    if item is not None and self.sub.selection.matches(item) and not self._duplicate(item):
+                        yield Event("alert", self.cursor, item.view, item)
+            finally:
+                await self.reader.__aexit__(None, None, None)
+                self.reader = None
+        while True:
+            got = await self.sub.queue.get()
+            if got is LAGGED:
+                yield Event("lagged", self.cursor, {
+                    "cursor": self.cursor,
+                    "reason": f"this subscriber fell {self.hub.queue_size} alerts behind; resume from the cursor"})
+                return
+            if got is CLOSING:
+                yield Event("closing", self.cursor, {"cursor": self.cursor, "reason": "the gateway is stopping"})
+                return
+            item: Item = got
+            self.positions[(item.topic, item.partition)] = item.offset + 1
+            if not self._duplicate(item):
+                yield Event("alert", self.cursor, item.view, item)
+
+    async def close(self) -> None:
+        self.hub.detach(self.sub)
+        if self.reader is not None:
+            await self.reader.__aexit__(None, None, None)
+            self.reader = None

@@ -1,0 +1,260 @@
+// The live alert wall. Everything is served by the gateway itself; nothing is loaded from elsewhere.
+//
+// Authentication: the token is entered once and kept in sessionStorage (this tab only). EventSource cannot
+// send an Authorization header, so the page trades the token (in a header) for a short-lived ticket at
+// POST /auth/ticket and opens the stream with ?ticket=...; the token itself never appears in a URL.
+// EventSource's own reconnect would reuse an expired ticket, so the page reconnects by itself: a fresh
+// ticket and ?since=<last cursor>, which resumes exactly after the last alert it showed.
+"use strict";
+
+const MAX_SHOWN = 500;
+const SEVERITIES = ["LOW", "MEDIUM", "HIGH", "CRITICAL"];
+const TOKEN_KEY = "yrdbus.gateway.token";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  source: null,
+  cursor: null,
+  retry: null,
+  seen: new Set(),
+};
+
+function setStatus(text, cls) {
+  const el = $("status");
+  el.textContent = text;
+  el.className = "status " + cls;
+}
+
+function showLogin(message) {
+  $("login").hidden = false;
+  $("wall").hidden = true;
+  $("controls").hidden = true;
+  $("login-error").textContent = message || "";
+  $("token").focus();
+}
+
+function showWall() {
+  $("login").hidden = true;
+  $("wall").hidden = false;
+  $("controls").hidden = false;
+}
+
+function signOut(message) {
+  if (state.source) state.source.close();
+  clearTimeout(state.retry);
+  state.source = null;
+  state.token = null;
+  state.cursor = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  showLogin(message);
+}
+
+async function getTicket() {
+  const response = await fetch("/auth/ticket", {
+    method: "POST",
+    headers: { Authorization: "Bearer " + state.token },
+    cache: "no-store",
+  });
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    signOut(body.message || "The token was refused.");
+    return null;
+  }
+  if (!response.ok) throw new Error(body.message || ("HTTP " + response.status));
+  return body;
+}
+
+function fillRegions(regions) {
+  const select = $("region");
+  if (select.options.length > 1) return;
+  for (const r of regions) {
+    const option = document.createElement("option");
+    option.value = r;
+    option.textContent = r;
+    select.appendChild(option);
+  }
+}
+
+function scheduleReconnect(delayMs) {
+  clearTimeout(state.retry);
+  state.retry = setTimeout(connect, delayMs);
+}
+
+async function connect() {
+  if (!state.token) return showLogin();
+  if (state.source) state.source.close();
+  setStatus("connecting", "wait");
+  let ticket;
+  try {
+    ticket = await getTicket();
+  } catch (err) {
+    setStatus("gateway unreachable", "off");
+    return scheduleReconnect(3000);
+  }
+  if (!ticket) return;
+  showWall();
+  fillRegions(ticket.regions);
+  $("who").textContent = "token " + ticket.token + " · " + describeScope(ticket.scope);
+
+  const params = new URLSearchParams({ ticket: ticket.ticket });
+  if (state.cursor) params.set("since", state.cursor);
+  else params.set("from_time", new Date(Date.now() - 3600 * 1000).toISOString());  // the last hour first
+  const source = new EventSource("/alerts/stream?" + params.toString());
+  state.source = source;
+
+  source.addEventListener("hello", (e) => {
+    state.cursor = e.lastEventId || state.cursor;
+    setStatus("live", "live");
+  });
+  source.addEventListener("alert", (e) => {
+    state.cursor = e.lastEventId || state.cursor;
+    addAlert(JSON.parse(e.data));
+  });
+  source.addEventListener("gap", (e) => {
+    const gap = JSON.parse(e.data);
+    notice("Some alerts were deleted by retention before they could be shown (" + gap.topic + ").");
+  });
+  source.addEventListener("lagged", (e) => {
+    state.cursor = JSON.parse(e.data).cursor;
+    source.close();
+    setStatus("catching up", "wait");
+    scheduleReconnect(100);
+  });
+  source.addEventListener("closing", (e) => {
+    state.cursor = JSON.parse(e.data).cursor || state.cursor;
+    source.close();
+    setStatus("gateway restarting", "wait");
+    scheduleReconnect(2000);
+  });
+  source.onerror = () => {
+    source.close();
+    setStatus("reconnecting", "wait");
+    scheduleReconnect(2000);
+  };
+}
+
+function describeScope(scope) {
+  if (scope.all) return "all regions";
+  const parts = [];
+  if (scope.regions) parts.push(scope.regions.join(", "));
+  if (scope.stations) parts.push("stations " + scope.stations.join(", "));
+  return parts.join(" · ");
+}
+
+function notice(text) {
+  const el = $("notice");
+  el.textContent = text;
+  el.hidden = false;
+}
+
+function regionsOf(alert) {
+  const out = new Set(alert.must_act || []);
+  for (const r of alert.inform || []) out.add(r);
+  if (alert.routed_to) out.add(alert.routed_to);
+  return out;
+}
+
+function visible(alert) {
+  const region = $("region").value;
+  const min = SEVERITIES.indexOf($("severity").value);
+  if (SEVERITIES.indexOf(alert.severity) < min) return false;
+  return !region || regionsOf(alert).has(region);
+}
+
+function applyFilters() {
+  let shown = 0;
+  for (const li of $("alerts").children) {
+    li.hidden = !visible(li._alert);
+    if (!li.hidden) shown += 1;
+  }
+  $("empty").hidden = shown > 0;
+}
+
+function localTime(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? iso : d.toLocaleTimeString([], { hour12: false });
+}
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+
+function addRow(dl, label, value) {
+  if (value === undefined || value === null || value === "" || (Array.isArray(value) && !value.length)) return;
+  dl.appendChild(el("dt", null, label));
+  const dd = el("dd");
+  if (value instanceof Node) dd.appendChild(value);
+  else dd.textContent = Array.isArray(value) ? value.join(", ") : String(value);
+  dl.appendChild(dd);
+}
+
+function addAlert(alert) {
+  if (state.seen.has(alert.alert_id)) return;
+  state.seen.add(alert.alert_id);
+
+  const li = el("li", "alert fresh sev-" + alert.severity);
+  li.dataset.alertId = alert.alert_id;
+  li.dataset.severity = alert.severity;
+  li._alert = alert;
+  const details = el("details");
+  const summary = el("summary");
+  summary.appendChild(el("span", "time", localTime(alert.occurred_at)));
+  summary.appendChild(el("span", "sev", alert.severity));
+  summary.appendChild(el("span", "kind", alert.kind));
+  summary.appendChild(el("span", "region", alert.routed_to || (alert.must_act || []).join("/")));
+  summary.appendChild(el("span", "where", alert.station_id || alert.port_code || ""));
+  summary.appendChild(el("span", "summary", alert.summary));
+  details.appendChild(summary);
+
+  const body = el("div", "evidence");
+  const dl = el("dl");
+  const evidence = el("ul");
+  for (const id of alert.evidence || []) evidence.appendChild(el("li", null, id));
+  addRow(dl, "evidence (event ids)", evidence);
+  addRow(dl, "rule", alert.rule_id + " (rule set " + alert.rule_set_version + ")");
+  addRow(dl, "must act", alert.must_act);
+  addRow(dl, "inform", alert.inform);
+  addRow(dl, "station", alert.station_id);
+  addRow(dl, "port", alert.port_code);
+  addRow(dl, "subject token", alert.subject);
+  addRow(dl, "conveyance", alert.conveyance_id);
+  addRow(dl, "pattern", alert.pattern);
+  for (const [k, v] of Object.entries(alert.details || {})) addRow(dl, k, v);
+  addRow(dl, "occurred at (UTC)", alert.occurred_at);
+  addRow(dl, "emitted at (UTC)", alert.emitted_at);
+  addRow(dl, "alert id", alert.alert_id);
+  if (alert.position) addRow(dl, "position", alert.position.topic + ":" + alert.position.partition + ":" + alert.position.offset);
+  body.appendChild(dl);
+  details.appendChild(body);
+  li.appendChild(details);
+
+  const list = $("alerts");
+  list.insertBefore(li, list.firstChild);
+  while (list.children.length > MAX_SHOWN) {
+    const last = list.lastChild;
+    state.seen.delete(last.dataset.alertId);
+    list.removeChild(last);
+  }
+  li.hidden = !visible(alert);
+  if (!li.hidden) $("empty").hidden = true;
+}
+
+$("login-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) return;
+  state.token = token;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("token").value = "";
+  connect();
+});
+$("signout").addEventListener("click", () => signOut("Signed out."));
+$("region").addEventListener("change", applyFilters);
+$("severity").addEventListener("change", applyFilters);
+
+if (state.token) connect();
+else showLogin();

@@ -1,0 +1,210 @@
+"""What the gateway tests share: an access file, a gateway running in-process on a free port, alerts on Kafka,
+and a small SSE client over a raw socket (so a test can stop reading, as a stalled console does)."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx2
+from confluent_kafka import Producer
+
+from connectors.gateway import Gateway
+from connectors.gateway.app import make_server
+from connectors.gateway.access import hash_token, new_token
+from schemas.codec import get_codec
+from yrdbus.settings import Settings
+
+from conftest import free_port
+
+# Cheap scrypt cost for tests only: the format and the check are the same, the work is 1/16.
+TEST_N = 2**10
+
+
+@dataclass
+class Tokens:
+    """Tokens (in clear, for the test's clients) and the access file made from their hashes."""
+
+    path: Path
+    clear: dict[str, str]
+
+    def __getitem__(self, name: str) -> str:
+        return self.clear[name]
+
+
+def write_access_file(folder: Path, scopes: dict[str, dict], webhooks: str = "") -> Tokens:
+    clear: dict[str, str] = {}
+    lines: list[str] = []
+    for tid, scope in scopes.items():
+        token = new_token(tid)
+        clear[tid] = token
+        lines += ["[[tokens]]", f'id = "{tid}"', f'hash = "{hash_token(token, n=TEST_N)}"']
+        for key, value in scope.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    path = folder / "gateway.toml"
+    path.write_text("\n".join(lines) + "\n" + webhooks)
+    return Tokens(path=path, clear=clear)
+
+
+STANDARD_SCOPES = {
+    "ah-duty": {"regions": ["AH"]},
+    "zj-duty": {"regions": ["ZJ"]},
+    "rcc": {"all": True},
+    "pvg": {"stations": ["SH-PVG"]},
+}
+
+
+class RunningGateway:
+    """A Gateway served by uvicorn in a thread of the test process, on a free port."""
+
+    def __init__(self, settings: Settings, tokens: Tokens, prefix: str, **options):
+        self.gateway = Gateway(settings, tokens_file=tokens.path, topic_prefix=prefix, **options)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = make_server(self.gateway, "127.0.0.1", self.port, log_level="warning")
+        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+
+    def __enter__(self) -> "RunningGateway":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx2.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx2.TransportError:
+                pass
+            if not self.thread.is_alive():
+                raise RuntimeError("the gateway stopped while starting (see the log above)")
+            time.sleep(0.1)
+        raise TimeoutError("the gateway did not become ready within 60 s")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+    def metric(self, name: str, **labels) -> float:
+        text = httpx2.get(self.url + "/metrics", timeout=5).text
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(name + ("{" + want + "}" if want else " ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+# --------------------------------------------------------------------------- alerts on Kafka
+def derived_alert(*, must_act=("AH",), inform=(), severity="HIGH", kind="CROSS_REGION_HIT", station_id=None,
+                  port_code=None, summary=None, **extra) -> dict:
+    now = datetime.now(timezone.utc)
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    alert_id = extra.pop("alert_id", None) or str(uuid.uuid4())
+    record = {
+        "alert_id": alert_id, "kind": kind, "severity": severity,
+        "rule_id": "cross_region_watchlist_hit", "rule_set_version": "2025.03.1",
+        "must_act": list(must_act), "inform": list(inform), "station_id": station_id, "port_code": port_code,
+        "subject": "sub_" + uuid.uuid4().hex[:24], "conveyance_id": "MU5411/2025-03-01", "pattern": None,
+        "evidence": [str(uuid.uuid4()), str(uuid.uuid4())],
+        "occurred_at": now - timedelta(seconds=30), "emitted_at": now,
+        "summary": summary or f"Traveller flagged in SH seen at an {'/'.join(must_act)} checkpoint",
+        "details": {"first_region": "SH", "hits": "2"},
+    }
+    record.update(extra)
+    return record
+
+
+class Publisher:
+    """Publishes DerivedAlert records, as the stream layer does, to ``<prefix>alerts.to.<R>`` and ``alerts.derived``."""
+
+    def __init__(self, settings: Settings, prefix: str):
+        self.prefix = prefix
+        self.producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True,
+                                  "acks": "all", "linger.ms": 0})
+        self.codec = get_codec()
+
+    def publish(self, record: dict, *, to: list[str] | None = None, derived: bool = True) -> bytes:
+        """Send to the routed topic of each region in ``to`` (default: must_act + inform) and to alerts.derived."""
+        value = self.codec.encode("derived_alert", record)
+        regions = to if to is not None else list(dict.fromkeys(list(record["must_act"]) + list(record["inform"])))
+        for r in regions:
+            self.producer.produce(f"{self.prefix}alerts.to.{r}", value=value, key=record["alert_id"].encode())
+        if derived:
+            self.producer.produce(f"{self.prefix}alerts.derived", value=value, key=record["alert_id"].encode())
+        assert self.producer.flush(30) == 0
+        return value
+
+
+# --------------------------------------------------------------------------- a raw SSE client
+class RawSSE:
+    """An SSE client on a plain socket: it reads only when told to, so it can stall like a frozen console."""
+
+    def __init__(self, url: str, path: str, headers: dict[str, str] | None = None, rcvbuf: int | None = None):
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect((host, int(port)))
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+        for k, v in (headers or {}).items():
+            head += f"{k}: {v}\r\n"
+        self.sock.sendall((head + "\r\n").encode())
+        self.buffer = b""
+        self.status: int | None = None
+        self.closed = False
+
+    def read_events(self, timeout: float, until=None) -> list[dict]:
+        """Read for up to ``timeout`` s (or until ``until(events)`` is true, or the server closes)."""
+        events: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.closed:
+            self.sock.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                chunk = None
+            if chunk == b"":
+                self.closed = True
+            elif chunk:
+                self.buffer += chunk
+                events += self._parse()
+            if until is not None and until(events):
+                break
+        return events
+
+    def _parse(self) -> list[dict]:
+        if self.status is None:
+            if b"\r\n\r\n" not in self.buffer:
+                return []
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            self.status = int(head.split(b" ", 2)[1])
+        out = []
+        # Chunked framing puts size lines between events; an SSE parser ignores lines without a known field.
+        text = self.buffer.replace(b"\r\n", b"\n")
+        *complete, rest = text.split(b"\n\n")
+        self.buffer = rest
+        for block in complete:
+            ev = {"event": "message", "id": None, "data": ""}
+            for line in block.decode("utf-8", "replace").split("\n"):
+                field, sep, value = line.partition(":")
+                if not sep:
+                    continue
+                value = value[1:] if value.startswith(" ") else value
+                if field in ("event", "id"):
+                    ev[field] = value
+                elif field == "data":
+                    ev["data"] += value
+            if ev["data"]:
+                ev["json"] = json.loads(ev["data"])
+                out.append(ev)
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def alerts_of(events: list[dict]) -> list[str]:
+    return [e["json"]["alert_id"] for e in events if e["event"] == "alert"]

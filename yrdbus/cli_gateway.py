@@ -1,0 +1,219 @@
+"""`yrdbus gateway` (the alert gateway and its tokens) and `yrdbus alerts tail` (alerts in a terminal)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from yrdbus.settings import get_settings
+
+gateway_app = typer.Typer(
+    help="The alert gateway: SSE, WebSocket and webhooks for subscribers, and the live alert wall.",
+    invoke_without_command=True)
+alerts_app = typer.Typer(help="Real-time derived alerts, through the gateway.", no_args_is_help=True)
+
+SEVERITY_STYLE = {"CRITICAL": "bold white on red", "HIGH": "bold red", "MEDIUM": "yellow", "LOW": "cyan"}
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- gateway
+@gateway_app.callback(invoke_without_command=True)
+def gateway(
+    ctx: typer.Context,
+    host: Optional[str] = typer.Option(None, "--host", help="Listen address (default: YRDBUS_GATEWAY_HOST, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Listen port (default: YRDBUS_GATEWAY_PORT, 8090)."),
+    tokens_file: Optional[Path] = typer.Option(
+        None, "--tokens-file", help="Access file with hashed tokens and webhooks (default: YRDBUS_GATEWAY_TOKENS_FILE)."),
+    topic_prefix: str = typer.Option("", "--topic-prefix",
+                                     help="Read <prefix>alerts.to.<R> and <prefix>alerts.derived (a staging copy)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
+) -> None:
+    """Run the alert gateway (until Ctrl-C). Subcommands: hash-token."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    from connectors.gateway import serve
+    from connectors.gateway.access import AccessFileError
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    try:
+        serve(settings, host=host, port=port, tokens_file=tokens_file, topic_prefix=topic_prefix,
+              log_level=log_level)
+    except AccessFileError as exc:
+        _fail(str(exc))
+
+
+@gateway_app.command("hash-token")
+def hash_token(
+    token_id: Optional[str] = typer.Option(None, "--id", help="Token id (letters, digits, - and _): a new random token "
+                                           "<id>.<secret> is made and shown once."),
+    stdin: bool = typer.Option(False, "--stdin", help="Hash a token read from standard input (<id>.<secret>) instead."),
+    regions: List[str] = typer.Option([], "--regions", "--region", help="Scope: a region (repeat, or SH,JS)."),
+    stations: List[str] = typer.Option([], "--stations", "--station", help="Scope: a station id (repeat, or a,b)."),
+    everything: bool = typer.Option(False, "--all", help="Scope: every region (the regional command centre)."),
+    json_out: bool = typer.Option(False, "--json", help="Print {id, token, hash, toml} as JSON."),
+) -> None:
+    """Make (or hash) a bearer token and print its entry (a tokens table) for the access file.
+
+    Only the scrypt hash goes in the file; the token is printed once, to standard error.
+    """
+    from connectors.gateway.access import AccessFileError, hash_token as make_hash, new_token, parse_scope, token_id_of
+
+    if stdin:
+        token = sys.stdin.readline().strip()
+        tid = token_id_of(token)
+        if not tid:
+            _fail("the token on standard input must look like <id>.<secret>")
+        if token_id and token_id != tid:
+            _fail(f"--id {token_id!r} differs from the token's own id {tid!r}")
+    else:
+        if not token_id:
+            _fail("give --id NAME (a new token is made) or --stdin (hash an existing one)")
+        try:
+            token = new_token(token_id)
+        except ValueError as exc:
+            _fail(str(exc))
+        tid = token_id
+    split = lambda values: [x.strip() for v in values for x in v.split(",") if x.strip()]  # noqa: E731
+    entry = {"all": everything, "regions": [r.upper() for r in split(regions)], "stations": split(stations)}
+    try:
+        parse_scope(entry, "the scope options")
+    except AccessFileError as exc:
+        _fail(str(exc).replace("field `", "option `--"))
+    hashed = make_hash(token)
+    lines = ["[[tokens]]", f'id = "{tid}"', f'hash = "{hashed}"']
+    if everything:
+        lines.append("all = true")
+    if entry["regions"]:
+        lines.append("regions = [" + ", ".join(f'"{r}"' for r in entry["regions"]) + "]")
+    if entry["stations"]:
+        lines.append("stations = [" + ", ".join(f'"{s}"' for s in entry["stations"]) + "]")
+    toml = "\n".join(lines) + "\n"
+    if json_out:
+        typer.echo(json.dumps({"id": tid, "token": None if stdin else token, "hash": hashed, "toml": toml}))
+        return
+    typer.echo(toml)
+    if not stdin:
+        typer.secho(f"token (shown once, give it to the subscriber): {token}", err=True, fg=typer.colors.YELLOW)
+
+
+# --------------------------------------------------------------------------- alerts tail
+def _token(token_file: Optional[Path]) -> str:
+    if token_file is not None:
+        try:
+            value = token_file.read_text().strip()
+        except OSError as exc:
+            _fail(f"--token-file {token_file}: {exc.strerror}", 2)
+        if not value:
+            _fail(f"--token-file {token_file} is empty", 2)
+        return value
+    secret = get_settings().gateway_token
+    if secret is None or not secret.get_secret_value():
+        _fail("no token: set YRDBUS_GATEWAY_TOKEN or pass --token-file FILE", 2)
+    return secret.get_secret_value()
+
+
+def _line(alert: dict):
+    from rich.text import Text
+
+    sev = alert.get("severity", "?")
+    where = alert.get("station_id") or alert.get("port_code") or "-"
+    region = alert.get("routed_to") or "/".join(alert.get("must_act") or []) or "-"
+    t = str(alert.get("occurred_at", ""))[11:19]
+    text = Text()
+    text.append(f"{t}Z ", style="dim")
+    text.append(f"{sev:<8}", style=SEVERITY_STYLE.get(sev, ""))
+    text.append(f" {region:<5} {alert.get('kind', '?'):<22} {where:<10} ")
+    text.append(str(alert.get("summary", "")))
+    text.append(f"  {alert.get('alert_id', '')}", style="dim")
+    return text
+
+
+@alerts_app.command("tail")
+def tail(
+    region: List[str] = typer.Option([], "--region", help="Only this region (repeat for several); must be in scope."),
+    station: List[str] = typer.Option([], "--station", help="Only alerts for this station."),
+    min_severity: Optional[str] = typer.Option(None, "--min-severity", help="LOW, MEDIUM, HIGH or CRITICAL."),
+    kind: List[str] = typer.Option([], "--kind", help="Only this alert kind (repeat for several)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per line (the alert), for scripts."),
+    url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (default: YRDBUS_GATEWAY_URL or "
+                                      "http://YRDBUS_GATEWAY_HOST:YRDBUS_GATEWAY_PORT)."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the bearer token "
+                                              "(default: the YRDBUS_GATEWAY_TOKEN environment variable)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Resume from this cursor (an event id)."),
+    from_time: Optional[str] = typer.Option(None, "--from-time", help="Start at this ISO 8601 time (e.g. 2025-03-01T08:00Z)."),
+    count: Optional[int] = typer.Option(None, "--count", min=1, help="Exit after this many alerts."),
+) -> None:
+    """Print alerts as they arrive, one line each (coloured by severity), reconnecting without loss."""
+    import httpx2
+    from rich.console import Console
+
+    settings = get_settings()
+    token = _token(token_file)
+    base = (url or settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
+    params: list[tuple[str, str]] = [("region", r) for r in region] + [("station", s) for s in station]
+    params += [("kind", k) for k in kind]
+    if min_severity:
+        params.append(("min_severity", min_severity))
+    if from_time and not since:
+        params.append(("from_time", from_time))
+    console = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False)
+    cursor = since
+    shown = 0
+    backoff = 1.0
+    timeout = httpx2.Timeout(connect=5.0, read=45.0, write=5.0, pool=5.0)   # the gateway pings every 15 s
+    try:
+        with httpx2.Client(timeout=timeout) as client:
+            while True:
+                headers = {"Authorization": f"Bearer {token}"}
+                if cursor:
+                    headers["Last-Event-ID"] = cursor
+                try:
+                    with client.sse(f"{base}/alerts/stream", params=params, headers=headers) as source:
+                        response = source.response
+                        if response.status_code != 200:
+                            response.read()
+                            try:
+                                message = response.json().get("message", response.text)
+                            except ValueError:
+                                message = response.text
+                            _fail(f"{base} answered {response.status_code}: {message}", 2)
+                        backoff = 1.0
+                        for event in source:
+                            if event.event == "alert":
+                                cursor = event.id or cursor
+                                alert = event.json()
+                                if json_out:
+                                    sys.stdout.write(json.dumps(alert, ensure_ascii=False) + "\n")
+                                    sys.stdout.flush()
+                                else:
+                                    console.print(_line(alert))
+                                shown += 1
+                                if count is not None and shown >= count:
+                                    return
+                            elif event.event == "hello":
+                                cursor = event.id or cursor
+                            elif event.event in ("lagged", "closing"):
+                                cursor = event.json().get("cursor") or cursor
+                                err.print(f"[yellow]{event.event}: resuming from {cursor}[/]")
+                                break
+                            elif event.event == "gap":
+                                err.print(f"[red]gap: {event.json()}[/]")
+                except (httpx2.TransportError, httpx2.SSEError) as exc:
+                    err.print(f"[yellow]connection to {base} lost ({type(exc).__name__}); retrying in {backoff:g} s[/]")
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+    except KeyboardInterrupt:
+        return
+
