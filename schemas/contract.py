@@ -100,8 +100,7 @@ def _inline_named(node, named: dict[str, dict], seen: set[str], ns: str):
     if isinstance(node, str):
         full = _full(node, ns)
         if full in named and full not in seen:
-            seen.add(full)
-            return _inline_named(named[full], named, seen, ns)
+            return _inline_named(named[full], named, seen, ns)  # the definition marks itself seen
         return node
     if isinstance(node, list):
         return [_inline_named(v, named, seen, ns) for v in node]
@@ -138,37 +137,44 @@ def current_parsed(kind: str):
     return parsed(current_schema_json(kind))
 
 
-def load_ids() -> list[dict]:
+def load_ids(folder: Path | None = None) -> list[dict]:
     """Rows of the local id table: {"id", "name", "version", "fingerprint", "file"}."""
-    if not IDS_FILE.is_file():
+    ids_file = IDS_FILE if folder is None else Path(folder) / "ids.json"
+    if not ids_file.is_file():
         return []
-    return json.loads(IDS_FILE.read_text())["schemas"]
+    return json.loads(ids_file.read_text())["schemas"]
 
 
-def history_file(name: str, version: int) -> Path:
-    return HISTORY_DIR / name / f"v{version}.avsc"
+def history_file(name: str, version: int, folder: Path | None = None) -> Path:
+    return (HISTORY_DIR if folder is None else Path(folder) / "history") / name / f"v{version}.avsc"
 
 
-def read_history(row: dict) -> str:
+def read_history(row: dict, folder: Path | None = None) -> str:
     """The schema JSON text of one row of the id table."""
-    return json.dumps(json.loads((HERE / row["file"]).read_text()), sort_keys=True, ensure_ascii=False)
+    base = HERE if folder is None else Path(folder)
+    return json.dumps(json.loads((base / row["file"]).read_text()), sort_keys=True, ensure_ascii=False)
 
 
-def register_local(kind: str) -> dict:
-    """Append the current schema of ``kind`` as a new version, unless it is already registered."""
+def register_local(kind: str, folder: Path | None = None) -> dict:
+    """Append the current schema of ``kind`` as a new version, unless it is already registered.
+
+    ``folder`` is a schemas folder (``avsc/``, ``history/``, ``ids.json``); default: this package's.
+    Ids and versions only ever grow: a row, once written, is never changed.
+    """
     name = full_name(kind)
-    text = current_schema_json(kind)
+    base = HERE if folder is None else Path(folder)
+    text = current_schema_json(kind) if folder is None else expanded_schema_json(base / "avsc", name)
     fp = fingerprint(text)
-    rows = load_ids()
+    rows = load_ids(base)
     for row in rows:
         if row["fingerprint"] == fp and row["name"] == name:
             return row
     version = 1 + max((r["version"] for r in rows if r["name"] == name), default=0)
-    path = history_file(name, version)
+    path = history_file(name, version, base)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n")
     row = {"id": 1 + max((r["id"] for r in rows), default=0), "name": name, "version": version,
-           "fingerprint": fp, "file": str(path.relative_to(HERE))}
+           "fingerprint": fp, "file": str(path.relative_to(base))}
     rows.append(row)
-    IDS_FILE.write_text(json.dumps({"schemas": rows}, indent=1) + "\n")
+    (base / "ids.json").write_text(json.dumps({"schemas": rows}, indent=1) + "\n")
     return row

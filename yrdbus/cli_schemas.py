@@ -134,6 +134,7 @@ def schemas_check(
 
 @schemas_app.command("register")
 def schemas_register(
+    folder: Path = typer.Option(None, "--dir", help="A schemas folder with avsc/, history/, ids.json (default: the installed one)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Append each changed current schema as a new version to schemas/history and schemas/ids.json.
@@ -142,13 +143,13 @@ def schemas_register(
     """
     from schemas import contract, evolution
 
-    _, problems = evolution.check()
+    _, problems = evolution.check(folder)
     if problems:
         for p in problems:
             typer.secho(f"INCOMPATIBLE {p}", fg=typer.colors.RED, err=True)
         _fail("not registering: the current schemas break compatibility (see above)")
-    before = {r["id"] for r in contract.load_ids()}
-    rows = [contract.register_local(kind) for kind in contract.KINDS]
+    before = {r["id"] for r in contract.load_ids(folder)}
+    rows = [contract.register_local(kind, folder) for kind in contract.KINDS]
     added = [r for r in rows if r["id"] not in before]
     if json_out:
         typer.echo(json.dumps({"added": added, "schemas": rows}))
