@@ -58,4 +58,7 @@ def write_section(name: str, text: str) -> Path:
 
 
 def command() -> str:
-    return " ".join(["python", "-m", *sys.argv]) if sys.argv and sys.argv[0].endswith("__main__.py") else "make bench"
+    """How this run was started, for the report: `python -m bench codec`, or `make bench`."""
+    if sys.argv and sys.argv[0].endswith("__main__.py") and sys.argv[1:]:
+        return "python -m bench " + " ".join(sys.argv[1:])
+    return "make bench"

@@ -116,7 +116,7 @@ def measure(records: list[dict], runs: int = RUNS) -> dict[str, float]:
 def main() -> None:
     records = clearances(RECORDS)
     m = measure(records)
-    enc = m["codec_encode"] / m["bare_encode"]
+    enc = m["codec_encode"] / m["bare_encode"]  # ratios shown to 0.1 %: the goal sits at 90 %
     dec = m["codec_decode"] / m["bare_decode"]
     proj = m["projected_decode"] / m["bare_decode"]
     goal = "met" if enc >= 0.9 and dec >= 0.9 else "NOT met"
@@ -129,10 +129,10 @@ one thread; each rate is the median of {RUNS} runs; within a run the paths alter
 | path | records/s (median of {RUNS}) | vs bare fastavro |
 |---|---:|---:|
 | bare fastavro `schemaless_writer` (BytesIO + getvalue) | {m['bare_encode']:,.0f} | 100 % |
-| `Codec.encode` (validation + Confluent framing + Avro) | {m['codec_encode']:,.0f} | {enc:.0%} |
+| `Codec.encode` (validation + Confluent framing + Avro) | {m['codec_encode']:,.0f} | {enc:.1%} |
 | bare fastavro `schemaless_reader` (current schema) | {m['bare_decode']:,.0f} | 100 % |
-| `Codec.decode` (framing + id look-up + Avro + leftover check) | {m['codec_decode']:,.0f} | {dec:.0%} |
-| `Codec.projected_decoder` ({len(PROJECTED)} fields: {', '.join(PROJECTED)}) | {m['projected_decode']:,.0f} | {proj:.0%} |
+| `Codec.decode` (framing + id look-up + Avro + leftover check) | {m['codec_decode']:,.0f} | {dec:.1%} |
+| `Codec.projected_decoder` ({len(PROJECTED)} fields: {', '.join(PROJECTED)}) | {m['projected_decode']:,.0f} | {proj:.1%} |
 
 Goal (codec at least 90 % of bare fastavro each way): **{goal}**.
 Why the codec decode can beat the bare reader: the codec's reader schema drops `logicalType: uuid`, so

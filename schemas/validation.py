@@ -416,16 +416,25 @@ def _clearance():
     countries_or_none = countries | {None}  # an optional field: one look-up instead of two
     ports_or_none = frozenset(port_region) | {None}
 
-    # The common case costs a handful of look-ups and two regex matches; anything doubtful falls through
+    # The common case costs a handful of look-ups and one byte translation; anything doubtful falls through
     # to the checks that name the field and the rule.
     def check(r, now, skew):
         try:
-            # str.translate over the encoded bytes beats a regex on fresh strings by 2-3x; both say "exactly
-            # 8-4-4-4-12 lower-case hex digits" / "exactly 64 lower-case hex digits".
+            # The identifiers in one pass: event_id (8-4-4-4-12 lower-case hex), subject and name_token (64
+            # lower-case hex each). Deleting the hex digits from their bytes must leave the four dashes of the
+            # UUID, and those sit at 8, 13, 18, 23. str.translate on bytes beats three regex matches on fresh
+            # strings by 2-3x. Anything else (a uuid.UUID, a bad token) takes the checks that say which.
             eid = r["event_id"]
-            if (eid.__class__ is not str or len(eid) != 36 or eid.encode().translate(None, _HEX) != b"----"
-                    or eid[8:24:5] != "----"):  # the dashes at 8, 13, 18, 23 and nowhere else
+            sub = r["subject"]
+            nt = r.get("name_token")
+            if not (eid.__class__ is str and sub.__class__ is str and len(eid) == 36 and len(sub) == 64
+                    and eid[8:24:5] == "----"
+                    and ((eid + sub) if nt is None else (eid + sub + nt) if nt.__class__ is str and len(nt) == 64
+                         else "").encode().translate(None, _HEX) == b"----"):
                 _uuid(eid)
+                _token(sub, "subject")
+                if nt is not None:
+                    _token(nt, "name_token")
             if (r["region"], r["station_id"], r["port_code"]) not in places:
                 _station_and_port(r, tables)
             occ = r["occurred_at"]
@@ -437,15 +446,6 @@ def _clearance():
                 _future(occ, "occurred_at", now, skew, clock)
             if r["published_at"].tzinfo is None:
                 _aware(r["published_at"], "published_at")
-            sub = r["subject"]
-            nt = r.get("name_token")
-            if nt is None:
-                if sub.__class__ is not str or len(sub) != 64 or sub.encode().translate(None, _HEX):
-                    _token(sub, "subject")
-            elif (sub.__class__ is not str or nt.__class__ is not str or len(sub) != 64 or len(nt) != 64
-                  or (sub + nt).encode().translate(None, _HEX)):
-                _token(sub, "subject")
-                _token(nt, "name_token")
             if r["document_country"] not in countries:
                 _country(r["document_country"], "document_country", countries)
             if r["nationality"] not in countries:
