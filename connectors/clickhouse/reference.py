@@ -1,6 +1,8 @@
 """Reference data (``schemas/reference/*.json``) into ClickHouse tables, behind the dictionaries."""
 from __future__ import annotations
 
+import json
+
 from schemas import reference
 
 #: table -> (columns, rows from the reference JSON)
@@ -9,7 +11,7 @@ def _tables() -> dict[str, tuple[list[str], list[list]]]:
     ports = reference.ports().values()
     stations = reference.stations().values()
     countries = reference.countries().values()
-    return {
+    out = {
         "ref_regions": (["code", "name", "name_zh", "agency", "neighbours", "share_of_crossings", "transit_144h"],
                         [[r["code"], r["name"], r.get("name_zh", ""), r.get("agency", ""), list(r.get("neighbours", [])),
                           float(r.get("share_of_crossings", 0.0)), bool(r.get("transit_144h", False))] for r in regions]),
@@ -22,6 +24,14 @@ def _tables() -> dict[str, tuple[list[str], list[list]]]:
         "ref_countries": (["alpha3", "alpha2", "name"],
                           [[c["alpha3"], c.get("alpha2", ""), c.get("name", "")] for c in countries]),
     }
+    profile = reference.DIR / "flow_profile.json"
+    if profile.is_file():
+        p = json.loads(profile.read_text())
+        per_hour = float(p["annual_crossings"]) / 8760
+        out["ref_flow_baseline"] = (["kind", "hour", "weekday", "crossings_per_hour"], [
+            [kind, h, d, per_hour * float(curve[h]) * float(p["day_of_week"][d])]
+            for kind, curve in p["hour_of_day"].items() for h in range(24) for d in range(7)])
+    return out
 
 
 DICTIONARIES = ("regions", "stations", "ports")

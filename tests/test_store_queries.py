@@ -1,0 +1,211 @@
+"""The analysts' query library on the real engine: every named query on a seeded dataset, exact rows."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from connectors import queries
+from connectors.clickhouse import Target, migrate
+from schemas import reference
+
+S1, S2, S3, S4, S9 = ("1" * 64, "2" * 64, "3" * 64, "4" * 64, "9" * 64)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+def naive(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _uuid(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+def clearance(n, subject, when, region, port, direction, basis="VISA", nationality="USA"):
+    p = reference.ports()[port]
+    assert p.region == region
+    return {"event_id": _uuid(n), "region": region, "station_id": p.station_id, "port_code": port,
+            "occurred_at": at(when), "published_at": at(when), "subject": subject, "direction": direction,
+            "document_type": "PASSPORT", "document_country": nationality, "nationality": nationality,
+            "conveyance_type": "FLIGHT", "conveyance_id": "MU1/2017-06-01", "lane": "MANUAL",
+            "entry_basis": basis, "decision": "CLEARED"}
+
+
+def alert(n, subject, when, region, port, status="RAISED", severity="HIGH", published=None):
+    p = reference.ports()[port]
+    return {"event_id": _uuid(n), "region": region, "station_id": p.station_id, "port_code": port,
+            "occurred_at": at(when), "published_at": at(published or when), "subject": subject,
+            "kind": "WATCHLIST_HIT", "severity": severity, "source": "WATCHLIST", "status": status,
+            "description": ""}
+
+
+def case(n, case_id, when, region, port, case_type, method, nationalities, stage="OPENED", subjects=()):
+    p = reference.ports()[port]
+    return {"event_id": _uuid(n), "region": region, "station_id": p.station_id, "port_code": port,
+            "occurred_at": at(when), "published_at": at(when), "case_id": case_id, "stage": stage,
+            "case_type": case_type, "method": method, "subjects": list(subjects),
+            "nationalities": list(nationalities), "persons": len(nationalities), "description": ""}
+
+
+def derived(alert_id, subject, when, must_act, kind="CROSS_REGION_HIT"):
+    return {"alert_id": alert_id, "kind": kind, "severity": "HIGH", "rule_id": "r", "rule_set_version": "1",
+            "must_act": must_act, "inform": [], "subject": subject, "evidence": [], "occurred_at": at(when),
+            "emitted_at": at(when), "summary": f"{kind} {alert_id}", "details": {}}
+
+
+def insert(client, db, table, rows):
+    columns = sorted({k for r in rows for k in r})
+    client.insert(f"{db}.{table}", [[r.get(c) for c in columns] for r in rows], column_names=columns)
+
+
+@pytest.fixture
+def seeded(ch):
+    client, db = ch
+    migrate(client, Target(database=db))
+    insert(client, db, "clearances", [
+        clearance(1, S1, "2017-06-01 10:00:00", "SH", "PVG", "ENTRY", basis="TRANSIT_144H"),
+        clearance(2, S1, "2017-06-03 12:00:00", "ZJ", "HGH", "EXIT"),
+        clearance(3, S2, "2017-06-01 00:00:00", "SH", "SHA", "ENTRY", basis="TRANSIT_144H", nationality="GBR"),
+        clearance(4, S3, "2017-06-01 08:00:00", "JS", "NKG", "ENTRY", basis="TRANSIT_144H", nationality="DEU"),
+        clearance(5, S3, "2017-06-08 08:00:00", "SH", "PVG", "EXIT", nationality="DEU"),
+        clearance(6, S4, "2017-06-04 08:00:00", "JS", "NKG", "ENTRY"),          # before S4 is flagged
+        clearance(7, S4, "2017-06-05 12:00:00", "SH", "PVG", "EXIT"),           # flagged region itself
+        clearance(8, S4, "2017-06-06 09:00:00", "AH", "HFE", "ENTRY"),
+        clearance(9, S4, "2017-06-06 18:00:00", "AH", "HFE", "EXIT"),
+    ])
+    insert(client, db, "alerts", [
+        alert(101, S1, "2017-06-02 09:00:00", "JS", "NKG"),
+        alert(102, S4, "2017-06-05 10:00:00", "SH", "PVG"),
+        alert(102, S4, "2017-06-05 10:00:00", "SH", "PVG", status="RESOLVED", published="2017-06-05 10:30:00"),
+        alert(103, None, "2017-06-06 00:00:00", "SH", "SHA", status="DISMISSED", severity="LOW",
+              published="2017-06-06 01:00:00"),
+        alert(104, None, "2017-06-07 00:00:00", "SH", "SHA", status="RESOLVED", severity="CRITICAL",
+              published="2017-06-07 01:30:00"),
+    ])
+    cases = [case(201, "AH-2017-000001", "2017-06-04 07:00:00", "AH", "HFE", "STOWAWAY", "STOWAWAY_ON_VESSEL",
+                  ["USA", "VNM"], subjects=[S1, S9])]
+    n = 300
+    # ILLEGAL_STAY/VISA_OVERSTAY/VNM: 4 in the 28-day baseline (expected 1 a week), 6 in the recent week
+    for d in ("2017-05-28", "2017-06-05", "2017-06-12", "2017-06-20"):
+        n += 1
+        cases.append(case(n, f"SH-{n}", f"{d} 03:00:00", "SH", "PVG", "ILLEGAL_STAY", "VISA_OVERSTAY", ["VNM"]))
+    for d in ("2017-06-24", "2017-06-25", "2017-06-26", "2017-06-27", "2017-06-29", "2017-06-30"):
+        n += 1
+        cases.append(case(n, f"SH-{n}", f"{d} 03:00:00", "SH", "PVG", "ILLEGAL_STAY", "VISA_OVERSTAY", ["VNM"]))
+    for d in ("2017-06-28", "2017-06-29"):  # later stages of a case are not new cases
+        n += 1
+        cases.append(case(n, "SH-301", f"{d} 04:00:00", "SH", "PVG", "ILLEGAL_STAY", "VISA_OVERSTAY", ["VNM"],
+                          stage="CLOSED"))
+    # DOCUMENT_FRAUD/FORGED_DOCUMENT/NGA: 28 in the baseline (7 a week), 8 recent: not significant
+    for i in range(28):
+        n += 1
+        cases.append(case(n, f"JS-{n}", f"{date(2017, 5, 27) + timedelta(days=i)} 05:00:00", "JS", "NKG",
+                          "DOCUMENT_FRAUD", "FORGED_DOCUMENT", ["NGA"]))
+    for i in range(8):
+        n += 1
+        cases.append(case(n, f"JS-{n}", f"{date(2017, 6, 24) + timedelta(days=i % 7)} 06:00:00", "JS", "NKG",
+                          "DOCUMENT_FRAUD", "FORGED_DOCUMENT", ["NGA"]))
+    # ILLEGAL_ENTRY/OTHER/USA: 2 recent, none before: below min_cases
+    for d in ("2017-06-29", "2017-06-30"):
+        n += 1
+        cases.append(case(n, f"ZJ-{n}", f"{d} 07:00:00", "ZJ", "HGH", "ILLEGAL_ENTRY", "OTHER", ["USA"]))
+    insert(client, db, "cases", cases)
+    insert(client, db, "derived_alerts", [
+        derived("d1", S1, "2017-06-03 12:00:01", ["ZJ"]),
+        derived("d2", None, "2017-06-05 00:00:00", ["SH", "JS"], kind="DOCUMENT_FRAUD_SPREAD"),
+    ])
+    previous = client.database
+    client.database = db
+    yield client, db
+    client.database = previous
+
+
+def rows(client, name, **params):
+    return queries.run(client, name, {k: str(v) for k, v in params.items()}).result_rows
+
+
+def test_library_lists_every_query_with_its_parameters():
+    lib = queries.library()
+    assert set(lib) == {"subject_history", "cross_region_hits", "rising_case_patterns", "transit_stays",
+                        "port_flow_baseline", "alert_handling"}
+    assert [p.name for p in lib["subject_history"].params] == ["subject", "since", "until"]
+    assert lib["subject_history"].params[0].required
+    with pytest.raises(queries.QueryError, match="parameter subject"):
+        lib["subject_history"].bind({})
+    with pytest.raises(queries.QueryError, match="no parameter 'subjct'"):
+        lib["subject_history"].bind({"subjct": "x"})
+
+
+def test_subject_history_lists_every_kind_of_event_of_the_subject_in_every_region(seeded):
+    client, _ = seeded
+    got = [(r[0], r[1], r[2], r[3], r[4]) for r in rows(client, "subject_history", subject=S1)]
+    assert got == [
+        (naive("2017-06-01 10:00:00"), "clearance", "SH", "PVG", "ENTRY"),
+        (naive("2017-06-02 09:00:00"), "alert", "JS", "NKG", "WATCHLIST_HIT"),
+        (naive("2017-06-03 12:00:00"), "clearance", "ZJ", "HGH", "EXIT"),
+        (naive("2017-06-03 12:00:01"), "derived_alert", "ZJ", "", "CROSS_REGION_HIT"),
+        (naive("2017-06-04 07:00:00"), "case", "AH", "HFE", "OPENED"),
+    ]
+    windowed = rows(client, "subject_history", subject=S1, since="2017-06-02 00:00:00", until="2017-06-03 12:00:00")
+    assert [r[1] for r in windowed] == ["alert"]
+
+
+def test_cross_region_hits_count_clearances_elsewhere_after_the_flag_by_region_pair_and_day(seeded):
+    client, _ = seeded
+    assert rows(client, "cross_region_hits") == [
+        (date(2017, 6, 3), "JS", "ZJ", 1, 1),
+        (date(2017, 6, 6), "SH", "AH", 2, 1),
+    ]
+    # 27 hours after the flag is outside a one-day window; 23 hours is inside, 32 hours is not
+    assert rows(client, "cross_region_hits", window_days=1) == [(date(2017, 6, 6), "SH", "AH", 1, 1)]
+
+
+def test_rising_case_patterns_list_only_significant_rises_of_opened_cases(seeded):
+    client, _ = seeded
+    assert rows(client, "rising_case_patterns", as_of="2017-06-30") == [
+        ("ILLEGAL_STAY", "VISA_OVERSTAY", "VNM", 6, 1.0, 5.0),
+    ]
+    loose = rows(client, "rising_case_patterns", as_of="2017-06-30", min_z=0, min_cases=1)
+    assert [(r[0], r[2], r[3]) for r in loose] == [("ILLEGAL_STAY", "VNM", 6), ("ILLEGAL_ENTRY", "USA", 2),
+                                                  ("DOCUMENT_FRAUD", "NGA", 8)]
+
+
+def test_transit_stays_tell_open_exited_and_overstayed(seeded):
+    client, _ = seeded
+    got = [(r[0], r[1], r[2], r[6], r[9]) for r in rows(client, "transit_stays", as_of="2017-06-10 00:00:00")]
+    assert got == [
+        (S2, naive("2017-06-01 00:00:00"), "SH", None, "OVERSTAYED"),
+        (S3, naive("2017-06-01 08:00:00"), "JS", naive("2017-06-08 08:00:00"), "OVERSTAYED"),
+        (S1, naive("2017-06-01 10:00:00"), "SH", naive("2017-06-03 12:00:00"), "EXITED"),
+    ]
+    early = rows(client, "transit_stays", as_of="2017-06-03 00:00:00")
+    assert sorted((r[0], r[9]) for r in early) == [(S1, "OPEN"), (S2, "OPEN"), (S3, "OPEN")]
+    assert [r[0] for r in rows(client, "transit_stays", as_of="2017-06-10 00:00:00", status="EXITED")] == [S1]
+
+
+def test_port_flow_is_compared_with_the_baseline_of_its_port_hour_and_weekday(seeded):
+    client, _ = seeded
+    profile = json.loads((reference.DIR / "flow_profile.json").read_text())
+    hour = datetime(2017, 6, 1, 10)
+    expected = (profile["annual_crossings"] / 8760 * profile["hour_of_day"]["AIR"][10]
+                * profile["day_of_week"][hour.weekday()] * reference.regions()["SH"]["share_of_crossings"]
+                * reference.ports()["PVG"].share_of_region)
+    got = rows(client, "port_flow_baseline", port="PVG", since="2017-06-01 00:00:00", until="2017-06-02 00:00:00")
+    assert got == [(hour, "SH", "PVG", 1, round(expected, 1), round(1 / round(expected, 1), 2))]
+    assert [(r[0], r[2], r[3]) for r in rows(client, "port_flow_baseline", region="AH")] == [
+        (datetime(2017, 6, 6, 9), "HFE", 1), (datetime(2017, 6, 6, 18), "HFE", 1)]
+
+
+def test_alert_handling_summarises_current_status_per_region(seeded):
+    client, _ = seeded
+    assert rows(client, "alert_handling") == [
+        ("AH", 0, 0, 0, 0, 0, 0, None, 0),
+        ("JS", 1, 1, 0, 0, 0, 1, None, 1),
+        ("SH", 3, 0, 0, 2, 1, 2, 60.0, 1),
+        ("ZJ", 0, 0, 0, 0, 0, 0, None, 1),
+    ]
