@@ -29,6 +29,8 @@ app.command("evaluate")(streams_evaluate)
 from yrdbus.cli_gateway import alerts_app, gateway_app  # noqa: E402
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(alerts_app, name="alerts")
+from yrdbus.cli_store import register as register_store  # noqa: E402
+register_store(app)
 
 
 def fail(message: str, code: int = 1) -> None:

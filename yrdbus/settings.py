@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     clickhouse_url: str = Field(
         "chdb://./var/clickhouse",
         description="chdb://<folder> runs the ClickHouse engine in-process; http(s)://host:8123 points at a server.")
+    clickhouse_ttl_days: int = Field(
+        0, ge=0, description="Days the event tables keep rows (TTL on event time); 0 keeps them for ever.")
+    query_host: str = Field("127.0.0.1", description="Address of the live query endpoint (ClickHouse HTTP interface).")
+    query_port: int = Field(8124, description="Port of the live query endpoint served by the process owning the store.")
+    query_users: dict[str, str] = Field(
+        default_factory=dict,
+        description="Users of the query endpoint: name -> password hash (`yrdbus db hash-password`). "
+                    "Empty: only `default` with an empty password, as a fresh ClickHouse.")
+    query_max_execution_time_s: float = Field(30.0, gt=0, description="Time limit of one query on the endpoint.")
+    sink_group: str = Field("yrdbus-sink", description="Consumer group of the ClickHouse sink.")
+    sink_batch_rows: int = Field(50_000, ge=1, description="The sink inserts a table's batch when it holds this many rows ...")
+    sink_batch_age_s: float = Field(1.0, gt=0, description="... or when its oldest row waited this long (seconds).")
 
     # --- schemas -----------------------------------------------------------
     schema_registry_url: Optional[str] = Field(
