@@ -30,9 +30,9 @@ $(KAFKA_LIB): infra/kafka/pom.xml | $(VENV)/.installed
 
 jars: $(KAFKA_LIB)
 
-# Debian packages the tests use (kcat: a Kafka client nobody here wrote).
+# Debian packages the tests use (kcat: a Kafka client nobody here wrote; chromium: the wall's browser test).
 os-test-deps:
-	@bash infra/os-packages.sh kcat
+	@bash infra/os-packages.sh kcat chromium
 
 run: deps jars
 	$(YRDBUS) run $(if $(DURATION),--duration $(DURATION),)

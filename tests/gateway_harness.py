@@ -90,7 +90,7 @@ class RunningGateway:
 
     def metric(self, name: str, **labels) -> float:
         text = httpx2.get(self.url + "/metrics", timeout=5).text
-        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))   # the exposition sorts labels
         for line in text.splitlines():
             if line.startswith(name + ("{" + want + "}" if want else " ")):
                 return float(line.rsplit(" ", 1)[1])
@@ -128,13 +128,27 @@ class Publisher:
 
     def publish(self, record: dict, *, to: list[str] | None = None, derived: bool = True) -> bytes:
         """Send to the routed topic of each region in ``to`` (default: must_act + inform) and to alerts.derived."""
+        value = self._produce(record, to, derived)
+        assert self.producer.flush(30) == 0
+        return value
+
+    def close(self) -> None:
+        """Release the producer now (not at interpreter exit, when the broker is already gone)."""
+        self.producer.flush(10)
+        self.producer = None
+
+    def publish_many(self, records: list[dict], *, derived: bool = True) -> None:
+        for r in records:
+            self._produce(r, None, derived)
+        assert self.producer.flush(30) == 0
+
+    def _produce(self, record: dict, to: list[str] | None, derived: bool) -> bytes:
         value = self.codec.encode("derived_alert", record)
         regions = to if to is not None else list(dict.fromkeys(list(record["must_act"]) + list(record["inform"])))
         for r in regions:
             self.producer.produce(f"{self.prefix}alerts.to.{r}", value=value, key=record["alert_id"].encode())
         if derived:
             self.producer.produce(f"{self.prefix}alerts.derived", value=value, key=record["alert_id"].encode())
-        assert self.producer.flush(30) == 0
         return value
 
 

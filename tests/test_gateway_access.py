@@ -29,6 +29,7 @@ def gw(kafka, unique, tmp_path):
         running.publisher = Publisher(kafka, prefix)
         running.prefix = prefix
         yield running
+        running.publisher.close()
 
 
 def bearer(token: str) -> dict[str, str]:

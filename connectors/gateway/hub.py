@@ -188,7 +188,7 @@ class Hub:
         assert self._consumer is not None
         while True:
             try:
-                batch = await self._consumer.getmany(timeout_ms=1000, max_records=500)
+                batch = await self._consumer.getmany(timeout_ms=1000, max_records=200)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker going away is retried; the gateway stays up
@@ -203,6 +203,9 @@ class Hub:
                             if not sub.offer(item):
                                 self.detach(sub)
                     self.live[(tp.topic, tp.partition)] = record.offset + 1
+                    # One alert per turn of the loop: the senders drain between two hand-overs, so a burst
+                    # the size of a fetch does not overflow a subscriber that keeps up.
+                    await asyncio.sleep(0)
 
     # ----------------------------------------------------------------- subscribers
     def attach(self, sub: Subscriber, start: dict[Position, int | None]) -> dict[Position, tuple[int, int]]:

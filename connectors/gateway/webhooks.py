@@ -186,7 +186,7 @@ class WebhookWorker:
         attempts = 0
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.spec.attempts),
-            wait=wait_exponential_jitter(initial=self.spec.backoff_s, max=self.spec.backoff_max_s,
+            wait=wait_exponential_jitter(multiplier=self.spec.backoff_s, max=self.spec.backoff_max_s,
                                          jitter=self.spec.backoff_s / 2),
             retry=retry_if_exception(lambda e: isinstance(e, _Retryable) and not isinstance(e, _Permanent)),
             reraise=True)

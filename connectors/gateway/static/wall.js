@@ -232,8 +232,12 @@ function addAlert(alert) {
   details.appendChild(body);
   li.appendChild(details);
 
+  // Newest first by emission time: alerts of different partitions can arrive slightly out of order.
   const list = $("alerts");
-  list.insertBefore(li, list.firstChild);
+  const when = Date.parse(alert.emitted_at);
+  let before = list.firstChild;
+  while (before && Date.parse(before._alert.emitted_at) > when) before = before.nextSibling;
+  list.insertBefore(li, before);
   while (list.children.length > MAX_SHOWN) {
     const last = list.lastChild;
     state.seen.delete(last.dataset.alertId);

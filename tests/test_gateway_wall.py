@@ -1,0 +1,104 @@
+"""The live alert wall in headless Chromium (Debian's `chromium`, driven by Playwright), on the real broker."""
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from gateway_harness import STANDARD_SCOPES, Publisher, RunningGateway, derived_alert, write_access_file
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture
+def pub(kafka, unique):
+    publisher = Publisher(kafka, f"{unique}.")
+    yield publisher
+    publisher.close()
+
+
+def test_an_alert_published_to_kafka_appears_on_the_wall_within_two_seconds(kafka, unique, tmp_path, pub):
+    assert os.path.exists(CHROMIUM), "Debian's chromium is needed: `bash infra/os-packages.sh chromium` (make test does it)"
+    tokens = write_access_file(tmp_path, STANDARD_SCOPES)
+    with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            urls: list[str] = []
+            page.on("request", lambda r: urls.append(r.url))
+            page.goto(gw.url + "/")
+            page.fill("#token", tokens["rcc"])
+            page.click("#login-form button[type=submit]")
+            page.wait_for_selector("#status.live", timeout=10_000)
+
+            # Some traffic first, so the wall has a few alerts of several severities and regions.
+            earlier = [
+                derived_alert(must_act=["SH"], severity="LOW", kind="FLOW_SURGE_SUPPORT", port_code="PVG",
+                              summary="Passenger surge at Pudong T2: support requested from JS"),
+                derived_alert(must_act=["ZJ"], inform=["SH"], severity="MEDIUM", kind="TRANSIT_OVERSTAY",
+                              station_id="ZJ-HGH", summary="144-hour transit stay overrun, last seen Hangzhou"),
+                derived_alert(must_act=["JS"], severity="HIGH", kind="DOCUMENT_FRAUD_SPREAD", pattern="PASSPORT/VNM/altered",
+                              summary="Altered-passport pattern from SH now seen at Nanjing Lukou"),
+            ]
+            for i, a in enumerate(earlier):                     # emitted a second apart, oldest first
+                a["emitted_at"] = a["emitted_at"] - timedelta(seconds=3 - i)
+            pub.publish_many(earlier)
+            for a in earlier:
+                page.wait_for_selector(f'li[data-alert-id="{a["alert_id"]}"]', timeout=5_000)
+
+            alert = derived_alert(
+                must_act=["AH"], inform=["SH", "JS"], severity="CRITICAL", kind="CROSS_REGION_HIT",
+                station_id="AH-HFE", port_code="HFE", rule_id="cross_region_watchlist_hit", rule_set_version="2025.03.1",
+                summary="Watch-listed traveller flagged in SH is boarding at Hefei Xinqiao",
+                details={"first_region": "SH", "first_station": "SH-PVG", "hits": "3"})
+            started = time.monotonic()
+            pub.publish(alert)
+            row = f'li[data-alert-id="{alert["alert_id"]}"]'
+            page.wait_for_selector(row, timeout=2_000)
+            elapsed = time.monotonic() - started
+            assert elapsed < 2.0, f"the alert took {elapsed:.2f} s to reach the wall"
+
+            li = page.locator(row)
+            assert "sev-CRITICAL" in li.get_attribute("class")
+            assert page.locator("#alerts > li").first.get_attribute("data-alert-id") == alert["alert_id"]  # newest first
+            ids = page.locator("#alerts > li").evaluate_all("els => els.map(e => e.dataset.alertId)")
+            assert ids == [alert["alert_id"]] + [a["alert_id"] for a in reversed(earlier)]
+            colours = {a: page.locator(f'li[data-alert-id="{a}"]').evaluate("e => getComputedStyle(e).borderLeftColor")
+                       for a in ids}
+            assert len(set(colours.values())) == 4, colours     # one colour per severity
+
+            evidence = li.locator(".evidence")
+            assert not evidence.is_visible()
+            li.locator("summary").click()                       # evidence one click away
+            assert evidence.is_visible()
+            text = evidence.inner_text()
+            for event_id in alert["evidence"]:
+                assert event_id in text
+            assert "cross_region_watchlist_hit" in text and "2025.03.1" in text and "SH-PVG" in text
+
+            page.select_option("#region", "ZJ")                 # filter by region
+            assert not li.is_visible()
+            assert page.locator(f'li[data-alert-id="{earlier[1]["alert_id"]}"]').is_visible()
+            page.select_option("#region", "")
+            assert li.is_visible()
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "gateway-wall.png"), full_page=True)
+
+            # The token stays in this tab's sessionStorage, never in a URL; nothing is loaded from elsewhere.
+            assert page.evaluate("sessionStorage.getItem('yrdbus.gateway.token')") == tokens["rcc"]
+            secret = tokens["rcc"].split(".", 1)[1]
+            assert not [u for u in urls if secret in u]
+            assert not [u for u in urls if not (u.startswith(gw.url) or u.startswith("data:"))], urls
+            page.reload()
+            page.wait_for_selector("#status.live", timeout=10_000)
+            assert page.locator("#login").is_hidden()
+        finally:
+            browser.close()
