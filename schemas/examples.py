@@ -41,7 +41,7 @@ def example(kind: str, *, pseudonymizer: Pseudonymizer | None = None, now: datet
                 "conveyance_id": f"MU588/{occurred:%Y-%m-%d}",
                 "description": "Data page laminate lifted; photo substitution suspected."}
     if kind == "case":
-        return {**common, "region": "ZJ", "station_id": "ZJ-NGB", "port_code": "CNNGB",
+        return {**common, "region": "ZJ", "station_id": "ZJ-NBZS", "port_code": "CNNGB",
                 "case_id": f"ZJ-{occurred:%Y}-000123", "stage": "OPENED", "case_type": "STOWAWAY",
                 "method": "STOWAWAY_ON_VESSEL", "subjects": [subject, p.subject("VNM", "C0000002")],
                 "nationalities": ["USA", "VNM"], "persons": 2, "conveyance_type": "VESSEL",
