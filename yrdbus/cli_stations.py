@@ -155,9 +155,9 @@ def publish(
     if json_out:
         typer.echo(json.dumps(summary))
     else:
-        typer.echo(f"{file.name}: {result.rows} rows, {result.published} published "
-                   f"({result.delivered} delivered, {result.failed} failed), {result.rejected} rejected"
-                   + (f" -> {', '.join(sorted(result.dead_letter_topics))}" if result.rejected else ""))
+        typer.echo(f"{file.name}: {result.rows} rows: {result.published} published, {result.rejected} rejected"
+                   + (f" (dead-lettered to {', '.join(sorted(result.dead_letter_topics))})" if result.rejected else "")
+                   + f"; the broker confirmed {result.delivered} writes, {result.failed} failed")
     if result.failed:
         raise typer.Exit(2)
     if result.rejected and not allow_rejects:

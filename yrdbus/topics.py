@@ -232,7 +232,16 @@ def apply(bootstrap: str, prefix: str = "", timeout: float = 30.0, dry_run: bool
             changes.append(Change(s.name, "kept", f"replication {rf}, defined {s.replication_for(brokers)}: "
                                   "changing it is a partition reassignment, not done here"))
     if grow and not dry_run:
-        _wait(admin.create_partitions(grow, operation_timeout=timeout), "add partitions to", timeout)
+        errors = []
+        for name, fut in admin.create_partitions(grow, operation_timeout=timeout).items():
+            try:
+                fut.result(timeout=timeout)
+            except Exception as exc:
+                # metadata a moment old: the partitions were already added (by us a moment ago, or by another)
+                if "already has" not in str(exc):
+                    errors.append(f"add partitions to {name}: {exc}")
+        if errors:
+            raise TopicsError("; ".join(errors))
 
     if existing:
         res = _wait(admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in existing]),

@@ -75,6 +75,26 @@ DETAINING = frozenset({"ILLEGAL_ENTRY", "ILLEGAL_EXIT", "ILLEGAL_STAY", "ILLEGAL
                        "PEOPLE_SMUGGLING", "STOWAWAY"})
 
 
+def passenger_foreign_share(foreign_share: float) -> float:
+    """The share of foreign nationals among passengers that makes ``foreign_share`` of all crossings foreign.
+
+    Crews count as crossings too, and most seafarers and the crews of foreign airlines are foreign: the
+    passengers' share is lowered by what the crews already bring, weighted by each port's volume.
+    """
+    regions = reference.regions()
+    air_routes = people.AIR_ROUTES
+    local = sum(w for c, w in air_routes.items() if c in ("HKG", "MAC", "TWN"))
+    foreign_airline = (1 - 0.6) * (1 - local / sum(air_routes.values()))      # see people.flight()
+    seafarers = 1 - people.SEAFARER_NATIONALITIES["CHN"] / sum(people.SEAFARER_NATIONALITIES.values())
+    crew = crew_foreign = 0.0
+    for p in reference.ports().values():
+        volume = regions[p.region]["share_of_crossings"] * p.share_of_region
+        kind = "CRUISE" if p.code in CRUISE_PORTS else p.kind
+        crew += volume * CREW_SHARE[kind]
+        crew_foreign += volume * CREW_SHARE[kind] * (foreign_airline if kind == "AIR" else seafarers)
+    return max(0.0, (foreign_share - crew_foreign) / (1 - crew))
+
+
 def sub_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) & 0xFFFF_FFFF
 
@@ -118,7 +138,8 @@ class Baseline:
         self.ports = [p for p in reference.ports().values() if p.region in self.regions]
         self.rng = {p.code: random.Random(sub_seed(seed, "port/" + p.code)) for p in self.ports}
         self.np = {p.code: np.random.default_rng(sub_seed(seed, "poisson/" + p.code)) for p in self.ports}
-        self.people = {p.code: People(self.rng[p.code], pseudonymizer, profile.foreign_share) for p in self.ports}
+        share = passenger_foreign_share(profile.foreign_share)
+        self.people = {p.code: People(self.rng[p.code], pseudonymizer, share) for p in self.ports}
         self.case_rng = {r: random.Random(sub_seed(seed, "cases/" + r)) for r in self.regions}
         self.case_np = {r: np.random.default_rng(sub_seed(seed, "case-poisson/" + r)) for r in self.regions}
         self.case_people = {r: People(self.case_rng[r], pseudonymizer, profile.foreign_share) for r in self.regions}
