@@ -138,7 +138,11 @@ class Store:
             rows = self.client.query(
                 "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
                 parameters={"db": self.database, "t": table}).result_rows
-            cols = self._columns[table] = {r[0] for r in rows}
+            cols = {r[0] for r in rows}
+            if not cols:
+                raise RuntimeError(f"table {self.database}.{table} is not there (missing, detached, or the store "
+                                   f"is not migrated)")
+            self._columns[table] = cols
         return cols
 
     @staticmethod
@@ -262,6 +266,8 @@ class Sink:
         self._batches: dict[str, Batch] = {}
         self._backlog: list = []
         self._paused = False
+        self._assigned = False
+        self._last_record = time.monotonic()
         self._codec = None
         self.consumer = None
         self.producer = None
@@ -309,7 +315,7 @@ class Sink:
         """Consume until ``stop()``, ``duration`` seconds, or ``idle_exit_s`` seconds without a record."""
         self._start()
         started = time.monotonic()
-        last_record = time.monotonic()
+        self._last_record = time.monotonic()
         try:
             while not self._stop.is_set():
                 if duration is not None and time.monotonic() - started >= duration:
@@ -317,11 +323,12 @@ class Sink:
                 msgs = self._backlog or self.consumer.consume(num_messages=self.consume_batch, timeout=0.1)
                 self._backlog = []
                 if msgs:
-                    last_record = time.monotonic()
+                    self._last_record = time.monotonic()
                 for m in msgs:
                     self._add(m)
                 self._flush_due()
-                if idle_exit_s is not None and not self._batches and time.monotonic() - last_record >= idle_exit_s:
+                if idle_exit_s is not None and self._assigned and not self._batches \
+                        and time.monotonic() - self._last_record >= idle_exit_s:
                     break
             self._flush_all()
         finally:
@@ -530,6 +537,8 @@ class Sink:
 
     def _on_assign(self, consumer, partitions) -> None:
         """Before reading a newly assigned partition, re-insert any logged batch that may not be committed."""
+        self._last_record = time.monotonic()  # idle time counts from the assignment, not from the start
+        self._assigned = True
         try:
             committed = consumer.committed(partitions, timeout=30)
         except Exception as exc:
