@@ -272,6 +272,8 @@ class Sink:
         self.consumer = None
         self.producer = None
         self.stats = {"rows": 0, "batches": 0, "dead_lettered": 0, "replayed": 0, "failures": 0}
+        self.first_record_at: float | None = None   # monotonic time of the first record, and of the last commit
+        self.last_commit_at: float | None = None
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -324,6 +326,8 @@ class Sink:
                 self._backlog = []
                 if msgs:
                     self._last_record = time.monotonic()
+                    if self.first_record_at is None:
+                        self.first_record_at = self._last_record
                 for m in msgs:
                     self._add(m)
                 self._flush_due()
@@ -447,6 +451,7 @@ class Sink:
         self.stats["rows"] += written
         self.stats["batches"] += 1
         self._commit(batch)
+        self.last_commit_at = time.monotonic()
         self._resume()
 
     def _validate(self, batch: Batch) -> bool:

@@ -4,6 +4,7 @@
 -- Monthly partitions on event time; TTL from YRDBUS_CLICKHOUSE_TTL_DAYS (0: keep for ever).
 -- non_replicated_deduplication_window makes insert_deduplication_token work on a single node
 -- (replicated tables deduplicate through Keeper instead): the sink's replay after a crash is a no-op.
+-- clearances: small granules (256 rows) so that a subject lookup reads little in each monthly part.
 
 -- distribute: cityHash64(subject)
 CREATE TABLE IF NOT EXISTS {{table:clearances}} {{on_cluster}}
@@ -34,7 +35,7 @@ ENGINE = {{engine:MergeTree}}
 PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (subject, occurred_at)
 {{ttl:occurred_at}}
-SETTINGS index_granularity = 4096, non_replicated_deduplication_window = 10000;
+SETTINGS index_granularity = 256, non_replicated_deduplication_window = 10000;
 
 -- distribute: cityHash64(coalesce(subject, conveyance_id, toString(event_id)))
 CREATE TABLE IF NOT EXISTS {{table:alerts}} {{on_cluster}}
