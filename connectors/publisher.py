@@ -30,9 +30,10 @@ PRODUCER_CONFIG = {
     "enable.idempotence": True,
     "acks": "all",
     "max.in.flight.requests.per.connection": 5,
-    # lz4 rather than zstd: the broker, the stream workers and the stations share two cores, and lz4 costs
-    # a fraction of zstd's CPU on both ends; on batches of small, similar Avro records it already shrinks
-    # them about 2-3x (zstd gets ~20 % further, not worth the CPU here).
+    # lz4 rather than zstd: the broker, the stream workers and the stations share two cores. Measured on
+    # clearance batches (docs/benchmarks.md, "Simulator and station publisher"): lz4 sends 1.5x fewer bytes
+    # than none at ~70,000 events/s; zstd sends 2.4x fewer but the producer manages about half the rate.
+    # Bytes are cheap on one machine's loopback; the throughput is what the stations need.
     "compression.type": "lz4",
     # A station's events are small (~250 bytes) and come in bursts (a flight's passengers). 20 ms of linger
     # lets a burst fill a batch per partition (better compression, fewer requests) and is invisible next to
