@@ -134,6 +134,12 @@ def test_a_week_of_baseline_keeps_the_guarantees_the_detectors_rely_on():
             assert out["region"] in ("SH", "JS", "ZJ")
         else:
             assert ms_of(t_in) + 120 * HOUR + HOUR >= end, "a transit traveller stayed beyond the plan"
+    # a flight or a vessel's call is seen at one port only (two ports would look like a diversion)
+    ports_of = defaultdict(set)
+    for c in clearances:
+        ports_of[c["conveyance_id"]].add(c["port_code"])
+    assert all(len(p) == 1 for p in ports_of.values())
+    assert all(c["scheduled_port"] is None for c in clearances)
     # cases: every case opens before its other stages, and closes last
     stages = defaultdict(list)
     for e in events:

@@ -216,21 +216,33 @@ class Conveyance:
     crew_nationality: str | None   # None: mixed (a ship's crew)
 
 
-def flight(rng: random.Random, direction: str, day: str) -> Conveyance:
+def flight(rng: random.Random, direction: str, day: str, used: set | None = None) -> Conveyance:
+    """A flight of ``day``; ``used`` (the ids already given) keeps one flight number to one flight a day."""
     country = AIR.pick(rng)
     if rng.random() < 0.6 or country not in FOREIGN_AIRLINES:
         airline = CN_AIRLINES.pick(rng)
     else:
         options = FOREIGN_AIRLINES[country]
         airline = options[rng.randrange(len(options))]
-    number = rng.randrange(100, 9000)
     crew = AIRLINE_COUNTRY[airline]
-    return Conveyance("FLIGHT", f"{airline}{number}/{day}", direction, country,
-                      "CHN" if crew in ("HKG", "MAC", "TWN") else crew)
+    while True:
+        conveyance_id = f"{airline}{rng.randrange(100, 9000)}/{day}"
+        if used is None or conveyance_id not in used:
+            break
+    if used is not None:
+        used.add(conveyance_id)
+    return Conveyance("FLIGHT", conveyance_id, direction, country, "CHN" if crew in ("HKG", "MAC", "TWN") else crew)
 
 
-def vessel(rng: random.Random, direction: str, cruise: bool) -> Conveyance:
+def vessel(rng: random.Random, direction: str, cruise: bool, used: set | None = None) -> Conveyance:
+    """A vessel's call: IMO number and voyage; ``used`` keeps each call to one port."""
     country = (CRUISE if cruise else SEA).pick(rng)
-    imo = 9_000_000 + rng.randrange(1_000_000)
-    voyage = f"{rng.randrange(1, 60):02d}{'E' if direction == 'ENTRY' else 'W'}"
-    return Conveyance("VESSEL", f"IMO{imo}/{voyage}", direction, country, None)
+    while True:
+        imo = 9_000_000 + rng.randrange(1_000_000)
+        voyage = f"{rng.randrange(1, 60):02d}{'E' if direction == 'ENTRY' else 'W'}"
+        conveyance_id = f"IMO{imo}/{voyage}"
+        if used is None or conveyance_id not in used:
+            break
+    if used is not None:
+        used.add(conveyance_id)
+    return Conveyance("VESSEL", conveyance_id, direction, country, None)

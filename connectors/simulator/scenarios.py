@@ -121,7 +121,7 @@ class Planner:
         return t + 500 + self._rng.randrange(2500)
 
     def _flight(self, direction: str, t: int, country: str | None = None) -> people.Conveyance:
-        c = people.flight(self._rng, direction, records.at(t).strftime("%Y-%m-%d"))
+        c = people.flight(self._rng, direction, records.at(t).strftime("%Y-%m-%d"), self.base.conveyances)
         if country:
             c.country = country
         return c
@@ -204,7 +204,7 @@ class Planner:
             for k, t in enumerate(times):
                 port = self.ports[ports[k % len(ports)]]
                 persons = 1 + self._rng.randrange(3)
-                vessel = people.vessel(self._rng, "ENTRY", cruise=False).conveyance_id
+                vessel = people.vessel(self._rng, "ENTRY", False, self.base.conveyances).conveyance_id
                 self.base.open_case(self._rng, self._who, port, t, "STOWAWAY", "STOWAWAY_ON_VESSEL", [nat] * persons,
                                     vessel, lambda tt, kind, rec: self._emit(tt, kind, rec),
                                     description="stowaways found in a container on arrival")
@@ -252,13 +252,13 @@ class Planner:
     def _h(self, inc: Incident) -> None:
         """A flight scheduled to Pudong lands at Hangzhou; SH's advance check flagged one of its passengers."""
         landed = self.at(0.45)
-        conv = people.Conveyance("FLIGHT", f"MU{self._rng.randrange(500, 800)}/{records.at(landed):%Y-%m-%d}",
-                                 "ENTRY", "JPN", "CHN")
+        conv = people.flight(self._rng, "ENTRY", f"{records.at(landed):%Y-%m-%d}", self.base.conveyances)
+        conv.country = "JPN"
         flagged = self._foreigner()
         self._alert(landed - 2 * HOUR, "PVG", "WATCHLIST_HIT", "HIGH", "WATCHLIST", flagged, conv,
                     "advance passenger information: watch-list match, pending arrival at PVG")
         passengers = [self._who.passenger("ENTRY", False) for _ in range(140 + self._rng.randrange(40))]
-        crew = [self._who.crew("CHN", air=True) for _ in range(12)]
+        crew = [self._who.crew(conv.crew_nationality or "CHN", air=True) for _ in range(12)]
         everyone = crew + passengers
         everyone.insert(len(crew) + self._rng.randrange(len(passengers)), flagged)
         times = sorted(landed + 5 * MINUTE + self._rng.randrange(35 * MINUTE) for _ in everyone)

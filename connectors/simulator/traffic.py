@@ -153,6 +153,10 @@ class Baseline:
         self.exits: dict[tuple[str, int], list[TransitExit]] = defaultdict(list)
         self.later: list = []       # heap of (t, seq, kind, record) due after the current hour
         self.surge_events = 0       # crossings drawn on top of the profile for a flow-surge incident
+        # Conveyance ids given so far: a flight number is one flight a day, a vessel's voyage one call, so no
+        # baseline conveyance is seen at two ports (that would look like a diversion). Kept for the run: a
+        # few thousand a day.
+        self.conveyances: set[str] = set()
         self.alert_kinds = self._alert_tables()
         self.severities = {a[0]: Weighted(a[3]) for a in ALERTS}
 
@@ -228,14 +232,15 @@ class Baseline:
         convs = []
         for _ in range(k):
             direction = "ENTRY" if rng.random() < 0.5 else "EXIT"
-            convs.append(people.flight(rng, direction, day) if kind == "AIR"
-                         else people.vessel(rng, direction, cruise=(kind == "CRUISE")))
+            convs.append(people.flight(rng, direction, day, self.conveyances) if kind == "AIR"
+                         else people.vessel(rng, direction, kind == "CRUISE", self.conveyances))
         # transit travellers leave on a conveyance toward a third country (never the one they came from)
         leaving: dict[int, list[TransitExit]] = defaultdict(list)
         for ex in due:
             options = [i for i, c in enumerate(convs) if c.direction == "EXIT" and c.country != ex.origin]
             if not options:
-                c = people.flight(rng, "EXIT", day) if kind == "AIR" else people.vessel(rng, "EXIT", kind == "CRUISE")
+                c = (people.flight(rng, "EXIT", day, self.conveyances) if kind == "AIR"
+                     else people.vessel(rng, "EXIT", kind == "CRUISE", self.conveyances))
                 if c.country == ex.origin:
                     c.country = people.AIR.pick_except(rng, ex.origin)
                 convs.append(c)
@@ -342,7 +347,7 @@ class Baseline:
                 nats = [nat if rng.random() < 0.8 else people.CASE_NATS.pick(rng) for _ in range(persons)]
                 conveyance = None
                 if seaport or (case_type == "PEOPLE_SMUGGLING" and port.kind != "AIR"):
-                    conveyance = people.vessel(rng, "ENTRY", cruise=False).conveyance_id
+                    conveyance = people.vessel(rng, "ENTRY", False, self.conveyances).conveyance_id
                 self.open_case(rng, self.case_people[region], port, t, case_type, method, nats, conveyance,
                                lambda tt, kind, rec: out.add(tt, kind, rec) if tt < h0 + HOUR
                                else self.schedule(tt, kind, rec))
