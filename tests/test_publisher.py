@@ -97,6 +97,35 @@ def test_published_events_decode_to_what_was_sent_on_their_region_topic_keyed_pe
     assert registry.get_sample_value("yrdbus_station_publish_failed_total", {"region": "SH", "kind": "clearance"}) == 0
 
 
+def test_the_stream_layer_s_client_reads_the_publisher_s_compressed_batches(kafka, unique):
+    """aiokafka (under Faust) must decompress lz4 batches: without its codec a worker dies on the first one."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    prefix = f"{unique}."
+    topics.apply(kafka.bootstrap, prefix=prefix)
+    events = [(k, r) for k, r in sample(seed=6, hours=2, regions=("AH",)) if k == "clearance"]
+    with StationPublisher(kafka.bootstrap, topic_prefix=prefix, registry=CollectorRegistry()) as pub:
+        for kind, record in events:
+            pub.publish(kind, record)
+
+    async def read() -> list[str]:
+        consumer = AIOKafkaConsumer(prefix + topics.source("AH", "clearance"), bootstrap_servers=kafka.bootstrap,
+                                    group_id=unique, auto_offset_reset="earliest")
+        await consumer.start()
+        ids: list[str] = []
+        try:
+            while len(ids) < len(events):
+                batches = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
+                ids += [get_codec().decode(m.value)[1]["event_id"] for msgs in batches.values() for m in msgs]
+        finally:
+            await consumer.stop()
+        return ids
+
+    assert sorted(asyncio.run(read())) == sorted(r["event_id"] for _, r in events)
+
+
 def test_a_full_local_queue_is_waited_out_and_nothing_is_dropped(kafka, unique):
     prefix = f"{unique}."
     topics.apply(kafka.bootstrap, prefix=prefix)
