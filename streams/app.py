@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+from aiokafka.partitioner import murmur2
 
 from schemas.codec import get_codec
 from schemas.deadletter import headers_for
@@ -76,6 +77,24 @@ def _kind_of_source(name: str, prefix: str) -> str:
     return bare.rsplit(".", 1)[-1]
 
 
+class ProcessingError(EventError):
+    """An event a stage could not process (a fault of the stage, not of the event's contract)."""
+
+    reason = "processing_error"
+
+
+class SubjectTable(faust.Table):
+    """A table whose changelog partition is the key's partition in the subject topic (Kafka's murmur2
+    partitioner, as the producer chose it), not the partition of the event being processed.
+
+    Faust's own ``use_partitioner`` asks the producer's metadata synchronously and fails while a new
+    changelog topic's metadata is not yet cached; the partition is a pure function of the key anyway.
+    """
+
+    def partition_for_key(self, key):
+        return (murmur2(key.encode() if isinstance(key, str) else key) & 0x7FFFFFFF) % self.partitions
+
+
 def build_app(cfg: StreamsConfig) -> faust.App:
     rs = ruleset.load(cfg.rules) if cfg.rules else ruleset.default()
     codec = get_codec()
@@ -95,6 +114,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         # small fetches interleave partitions finely, so one partition's backlog cannot race far ahead
         consumer_max_fetch_size=256 * 1024,
         producer_acks=-1,
+        # a worker that dies is noticed after this long, and its partitions move to the others
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -113,12 +135,12 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     }
     dlq_topics: dict[str, faust.TopicT] = {}
 
-    # subject tokens are the keys of the subject topic too: with use_partitioner the changelog partition
-    # of a key is the topic partition of the same key, whichever event wrote it (deadlines fire on the
-    # watermark, while another subject's event is being processed)
+    # subject tokens are the keys of the subject topic too: the changelog partition of a key is the topic
+    # partition of the same key, whichever event wrote it (deadlines fire on the watermark, while another
+    # subject's event is being processed)
     table_schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
-    subjects_table = app.Table("subjects", default=None, partitions=cfg.partitions, use_partitioner=True,
-                               schema=table_schema)
+    subjects_table = app.tables.add(SubjectTable(app, name="subjects", default=None, partitions=cfg.partitions,
+                                                 schema=table_schema))
     flow_table = app.Table("flowcounts", default=None, partitions=cfg.partitions,
                            schema=table_schema)
     regional_table = app.Table("regional", default=None, partitions=1,
@@ -169,6 +191,17 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             elif kind == "risk":
                 key = f"{rec['subject_kind']}:{rec['subject']}".encode()
                 await out["risk"].send(key=key, value=codec.encode("risk", for_avro(rec)))
+
+    async def guarded(stage: str, event, handler) -> None:
+        """One event through a handler; a failure is logged and dead-lettered, and the stage goes on."""
+        try:
+            await handler(event)
+        except Exception as exc:  # a bug must not stop the stage: the event is kept with the reason
+            log.exception("%s: event at %s[%s]@%s failed", stage, event.message.topic, event.message.partition,
+                          event.message.offset)
+            await dead_letter(event.message.topic, event.value, event.key,
+                              ProcessingError(f"{stage} stage failed on this event: {type(exc).__name__}: {exc}"),
+                              event.message.partition, event.message.offset)
 
     # ------------------------------------------------------------------ re-key
     @app.agent(source_topic)
@@ -230,65 +263,68 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     @app.agent(subject_topic)
     async def subjects(stream):
         async for event in stream.events():
-            msg = event.message
-            headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
-                if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
-            kind, source = headers.get("yrd-kind", "clearance"), headers.get("yrd-source", msg.topic)
-            raw, key = event.value, event.key
-            metrics.EVENTS_IN.labels(source, "subjects").inc()
-            if st["rescan"]:
-                rescan()
-            try:
-                rec = clearance_decode(raw) if kind == "clearance" else codec.decode(raw, kind)[1]
-            except EventError as exc:
-                await dead_letter(source, raw, key, exc, msg.partition, msg.offset)
-                continue
-            ev = plain(kind, rec)
-            s = key.decode() if key else (ev.get("subject") or "")
-            if sub_wm.observe(msg.partition, ev["occurred_at"]):
-                metrics.LATE.labels("subjects").inc()
-            outs: list = []
-            state = load_subject(s)
-            outs += srules.on_event(state, ev, s)
-            store_subject(s, state, ev["occurred_at"])
-            part = str(msg.partition)
-            fstate = flow_table.get(part) or FlowCounter.new_state()
-            if kind == "clearance":
-                wm = sub_wm.current()
-                for p in counter.on_clearance(fstate, ev, msg.partition, wm):
-                    await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
-                if ev.get("scheduled_port") or rrules.vessel.wants(ev):
-                    await regional_topic.send(key=b"regional", value=raw, headers=[
-                        ("yrd-kind", b"clearance"), ("yrd-source", source.encode())])
-                st["flow_dirty"][part] = st["flow_dirty"].get(part, 0) + 1
+            await guarded("subjects", event, subject_event)
+
+    async def subject_event(event) -> None:
+        msg = event.message
+        headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
+            if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
+        kind, source = headers.get("yrd-kind", "clearance"), headers.get("yrd-source", msg.topic)
+        raw, key = event.value, event.key
+        metrics.EVENTS_IN.labels(source, "subjects").inc()
+        if st["rescan"]:
+            rescan()
+        try:
+            rec = clearance_decode(raw) if kind == "clearance" else codec.decode(raw, kind)[1]
+        except EventError as exc:
+            await dead_letter(source, raw, key, exc, msg.partition, msg.offset)
+            return
+        ev = plain(kind, rec)
+        s = key.decode() if key else (ev.get("subject") or "")
+        if sub_wm.observe(msg.partition, ev["occurred_at"]):
+            metrics.LATE.labels("subjects").inc()
+        outs: list = []
+        state = load_subject(s)
+        outs += srules.on_event(state, ev, s)
+        store_subject(s, state, ev["occurred_at"])
+        part = str(msg.partition)
+        fstate = flow_table.get(part) or FlowCounter.new_state()
+        if kind == "clearance":
             wm = sub_wm.current()
-            metrics.WATERMARK.labels("subjects").set(max(0, wm) / 1000)
-            if st["sub_last_wm"] is None or wm > st["sub_last_wm"]:
-                st["sub_last_wm"] = wm
-                while st["heap"] and st["heap"][0][0] < wm:
-                    d, hs = heapq.heappop(st["heap"])
-                    hstate = subjects_table.get(hs)
-                    if hstate is None or subject_rules.next_deadline(hstate) != d:
-                        continue
-                    outs += srules.on_watermark(hstate, hs, wm)
-                    store_subject(hs, hstate, wm)
-                while st["ephemeral_heap"] and st["ephemeral_heap"][0][0] < wm - lateness:
-                    _, es = heapq.heappop(st["ephemeral_heap"])
-                    e = st["ephemeral"].get(es)
-                    if e is not None and all(c["at"] < wm - lateness for c in e["crossings"]):
-                        del st["ephemeral"][es]
-                for p in counter.on_watermark(fstate, wm, msg.partition):
-                    await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
-                    st["flow_dirty"][part] = 1 << 30
-            # the partition's flow counts go to its changelog every so often, not on every clearance
-            if st["flow_dirty"].get(part, 0) >= 200:
-                flow_table[part] = fstate
-                st["flow_dirty"][part] = 0
-            elif part not in flow_table:
-                flow_table[part] = fstate
-            await emit(outs)
-            metrics.TABLE.labels("subjects").set(len(subjects_table))
-            metrics.TABLE.labels("subjects_recent").set(len(st["ephemeral"]))
+            for p in counter.on_clearance(fstate, ev, msg.partition, wm):
+                await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
+            if ev.get("scheduled_port") or rrules.vessel.wants(ev):
+                await regional_topic.send(key=b"regional", value=raw, headers=[
+                    ("yrd-kind", b"clearance"), ("yrd-source", source.encode())])
+            st["flow_dirty"][part] = st["flow_dirty"].get(part, 0) + 1
+        wm = sub_wm.current()
+        metrics.WATERMARK.labels("subjects").set(max(0, wm) / 1000)
+        if st["sub_last_wm"] is None or wm > st["sub_last_wm"]:
+            st["sub_last_wm"] = wm
+            while st["heap"] and st["heap"][0][0] < wm:
+                d, hs = heapq.heappop(st["heap"])
+                hstate = subjects_table.get(hs)
+                if hstate is None or subject_rules.next_deadline(hstate) != d:
+                    continue
+                outs += srules.on_watermark(hstate, hs, wm)
+                store_subject(hs, hstate, wm)
+            while st["ephemeral_heap"] and st["ephemeral_heap"][0][0] < wm - lateness:
+                _, es = heapq.heappop(st["ephemeral_heap"])
+                e = st["ephemeral"].get(es)
+                if e is not None and all(c["at"] < wm - lateness for c in e["crossings"]):
+                    del st["ephemeral"][es]
+            for p in counter.on_watermark(fstate, wm, msg.partition):
+                await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
+                st["flow_dirty"][part] = 1 << 30
+        # the partition's flow counts go to its changelog every so often, not on every clearance
+        if st["flow_dirty"].get(part, 0) >= 200:
+            flow_table[part] = fstate
+            st["flow_dirty"][part] = 0
+        elif part not in flow_table:
+            flow_table[part] = fstate
+        await emit(outs)
+        metrics.TABLE.labels("subjects").set(len(subjects_table))
+        metrics.TABLE.labels("subjects_recent").set(len(st["ephemeral"]))
 
     # ------------------------------------------------------------------ regional stage
     def regional_state() -> dict:
@@ -300,39 +336,43 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     @app.agent(regional_topic)
     async def regional(stream):
         async for event in stream.events():
-            msg = event.message
-            raw = event.value
-            headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
-                if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
-            source = headers.get("yrd-source", msg.topic)
-            if raw[:1] == b"{":
-                ev = json.loads(raw)
-            else:
-                kind = headers.get("yrd-kind")
-                try:
-                    kind, rec = codec.decode(raw, kind)
-                except EventError as exc:
-                    await dead_letter(source, raw, event.key, exc, msg.partition, msg.offset)
-                    continue
-                ev = plain(kind, rec)
-                if kind == "control":
-                    ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
-            metrics.EVENTS_IN.labels(source, "regional").inc()
-            state = regional_state()
-            if reg_wm.observe(0, ev["occurred_at"]):
-                metrics.LATE.labels("regional").inc()
-            outs = rrules.on_event(state, ev)
-            touched = set(rrules.touched(ev))
-            wm = reg_wm.current()
-            metrics.WATERMARK.labels("regional").set(max(0, wm) / 1000)
-            if st["reg_last_wm"] is None or wm > st["reg_last_wm"]:
-                st["reg_last_wm"] = wm
-                more, changed = rrules.on_watermark(state, wm)
-                outs += more
-                touched |= set(changed)
-            for sec in sorted(touched):
-                regional_table[sec] = state[sec]
-            await emit(outs)
+            await guarded("regional", event, regional_event)
+
+    async def regional_event(event) -> None:
+        msg = event.message
+        raw = event.value
+        headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
+            if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
+        source = headers.get("yrd-source", msg.topic)
+        if raw[:1] == b"{":
+            ev = json.loads(raw)
+        else:
+            kind = headers.get("yrd-kind")
+            try:
+                kind, rec = codec.decode(raw, kind)
+            except EventError as exc:
+                await dead_letter(source, raw, event.key, exc, msg.partition, msg.offset)
+                return
+            ev = plain(kind, rec)
+            if kind == "control":
+                ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
+        metrics.EVENTS_IN.labels(source, "regional").inc()
+        state = regional_state()
+        # an operator's control event is issued on its own clock: it does not move event time on
+        if ev["_kind"] != "control" and reg_wm.observe(0, ev["occurred_at"]):
+            metrics.LATE.labels("regional").inc()
+        outs = rrules.on_event(state, ev)
+        touched = set(rrules.touched(ev))
+        wm = reg_wm.current()
+        metrics.WATERMARK.labels("regional").set(max(0, wm) / 1000)
+        if st["reg_last_wm"] is None or wm > st["reg_last_wm"]:
+            st["reg_last_wm"] = wm
+            more, changed = rrules.on_watermark(state, wm)
+            outs += more
+            touched |= set(changed)
+        for sec in sorted(touched):
+            regional_table[sec] = state[sec]
+        await emit(outs)
 
     app.yrd_config = cfg
     app.yrd_rules = rs

@@ -51,13 +51,16 @@ def load_truth(path: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TruthError(f"{where}: not JSON ({exc.msg})") from None
-        for f in REQUIRED:
-            if f not in row:
-                raise TruthError(f"{where}, field `{f}`: missing (a truth row needs {', '.join(REQUIRED)})")
-        row["_start"] = _ms(row["window_start"], where, "window_start")
-        row["_end"] = _ms(row["window_end"], where, "window_end")
-        rows.append(row)
+        rows.append(normalise_row(row, where))
     return rows
+
+
+def normalise_row(row: dict, where: str = "truth row") -> dict:
+    for f in REQUIRED:
+        if f not in row:
+            raise TruthError(f"{where}, field `{f}`: missing (a truth row needs {', '.join(REQUIRED)})")
+    return {**row, "_start": _ms(row["window_start"], where, "window_start"),
+            "_end": _ms(row["window_end"], where, "window_end")}
 
 
 def normalise_alert(a: dict) -> dict:
@@ -92,6 +95,7 @@ def score(truth: list[dict], alerts: list[dict]) -> dict:
             continue
         seen.add(a["alert_id"])
         unique.append(a)
+    truth = [row if "_start" in row else normalise_row(row, f"truth row {n}") for n, row in enumerate(truth, 1)]
     matched_ids: set[str] = set()
     scenarios: dict[str, dict] = {}
     for row in truth:
