@@ -32,8 +32,9 @@ def gateway(
     port: Optional[int] = typer.Option(None, "--port", help="Listen port (default: YRDBUS_GATEWAY_PORT, 8090)."),
     tokens_file: Optional[Path] = typer.Option(
         None, "--tokens-file", help="Access file with hashed tokens and webhooks (default: YRDBUS_GATEWAY_TOKENS_FILE)."),
-    topic_prefix: str = typer.Option("", "--topic-prefix",
-                                     help="Read <prefix>alerts.to.<R> and <prefix>alerts.derived (a staging copy)."),
+    topic_prefix: str = typer.Option("", "--prefix", "--topic-prefix", envvar="YRDBUS_TOPIC_PREFIX",
+                                     help="Read <prefix>alerts.to.<R> and <prefix>alerts.derived: a private copy "
+                                          "of the bus, as `yrdbus topics --prefix`."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
 ) -> None:
     """Run the alert gateway (until Ctrl-C). Subcommands: hash-token."""

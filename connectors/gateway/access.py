@@ -25,6 +25,7 @@ import secrets
 import threading
 import time
 import tomllib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -246,6 +247,8 @@ class AccessControl:
         # Verified tokens, keyed by a digest of the token (never the token itself): reconnecting
         # consoles should not pay an scrypt each time. Dropped whenever the file changes.
         self._verified: dict[bytes, str] = {}
+        # Recently refused tokens (digests): a client retrying a bad token does not cost an scrypt each time.
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
         self.ticket_key = ticket_key or secrets.token_bytes(32)
         self.ticket_ttl_s = ticket_ttl_s
 
@@ -269,6 +272,7 @@ class AccessControl:
                     try:
                         self._file = self._reload()
                         self._verified = {}
+                        self._refused = OrderedDict()
                     except AccessFileError:
                         # A half-written file keeps the previous one in force; the next change retries.
                         self._mtime = mtime
@@ -286,10 +290,20 @@ class AccessControl:
         key = hashlib.sha256(token.encode()).digest()
         if self._verified.get(key) == entry.id:
             return entry
-        if not verify_token(token, entry.hash):
+        if key in self._refused or not verify_token(token, entry.hash):
+            self._refused[key] = None
+            if len(self._refused) > 4096:
+                self._refused.popitem(last=False)
             raise Unauthorized("the bearer token is not valid for this gateway")
         self._verified[key] = entry.id
         return entry
+
+    def needs_hashing(self, token: Optional[str]) -> bool:
+        """Whether ``authenticate(token)`` would run scrypt (tens of ms): then call it off the event loop."""
+        if not token:
+            return False
+        key = hashlib.sha256(token.encode()).digest()
+        return key not in self._verified and key not in self._refused
 
     # ----------------------------------------------------------------- tickets
     def mint_ticket(self, entry: TokenEntry) -> tuple[str, float]:

@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -170,12 +171,15 @@ class Gateway:
             await self.stop()
 
     # ----------------------------------------------------------------- auth
-    def _entry(self, authorization: Optional[str], ticket: Optional[str], token_in_url: bool) -> TokenEntry:
+    async def _entry(self, authorization: Optional[str], ticket: Optional[str], token_in_url: bool) -> TokenEntry:
         if authorization:
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise Unauthorized("the Authorization header must be `Bearer <token>`")
-            return self.access.authenticate(value.strip())
+            token = value.strip()
+            if self.access.needs_hashing(token):   # scrypt off the event loop: the streams go on meanwhile
+                return await run_in_threadpool(self.access.authenticate, token)
+            return self.access.authenticate(token)
         if ticket:
             return self.access.redeem_ticket(ticket)
         if token_in_url:
@@ -197,7 +201,7 @@ class Gateway:
     # ----------------------------------------------------------------- routes
     async def stream(self, request: Request) -> Response:
         try:
-            entry = self._entry(request.headers.get("authorization"), request.query_params.get("ticket"),
+            entry = await self._entry(request.headers.get("authorization"), request.query_params.get("ticket"),
                                 "token" in request.query_params)
             feed = await self._open_feed("sse", entry, request.query_params, request.headers.get("last-event-id"))
         except Unauthorized as exc:
@@ -225,7 +229,7 @@ class Gateway:
 
     async def websocket(self, websocket: WebSocket) -> None:
         try:
-            entry = self._entry(websocket.headers.get("authorization"), websocket.query_params.get("ticket"),
+            entry = await self._entry(websocket.headers.get("authorization"), websocket.query_params.get("ticket"),
                                 "token" in websocket.query_params)
             feed = await self._open_feed("ws", entry, websocket.query_params, None)
         except Unauthorized as exc:
@@ -263,12 +267,14 @@ class Gateway:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in pending:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, WebSocketDisconnect,
-                                         RuntimeError, OSError):
-                    await t
         finally:
-            await feed.close()
+            await feed.close()     # detaches, and ends the pump even if a library swallowed its cancellation
+            await asyncio.wait(tasks, timeout=5)
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    exc = t.exception()
+                    if not isinstance(exc, (asyncio.TimeoutError, WebSocketDisconnect, RuntimeError, OSError)):
+                        log.warning("websocket stream ended with %r", exc)
 
     async def _deny(self, websocket: WebSocket, response: JSONResponse, code: int, reason: str) -> None:
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
@@ -278,7 +284,7 @@ class Gateway:
 
     async def ticket(self, request: Request) -> Response:
         try:
-            entry = self._entry(request.headers.get("authorization"), None, "token" in request.query_params)
+            entry = await self._entry(request.headers.get("authorization"), None, "token" in request.query_params)
         except Unauthorized as exc:
             return _problem(401, "unauthorized", str(exc))
         ticket, expires = self.access.mint_ticket(entry)
@@ -290,7 +296,7 @@ class Gateway:
 
     async def whoami(self, request: Request) -> Response:
         try:
-            entry = self._entry(request.headers.get("authorization"), request.query_params.get("ticket"),
+            entry = await self._entry(request.headers.get("authorization"), request.query_params.get("ticket"),
                                 "token" in request.query_params)
         except Unauthorized as exc:
             return _problem(401, "unauthorized", str(exc))

@@ -147,7 +147,7 @@ class WebhookWorker:
         consumer = AIOKafkaConsumer(
             *spec.selection.topics, bootstrap_servers=self.bootstrap, group_id=spec.group,
             client_id=f"yrdbus-gateway-webhook-{spec.name}", enable_auto_commit=False,
-            auto_offset_reset=spec.start, isolation_level="read_committed", fetch_max_wait_ms=250,
+            auto_offset_reset=spec.start, isolation_level="read_committed", fetch_max_wait_ms=100,
             # the longest a record can take: every attempt timing out plus every backoff, with room to spare
             max_poll_interval_ms=int(1000 * (spec.attempts * (spec.timeout_s + spec.backoff_max_s) + 60)))
         await consumer.start()
