@@ -50,3 +50,31 @@ def test_stop_terminates_every_child_and_is_not_reported_as_failure(tmp_path):
     assert not a.running and not b.running
     assert not sup.failed
     assert "bye" in (tmp_path / "sink.log").read_text()
+
+
+def test_children_do_not_outlive_a_supervisor_that_crashes(tmp_path):
+    import subprocess
+
+    code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[1])!r})\n"
+        "from yrdbus.supervisor import ChildSpec, Supervisor\n"
+        f"sup = Supervisor(__import__('pathlib').Path({str(tmp_path)!r}))\n"
+        "c = sup.start(ChildSpec('worker', [sys.executable, '-c', 'import time; time.sleep(60)']))\n"
+        "print(c.proc.pid, flush=True)\n"
+        "import os; os.kill(os.getpid(), 9)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    child_pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = open(f"/proc/{child_pid}/stat").read().split()[2]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        raise AssertionError("the child outlived its supervisor")

@@ -92,14 +92,30 @@ def stack_reset(yes: bool = typer.Option(False, "--yes", help="Really delete the
 # --------------------------------------------------------------------------- run
 @app.command("run")
 def run(
-    duration: float = typer.Option(None, "--duration", envvar="DURATION",
-                                   help="Stop after this many seconds (default: until Ctrl-C)."),
+    duration: float = typer.Option(None, "--duration", envvar="DURATION", min=10,
+                                   help="Stop after this many seconds, then print the summary (default: until Ctrl-C)."),
+    simulate: bool = typer.Option(True, "--simulate/--no-simulate",
+                                  help="Run the simulator with its scripted incidents; --no-simulate runs the bus alone, for real stations."),
+    workers: int = typer.Option(1, "--workers", min=1, max=8, help="Stream workers sharing the partitions."),
+    speed: float = typer.Option(1800.0, "--speed", min=1, help="Simulated seconds a wall second."),
+    seed: int = typer.Option(7, "--seed", help="Simulator seed: same seed, same events."),
+    scenarios: str = typer.Option("all", "--scenarios", help="Scripted incidents: 'all' or a comma-separated list (a-j)."),
+    keep_data: bool = typer.Option(False, "--keep-data", help="Keep the previous simulated run's topics and store."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
+    check: bool = typer.Option(False, "--check", help="Only bring the broker up and check a Kafka round trip and a ClickHouse write/read."),
 ) -> None:
-    """Bring the bus up on its embedded default and run its main job."""
-    from yrdbus.run import run_bus
+    """Bring the whole bus up on its embedded default: stations (simulated), stream workers, sink, query access, gateway."""
+    from yrdbus.run import RunOptions, run_bus, self_check
 
+    settings = get_settings()
     try:
-        sys.exit(run_bus(get_settings(), duration=duration))
+        if check:
+            KafkaStack(settings).up(echo=typer.echo)
+            result = self_check(settings)
+            sys.exit(0 if result["kafka_received"] == result["kafka_sent"] == result["clickhouse_rows"] else 1)
+        sys.exit(run_bus(settings, RunOptions(duration=duration, simulate=simulate, workers=workers, speed=speed,
+                                              seed=seed, scenarios=scenarios, keep_data=keep_data,
+                                              json_summary=json_out)))
     except StackError as exc:
         fail(str(exc))
 

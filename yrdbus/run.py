@@ -1,17 +1,49 @@
-"""`yrdbus run`: bring the bus up on the embedded default and run its main job."""
+"""`yrdbus run`: the whole bus in one command, on the embedded default.
+
+It brings the stack up, applies the topics, starts the ClickHouse sink (which
+migrates the schema and serves the live query endpoint), the stream worker(s)
+and the alert gateway, then the simulator with its scripted incidents. It shows
+live progress, stops cleanly on Ctrl-C or after ``--duration``, and ends with a
+summary read back from ClickHouse and scored against the simulator's ground truth.
+
+A simulated run starts from empty topics and an empty store (the simulated
+calendar restarts, so state from an earlier simulated run would make its
+events late and its alerts repeats) unless ``--keep-data``; `--no-simulate`
+never deletes anything.
+"""
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
 
+from schemas.contract import SOURCE_KINDS
+from schemas.reference import REGIONS
+from yrdbus import store, topics
 from yrdbus.settings import Settings
 from yrdbus.stack import KafkaStack
-from yrdbus import store
+from yrdbus.supervisor import ChildSpec, Supervisor
+
+STREAMS_APP_ID = "yrdbus-streams"
+SEVERITY_STYLE = {"CRITICAL": "bold white on red", "HIGH": "bold red", "MEDIUM": "yellow", "LOW": "cyan"}
+RAW_TABLES = {"clearance": "clearances", "alert": "alerts", "case": "cases"}
 
 
+# --------------------------------------------------------------------------- self check
 def self_check(settings: Settings, echo=typer.echo) -> dict:
     """A publish/consume round trip on the broker and a write/read on ClickHouse."""
     from confluent_kafka import Consumer, Producer
@@ -43,20 +75,394 @@ def self_check(settings: Settings, echo=typer.echo) -> dict:
 
     client = store.get_client(settings.clickhouse_url)
     now = datetime.now(timezone.utc)
-    client.command("CREATE DATABASE IF NOT EXISTS yrdbus")
-    client.command("CREATE TABLE IF NOT EXISTS yrdbus.selfcheck (run_id String, n UInt32, at DateTime64(3, 'UTC')) "
-                   "ENGINE = MergeTree ORDER BY (run_id, n)")
-    client.insert("yrdbus.selfcheck", [[run_id, i, now] for i in range(n)],
+    client.command("CREATE DATABASE IF NOT EXISTS yrdbus_selfcheck")
+    client.command("CREATE TABLE IF NOT EXISTS yrdbus_selfcheck.roundtrip (run_id String, n UInt32, "
+                   "at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY (run_id, n)")
+    client.insert("yrdbus_selfcheck.roundtrip", [[run_id, i, now] for i in range(n)],
                   column_names=["run_id", "n", "at"])
-    rows = client.query("SELECT count() FROM yrdbus.selfcheck WHERE run_id = {r:String}",
+    rows = client.query("SELECT count() FROM yrdbus_selfcheck.roundtrip WHERE run_id = {r:String}",
                         parameters={"r": run_id}).result_rows[0][0]
     echo(f"ClickHouse write/read at {store.describe(settings.clickhouse_url)}: {n} rows written, {rows} read back")
     return {"kafka_sent": n, "kafka_received": seen, "clickhouse_rows": rows}
 
 
-def run_bus(settings: Settings, duration: float | None = None) -> int:
-    KafkaStack(settings).up(echo=typer.echo)
-    result = self_check(settings)
-    ok = result["kafka_received"] == result["kafka_sent"] == result["clickhouse_rows"]
-    typer.echo("The broker keeps running; stop it with `yrdbus stack down` (data stays in ./var).")
-    return 0 if ok else 1
+# --------------------------------------------------------------------------- options
+@dataclass
+class RunOptions:
+    duration: float | None = None
+    simulate: bool = True
+    workers: int = 1
+    speed: float = 1800.0
+    seed: int = 7
+    scenarios: str = "all"
+    keep_data: bool = False
+    drain_s: float | None = None
+    json_summary: bool = False
+    live: bool | None = None          # None: when stdout is a terminal
+
+
+def _yrdbus() -> list[str]:
+    exe = Path(sys.executable).with_name("yrdbus")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "yrdbus.cli"]
+
+
+def _plan(opts: RunOptions) -> tuple[float | None, float]:
+    """(simulator wall seconds, drain budget) for a run of opts.duration seconds."""
+    if opts.duration is None:
+        return None, opts.drain_s or 60.0
+    drain = opts.drain_s if opts.drain_s is not None else max(15.0, 0.25 * opts.duration)
+    # Start-up (broker, topics, workers joining) takes some 15-25 s of the budget.
+    sim = max(5.0, opts.duration - drain - 20.0)
+    return sim, drain
+
+
+# --------------------------------------------------------------------------- fresh data
+def _reset_simulated_data(settings: Settings, stack: KafkaStack, echo) -> None:
+    marker = settings.var_dir / "run" / "simulated.json"
+    if not marker.is_file():
+        return
+    echo("Replacing the data of the previous simulated run (topics, store, worker state); --keep-data keeps it.")
+    stack.down(echo=lambda m: None)
+    stack.reset()
+    if store.is_embedded(settings.clickhouse_url):
+        shutil.rmtree(store.embedded_path(settings.clickhouse_url), ignore_errors=True)
+    shutil.rmtree(settings.var_dir / "streams", ignore_errors=True)
+
+
+def _gateway_access(settings: Settings, echo) -> tuple[Path, Path | None]:
+    """The gateway's access file; a run without one gets a demo file with one all-regions token."""
+    configured = Path(settings.gateway_tokens_file)
+    if configured.is_file():
+        return configured, None
+    from connectors.gateway.access import hash_token, new_token
+
+    run_dir = settings.var_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    access = run_dir / "gateway.toml"
+    token_file = run_dir / "gateway.token"
+    if not (access.is_file() and token_file.is_file()):
+        token = new_token("command-centre")
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n")
+        access.write_text(
+            "# Made by `yrdbus run` because no access file was configured (YRDBUS_GATEWAY_TOKENS_FILE).\n"
+            "# The token itself is in gateway.token beside this file (mode 600).\n"
+            "[[tokens]]\n"
+            'id = "command-centre"\n'
+            f'hash = "{hash_token(token)}"\n'
+            "all = true\n"
+            'note = "regional command centre (demo run)"\n')
+        echo(f"No gateway access file configured: made {access} with one all-regions token in {token_file}.")
+    return access, token_file
+
+
+# --------------------------------------------------------------------------- the run
+class BusRun:
+    def __init__(self, settings: Settings, opts: RunOptions, console: Console | None = None):
+        self.settings = settings
+        self.opts = opts
+        self.console = console or Console()
+        self.var = settings.var_dir
+        self.run_dir = self.var / "run"
+        self.truth_file = self.run_dir / "truth.jsonl"
+        self.sup = Supervisor(settings.log_dir)
+        self.monitor = None
+        self.started_wall = datetime.now(timezone.utc)
+        self.t0 = time.monotonic()
+        self.messages: list[str] = []
+        self.interrupted = False
+        self.token_file: Path | None = None
+
+    def say(self, text: str) -> None:
+        self.messages.append(text)
+        self.console.print(text)
+
+    # ------------------------------------------------------------------ phases
+    def start(self) -> None:
+        s = self.settings
+        stack = KafkaStack(s)
+        if self.opts.simulate and not self.opts.keep_data and s.embedded_kafka:
+            _reset_simulated_data(s, stack, self.say)
+        stack.up(echo=self.say)
+        changes = topics.apply(s.bootstrap)
+        self.say(f"Topics applied: {len(changes)} change(s).")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        access, self.token_file = _gateway_access(s, self.say)
+
+        env = {"YRDBUS_KAFKA_BOOTSTRAP": s.bootstrap, "YRDBUS_VAR_DIR": str(self.var.resolve()),
+               "YRDBUS_CLICKHOUSE_URL": s.clickhouse_url, "YRDBUS_GATEWAY_TOKENS_FILE": str(access.resolve())}
+        if s.embedded_kafka:
+            env["YRDBUS_KAFKA_BOOTSTRAP"] = s.bootstrap
+        y = _yrdbus()
+        self.sup.base_env.update(env)
+        self.sup.start(ChildSpec("sink", y + ["sink", "--port", str(s.query_port)]))
+        for i in range(self.opts.workers):
+            self.sup.start(ChildSpec(f"worker-{i + 1}", y + [
+                "worker", "--app-id", STREAMS_APP_ID, "--metrics-port", str(s.worker_metrics_port + i),
+                "--data-dir", str((self.var / "streams" / f"worker-{i + 1}").resolve())]))
+        self.sup.start(ChildSpec("gateway", y + ["gateway", "--port", str(s.gateway_port), "--log-level", "warning"]))
+
+        from yrdbus.monitor import BusMonitor
+        self.monitor = BusMonitor(s.bootstrap, [STREAMS_APP_ID, s.sink_group])
+        self.monitor.snapshot()
+        self._wait_ready()
+
+        if self.opts.simulate:
+            sim_s, _ = _plan(self.opts)
+            argv = y + ["simulate", "--seed", str(self.opts.seed), "--speed", str(self.opts.speed),
+                        "--scenarios", self.opts.scenarios, "--truth", str(self.truth_file.resolve())]
+            if sim_s is not None:
+                argv += ["--duration", f"{sim_s:.0f}"]
+            self.sup.start(ChildSpec("simulator", argv, env={"YRDBUS_DEMO": "true"}, finite=True))
+            (self.run_dir / "simulated.json").write_text(json.dumps(
+                {"seed": self.opts.seed, "speed": self.opts.speed, "started_at": self.started_wall.isoformat()}) + "\n")
+            self.say(f"Simulator started: seed {self.opts.seed}, {self.opts.speed:g} simulated seconds a second, "
+                     f"scenarios {self.opts.scenarios}" + (f", {sim_s:.0f} s" if sim_s else ""))
+
+    def _wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Until the sink answers /ping, the gateway answers, and every worker has joined its group."""
+        import httpx2 as httpx
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap})
+        deadline = time.monotonic() + timeout_s
+        want = {"sink": f"http://127.0.0.1:{self.settings.query_port}/ping",
+                "gateway": f"http://127.0.0.1:{self.settings.gateway_port}/healthz"}
+        ready: set[str] = set()
+        while time.monotonic() < deadline:
+            self._report_deaths()
+            for name, url in want.items():
+                if name in ready:
+                    continue
+                try:
+                    if httpx.get(url, timeout=1).status_code < 500:
+                        ready.add(name)
+                except httpx.HTTPError:
+                    pass
+            try:
+                group = admin.describe_consumer_groups([STREAMS_APP_ID])[STREAMS_APP_ID].result(timeout=5)
+                members = [m for m in group.members if m.assignment and m.assignment.topic_partitions]
+                if len(members) >= self.opts.workers:
+                    ready.add("workers")
+            except Exception:
+                pass
+            if {"sink", "gateway", "workers"} <= ready:
+                self.say(f"Sink, query endpoint, gateway and {self.opts.workers} worker(s) ready "
+                         f"({time.monotonic() - self.t0:.0f} s).")
+                return
+            time.sleep(0.5)
+        missing = {"sink", "gateway", "workers"} - ready
+        self.say(f"[yellow]Not ready after {timeout_s:.0f} s: {', '.join(sorted(missing))}; going on.[/]")
+
+    def _report_deaths(self) -> None:
+        for death in self.sup.check():
+            if not death.expected:
+                self.say(f"[bold red]{death.describe()}[/]")
+
+    def _lag(self) -> int:
+        snap = self.monitor.last
+        return sum(v for v in snap.lag.values() if v > 0) if snap else 0
+
+    def watch(self) -> None:
+        """Live progress until the duration is over or Ctrl-C; then drain the consumers."""
+        sim_s, drain_s = _plan(self.opts)
+        end = None if self.opts.duration is None else self.t0 + self.opts.duration
+        live = self.opts.live if self.opts.live is not None else self.console.is_terminal
+        last_line = 0.0
+
+        def tick() -> bool:
+            nonlocal last_line
+            self.monitor.snapshot()
+            self._report_deaths()
+            if live:
+                display.update(self.render())
+            elif time.monotonic() - last_line >= 10:
+                last_line = time.monotonic()
+                self.console.print(self.progress_line())
+            return True
+
+        display = Live(self.render(), console=self.console, refresh_per_second=2, transient=False) if live else None
+        if display:
+            display.start()
+        try:
+            sim = self.sup.get("simulator")
+            while True:
+                tick()
+                now = time.monotonic()
+                if end is not None and now >= end - drain_s and (sim is None or not sim.running):
+                    break
+                if end is not None and now >= end:
+                    break
+                time.sleep(1.0)
+            # Drain: let the worker and the sink catch up with what was published.
+            drain_end = time.monotonic() + max(5.0, (end - time.monotonic()) if end else drain_s)
+            quiet = 0
+            while time.monotonic() < drain_end:
+                tick()
+                quiet = quiet + 1 if self._lag() == 0 else 0
+                if quiet >= 3:
+                    break
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.say("Interrupted: stopping the bus.")
+        finally:
+            if display:
+                display.stop()
+
+    def stop(self) -> None:
+        self.sup.stop()
+        self._report_deaths()
+        if self.monitor:
+            self.monitor.close()
+
+    # ------------------------------------------------------------------ display
+    def progress_line(self) -> str:
+        rates = self.monitor.rates()
+        counts = self.monitor.since_start()
+        alerts = sum(counts.get("alerts_by_kind", {}).values())
+        return (f"[{time.monotonic() - self.t0:5.0f} s] events/s "
+                + " ".join(f"{r} {rates[r]:.0f}" for r in REGIONS)
+                + f" | derived alerts {alerts} | lag {self._lag()} | dead letters {counts.get('dead_letters', 0)}")
+
+    def render(self):
+        m = self.monitor
+        rates = m.rates() if m else {r: 0.0 for r in REGIONS}
+        counts = m.since_start() if m else {}
+        ev = Table(title="Events by region", expand=True)
+        ev.add_column("region")
+        ev.add_column("events/s", justify="right")
+        for k in SOURCE_KINDS:
+            ev.add_column(k, justify="right")
+        for r in REGIONS:
+            row = counts.get("events", {}).get(r, {})
+            ev.add_row(r, f"{rates[r]:,.0f}", *[f"{row.get(k, 0):,}" for k in SOURCE_KINDS])
+        al = Table(title="Derived alerts by kind", expand=True)
+        al.add_column("kind")
+        al.add_column("count", justify="right")
+        for kind, n in sorted(counts.get("alerts_by_kind", {}).items(), key=lambda kv: -kv[1]):
+            al.add_row(kind, str(n))
+        newest = Table(title="Newest alerts", expand=True)
+        for col in ("severity", "kind", "must act", "inform", "summary"):
+            newest.add_column(col, overflow="ellipsis", no_wrap=col != "summary")
+        for a in (m.last.newest_alerts if m and m.last else [])[:8]:
+            newest.add_row(f"[{SEVERITY_STYLE.get(a['severity'], '')}]{a['severity']}[/]", a["kind"],
+                           ",".join(a["must_act"]), ",".join(a.get("inform") or []), a["summary"])
+        health = Table.grid(padding=(0, 2))
+        lag = m.last.lag if m and m.last else {}
+        health.add_row(f"elapsed {time.monotonic() - self.t0:,.0f} s",
+                       *[f"lag {g}: {v if v >= 0 else '?'}" for g, v in lag.items()],
+                       f"dead letters: {counts.get('dead_letters', 0)}",
+                       "processes: " + " ".join(
+                           f"{c.name}{'' if c.running else ' (stopped)'}" for c in self.sup.children))
+        return Panel(Group(ev, al, newest, health), title="yrdbus run", subtitle="Ctrl-C stops")
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict:
+        """Read back from ClickHouse: what this run stored, and how the alerts score against the truth."""
+        client = store.get_client(self.settings.clickhouse_url)
+        since = self.started_wall.strftime("%Y-%m-%d %H:%M:%S")
+        params = {"since": since}
+        events: dict[str, dict[str, int]] = {r: {k: 0 for k in SOURCE_KINDS} for r in REGIONS}
+        for kind, table in RAW_TABLES.items():
+            for region, n in client.query(
+                    f"SELECT region, count() FROM yrdbus.{table} WHERE ingested_at >= {{since:DateTime64(3)}} "
+                    f"GROUP BY region", parameters=params).result_rows:
+                events.setdefault(region, {})[kind] = n
+        alerts = client.query(
+            "SELECT alert_id, any(kind), any(severity), any(must_act), any(inform), any(subject), any(conveyance_id), "
+            "any(pattern), any(port_code), any(occurred_at), any(emitted_at) FROM yrdbus.derived_alerts "
+            "WHERE ingested_at >= {since:DateTime64(3)} GROUP BY alert_id", parameters=params).result_rows
+        alert_dicts = [dict(zip(("alert_id", "kind", "severity", "must_act", "inform", "subject", "conveyance_id",
+                                 "pattern", "port_code", "occurred_at", "emitted_at"), row)) for row in alerts]
+        by_kind: dict[str, int] = {}
+        for a in alert_dicts:
+            by_kind[a["kind"]] = by_kind.get(a["kind"], 0) + 1
+        dead = client.query("SELECT count() FROM yrdbus.dead_letters WHERE ingested_at >= {since:DateTime64(3)}",
+                            parameters=params).result_rows[0][0]
+        out = {"events": events, "events_total": sum(sum(v.values()) for v in events.values()),
+               "derived_alerts_by_kind": dict(sorted(by_kind.items())), "derived_alerts_total": len(alert_dicts),
+               "dead_letters": dead, "failed_processes": [d.name for d in self.sup.deaths],
+               "since": self.started_wall.isoformat()}
+        if self.opts.simulate and self.truth_file.is_file():
+            from streams.evaluate import load_truth, score
+
+            for a in alert_dicts:
+                for f in ("occurred_at", "emitted_at"):
+                    if isinstance(a[f], datetime):
+                        a[f] = int(a[f].replace(tzinfo=a[f].tzinfo or timezone.utc).timestamp() * 1000)
+            result = score(load_truth(self.truth_file), alert_dicts)
+            out["evaluation"] = {"precision": result["precision"], "recall": result["recall"],
+                                 "scenarios": [{"scenario_id": s["scenario_id"], "scenario": s.get("scenario"),
+                                                "detected": s["detected"]} for s in result["scenarios"]]}
+        return out
+
+    def print_summary(self, summary: dict) -> None:
+        c = self.console
+        t = Table(title="Events stored in ClickHouse by this run")
+        t.add_column("region")
+        for k in SOURCE_KINDS:
+            t.add_column(k, justify="right")
+        for r in REGIONS:
+            t.add_row(r, *[f"{summary['events'].get(r, {}).get(k, 0):,}" for k in SOURCE_KINDS])
+        c.print(t)
+        a = Table(title="Derived alerts by kind")
+        a.add_column("kind")
+        a.add_column("count", justify="right")
+        for kind, n in summary["derived_alerts_by_kind"].items():
+            a.add_row(kind, str(n))
+        c.print(a)
+        c.print(f"Dead letters: {summary['dead_letters']}")
+        ev = summary.get("evaluation")
+        if ev:
+            s = Table(title=f"Scripted incidents: precision {ev['precision']:.3f}, recall {ev['recall']:.3f}")
+            s.add_column("scenario")
+            s.add_column("incident")
+            s.add_column("detected")
+            for sc in ev["scenarios"]:
+                s.add_row(sc["scenario_id"], sc.get("scenario") or "", "[green]yes[/]" if sc["detected"] else "[red]MISSED[/]")
+            c.print(s)
+        if summary["failed_processes"]:
+            c.print(f"[bold red]Processes that died during the run: {', '.join(summary['failed_processes'])}[/] "
+                    f"(logs in {self.settings.log_dir})")
+        s = self.settings
+        c.print("\nLook further:")
+        c.print("  yrdbus query --list                                   the analysts' named queries")
+        c.print("  yrdbus query cross_region_hits --format table         for example")
+        c.print("  yrdbus sql \"SELECT kind, count() FROM yrdbus.derived_alerts GROUP BY kind\"")
+        c.print(f"  yrdbus evaluate --truth {self.truth_file}")
+        c.print(f"  logs: {s.log_dir}/<process>.log;  stop the broker: yrdbus stack down")
+        c.print(f"  while a bus runs: query endpoint http://127.0.0.1:{s.query_port}/ (ClickHouse HTTP), "
+                f"gateway and wall http://127.0.0.1:{s.gateway_port}/, metrics: worker :{s.worker_metrics_port}/metrics, "
+                f"sink :{s.query_port}/metrics, gateway :{s.gateway_port}/metrics")
+
+
+def run_bus(settings: Settings, opts: RunOptions) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # a crash in a native library still says where
+    run = BusRun(settings, opts)
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        run.start()
+        run.watch()
+    except KeyboardInterrupt:
+        run.interrupted = True
+        run.say("Interrupted: stopping the bus.")
+    finally:
+        run.stop()
+        signal.signal(signal.SIGTERM, previous)
+    summary = run.summary()
+    if opts.json_summary:
+        print(json.dumps(summary, default=str))
+    else:
+        run.print_summary(summary)
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, default=str, indent=1) + "\n")
+    if summary["failed_processes"]:
+        return 1
+    ev = summary.get("evaluation")
+    if ev and not run.interrupted and opts.duration is not None and ev["recall"] < 1.0:
+        run.console.print("[bold red]Not every scripted incident was detected.[/]")
+        return 2
+    return 0

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     subject_key_file: Optional[Path] = Field(None, description="File holding the HMAC key for subject tokens.")
     demo: bool = Field(False, description="Demo mode: a fixed, public subject key is used when none is configured.")
 
+    # --- process metrics ---------------------------------------------------
+    worker_metrics_port: int = Field(9402, description="Prometheus /metrics of the first stream worker (the next ones take the next ports).")
+    station_metrics_port: int = Field(9401, description="Prometheus /metrics of a station publisher or the simulator run by `yrdbus run`.")
+
     # --- alert gateway -----------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Address the alert gateway listens on.")
     gateway_port: int = Field(8090, description="Port of the alert gateway (SSE, WebSocket, the wall, /metrics).")

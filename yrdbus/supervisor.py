@@ -81,7 +81,7 @@ class Supervisor:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(spec.argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
+                                    env=env, start_new_session=True, preexec_fn=_die_with_parent)
         child = Child(spec=spec, proc=proc, log_path=log_path, started_at=time.monotonic())
         self.children.append(child)
         return child
@@ -134,6 +134,16 @@ class Supervisor:
                 _signal_group(child.proc, signal.SIGKILL)
                 child.proc.wait(5)
         self.check()
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux for SIGTERM when the supervisor dies, so no child outlives a crashed run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
