@@ -197,7 +197,8 @@ class Planner:
         """Stowaways found on vessels at Ningbo-Zhoushan (ZJ), then at Yangshan and Waigaoqiao (SH)."""
         nat = ["MMR", "VNM", "PHL", "BGD"][self._rng.randrange(4)]
         margin = self.margin(2)
-        for region, ports, a, b in (("ZJ", ["CNNGB"], 0.20, 0.35), ("SH", ["CNSHA-YSN", "CNSHA-WGQ"], 0.45, 0.60)):
+        # late in the frame: a trend detector judges against the history it has seen, so give it some
+        for region, ports, a, b in (("ZJ", ["CNNGB"], 0.38, 0.52), ("SH", ["CNSHA-YSN", "CNSHA-WGQ"], 0.60, 0.74)):
             n = 6
             times = [self.at(a + (b - a) * k / (n - 1)) + self._rng.randrange(10 * MINUTE) for k in range(n)]
             times[-1] = min(times[-1], self.at(b))
@@ -215,7 +216,7 @@ class Planner:
                 self._row(inc, "SYSTEMIC_ESCALATION", "the stowaway trend rising in a second region", ALL_REGIONS,
                           first, last + margin)
         # the case events of days later are not evidence: the incident is complete once the surge is out
-        inc.complete_at = self.at(0.60) + 1
+        inc.complete_at = self.at(0.74) + 1
 
     def _e(self, inc: Incident) -> None:
         """A 144-hour transit entry at Pudong before the start; no exit by the deadline, inside the span."""
@@ -275,7 +276,8 @@ class Planner:
     def _i(self, inc: Incident) -> None:
         """An expo week at Ningbo airport (ZJ): four times the usual flow for several hours."""
         port = self.ports["NGB"]
-        first = (self.at(0.10) - self.base.first_hour) // HOUR * HOUR + self.base.first_hour + HOUR
+        # after some hours of ordinary traffic, so that a detector has seen the port's usual level first
+        first = (self.at(0.30) - self.base.first_hour) // HOUR * HOUR + self.base.first_hour + HOUR
         hours = max(2, round(self.frame * 0.2 / HOUR))
         for k in range(hours):
             self.base.surge[(port.code, self.base.hour_index(first + k * HOUR))] = 3.0
