@@ -20,6 +20,7 @@ from collections import deque
 from confluent_kafka import KafkaError, Producer
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
+from schemas import reference
 from schemas.codec import get_codec
 from yrdbus import topics
 
@@ -58,12 +59,14 @@ class PublisherMetrics:
     _lock = threading.Lock()
 
     def __init__(self, registry: CollectorRegistry):
+        # station: one of the 19 reference stations ("ALL" for control events, "other" for an unknown id), so
+        # a silent station can be told apart from a silent region; never anything unbounded such as a subject
         self.published = Counter("yrdbus_station_published_total",
-                                 "Events the broker acknowledged, by region and kind.",
-                                 ["region", "kind"], registry=registry)
+                                 "Events the broker acknowledged, by region, station and kind.",
+                                 ["region", "station", "kind"], registry=registry)
         self.failed = Counter("yrdbus_station_publish_failed_total",
-                              "Events whose delivery failed after every retry, by region and kind.",
-                              ["region", "kind"], registry=registry)
+                              "Events whose delivery failed after every retry, by region, station and kind.",
+                              ["region", "station", "kind"], registry=registry)
         self.latency = Histogram("yrdbus_station_delivery_latency_seconds",
                                  "Time from produce() to the broker's acknowledgement, in seconds.",
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300),
@@ -78,6 +81,17 @@ class PublisherMetrics:
             if m is None:
                 m = cls._by_registry[id(registry)] = cls(registry)
             return m
+
+
+def station_label(record: dict) -> str:
+    """The ``station`` label of an event: its reference station, ``ALL`` without one, ``other`` if unknown."""
+    station = record.get("station_id")
+    if not station:
+        return "ALL"
+    return station if station in _STATIONS else "other"
+
+
+_STATIONS = frozenset(reference.stations())
 
 
 class PublishError(RuntimeError):
@@ -107,7 +121,7 @@ class StationPublisher:
         self.failed = 0            # failed after every retry
         self.last_error: str | None = None
         self.errors: deque[str] = deque(maxlen=20)
-        self._labels: dict[str, tuple] = {}   # topic -> (published child, failed child)
+        self._labels: dict[tuple, object] = {}   # (topic, station) -> delivery report callback
         self._since_poll = 0
         self._closed = False
 
@@ -132,11 +146,13 @@ class StationPublisher:
             raise ValueError(f"stations publish clearance, alert, case and control events, not {kind!r}")
         return key.encode() if key else None
 
-    def _children(self, topic: str, kind: str, region: str):
-        hit = self._labels.get(topic)
+    def _children(self, topic: str, kind: str, region: str, station: str):
+        """The delivery report callback that counts under these labels (one per topic and station)."""
+        hit = self._labels.get((topic, station))
         if hit is None:
-            hit = self._labels[topic] = (self.metrics.published.labels(region, kind),
-                                         self.metrics.failed.labels(region, kind))
+            children = (self.metrics.published.labels(region, station, kind),
+                        self.metrics.failed.labels(region, station, kind))
+            hit = self._labels[(topic, station)] = lambda err, msg: self._on_delivery(err, msg, children)
         return hit
 
     # ------------------------------------------------------------------ publishing
@@ -148,20 +164,20 @@ class StationPublisher:
         """
         value = self.codec.encode(kind, record)
         topic = self.topic_for(kind, record)
-        self._children(topic, kind, record.get("region") or "ALL")
-        self.produce(topic, value, self.key_for(kind, record))
+        report = self._children(topic, kind, record.get("region") or "ALL", station_label(record))
+        self.produce(topic, value, self.key_for(kind, record), on_delivery=report)
         return topic
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, headers=None) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes | None, headers=None, on_delivery=None) -> None:
         """Hand bytes to the producer; a full local queue is waited out, never dropped."""
         if self._closed:
             raise PublishError("the publisher is closed")
+        extra = {"on_delivery": on_delivery} if on_delivery is not None else {}
+        if headers:
+            extra["headers"] = headers
         while True:
             try:
-                if headers:
-                    self._producer.produce(topic, value, key, headers=headers)
-                else:
-                    self._producer.produce(topic, value, key)
+                self._producer.produce(topic, value, key, **extra)
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room again.
@@ -180,9 +196,8 @@ class StationPublisher:
         self.produced += 1
         return topic
 
-    def _on_delivery(self, err: KafkaError | None, msg) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg, children: tuple | None = None) -> None:
         topic = msg.topic()
-        children = self._labels.get(topic)
         if err is None:
             self.delivered += 1
             if children is not None:

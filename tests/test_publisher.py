@@ -89,12 +89,15 @@ def test_published_events_decode_to_what_was_sent_on_their_region_topic_keyed_pe
         assert len({p for p, _, _ in seq}) == 1
         assert [t for _, _, t in sorted(seq)] == sorted(t for _, _, t in seq)
 
-    # the metrics count the deliveries per region and kind, and time each one
-    per = Counter((r.get("region") or "ALL", k) for k, r in events)
-    for (region, kind), n in per.items():
-        assert registry.get_sample_value("yrdbus_station_published_total", {"region": region, "kind": kind}) == n
+    # the metrics count the deliveries per region, station and kind, and time each one
+    per = Counter((r.get("region") or "ALL", r.get("station_id") or "ALL", k) for k, r in events)
+    assert {s for _, s, _ in per} > {"ALL"}
+    for (region, station, kind), n in per.items():
+        assert registry.get_sample_value("yrdbus_station_published_total",
+                                         {"region": region, "station": station, "kind": kind}) == n
     assert registry.get_sample_value("yrdbus_station_delivery_latency_seconds_count") == len(events)
-    assert registry.get_sample_value("yrdbus_station_publish_failed_total", {"region": "SH", "kind": "clearance"}) == 0
+    assert registry.get_sample_value("yrdbus_station_publish_failed_total",
+                                     {"region": "SH", "station": "SH-PVG", "kind": "clearance"}) == 0
 
 
 def test_the_stream_layer_s_client_reads_the_publisher_s_compressed_batches(kafka, unique):
