@@ -14,6 +14,21 @@ from yrdbus.settings import get_settings
 topics_app = typer.Typer(help="The bus's topics, defined as code (yrdbus/topics.py).", no_args_is_help=True)
 
 PREFIX_HELP = "Prefix of every topic name (a private copy of the bus, e.g. for tests)."
+METRICS_PORT_HELP = ("Serve the publisher's Prometheus /metrics on this port while it runs "
+                     "(default: YRDBUS_STATION_METRICS_PORT, 9401; 0: not at all).")
+
+
+def _serve_station_metrics(port: int) -> None:
+    """Serve the process's metrics (the publisher's) for Prometheus; a port already taken is said, not fatal."""
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        typer.secho(f"warning: metrics not served: port {port}: {exc.strerror or exc}", fg=typer.colors.YELLOW,
+                    err=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -102,6 +117,7 @@ def publish(
     allow_rejects: bool = typer.Option(False, "--allow-rejects", help="Exit 0 even if some rows were rejected."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     prefix: str = typer.Option("", "--prefix", envvar="YRDBUS_TOPIC_PREFIX", help=PREFIX_HELP),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", min=0, help=METRICS_PORT_HELP),
 ) -> None:
     """Load a station's own export onto the bus: validate, pseudonymize raw identities, publish.
 
@@ -137,6 +153,7 @@ def publish(
         elif shown[0] == 21:
             err.print("[red]... more rejections: see the summary[/red]")
 
+    _serve_station_metrics(settings.station_metrics_port if metrics_port is None else metrics_port)
     publisher = StationPublisher(settings.bootstrap, topic_prefix=prefix, client_id="yrdbus-import")
     try:
         importer = Importer(publisher, pseudonymizer, kind, region=region)
@@ -195,6 +212,7 @@ def simulate(
                                 help="Multiply baseline volumes (1: the paper's 2017 figures)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON (progress goes to stderr)."),
     prefix: str = typer.Option("", "--prefix", envvar="YRDBUS_TOPIC_PREFIX", help=PREFIX_HELP),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", min=0, help=METRICS_PORT_HELP),
 ) -> None:
     """Publish the four regions' traffic, with scripted incidents (docs/scenarios.md) and their ground truth."""
     from rich.console import Console
@@ -219,6 +237,7 @@ def simulate(
     err = Console(stderr=True)
     for name, why in sim.skipped.items():
         err.print(f"[yellow]scenario {name} skipped: it {why}[/yellow]")
+    _serve_station_metrics(settings.station_metrics_port if metrics_port is None else metrics_port)
     publisher = StationPublisher(settings.bootstrap, topic_prefix=prefix, client_id="yrdbus-simulator")
     span_s = (sim.end - sim.start) / 1000 if sim.end is not None else None
     with Progress(TextColumn("[bold]simulating[/bold] {task.fields[at]}"), BarColumn(),
