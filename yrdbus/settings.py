@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # --- process metrics ---------------------------------------------------
     worker_metrics_port: int = Field(9402, description="Prometheus /metrics of the first stream worker (the next ones take the next ports).")
     station_metrics_port: int = Field(9401, description="Prometheus /metrics of a station publisher or the simulator run by `yrdbus run`.")
+    kafka_exporter_port: int = Field(9400, description="Prometheus /metrics of the Kafka exporter (consumer lag, topic offsets) of `stack up --with-prometheus`.")
+    prometheus_port: int = Field(9090, description="Port of the Prometheus started by `yrdbus stack up --with-prometheus`.")
 
     # --- alert gateway -----------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Address the alert gateway listens on.")
