@@ -34,16 +34,14 @@ from schemas.deadletter import headers_for
 from schemas.errors import EventError
 from streams import derived, metrics, ruleset, subject as subject_rules
 from streams.event_time import Watermark
-from streams.events import for_avro, plain
+from streams.decoding import PlainDecoder
+from streams.events import for_avro
 from streams.flow import FlowCounter
 from streams.regional import SECTIONS, RegionalRules
 from yrdbus import topics
 
 log = logging.getLogger("yrdbus.streams")
 
-CLEARANCE_FIELDS = ("event_id", "region", "station_id", "port_code", "occurred_at", "published_at", "subject",
-                    "direction", "nationality", "conveyance_type", "conveyance_id", "scheduled_port", "lane",
-                    "entry_basis", "decision", "origin_country", "destination_country")
 OUTPUT_KIND = {"derived_alert": "derived_alert", "trend": "trend", "risk": "risk"}
 
 
@@ -98,8 +96,7 @@ class SubjectTable(faust.Table):
 def build_app(cfg: StreamsConfig) -> faust.App:
     rs = ruleset.load(cfg.rules) if cfg.rules else ruleset.default()
     codec = get_codec()
-    clearance_decode = (codec.projected_decoder("clearance", CLEARANCE_FIELDS)
-                        if hasattr(codec, "projected_decoder") else (lambda b: codec.decode(b, "clearance")[1]))
+    decoder = PlainDecoder(codec)
     brokers = [f"kafka://{h.strip()}" for h in cfg.bootstrap.split(",") if h.strip()]
     app = faust.App(
         cfg.app_id,
@@ -114,6 +111,11 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         # small fetches interleave partitions finely, so one partition's backlog cannot race far ahead
         consumer_max_fetch_size=256 * 1024,
         producer_acks=-1,
+        # a few milliseconds of linger turns one request per record into batches (the re-key step
+        # forwards every clearance)
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
+        producer_compression_type="lz4",
         # a worker that dies is noticed after this long, and its partitions move to the others
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
@@ -216,7 +218,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 if kind == "clearance" and key:
                     await subject_topic.send(key=key, value=raw, headers=headers)
                     continue
-                _, rec = codec.decode(raw, kind)
+                rec = decoder.decode(raw, kind)
                 if kind == "clearance":
                     await subject_topic.send(key=rec["subject"].encode(), value=raw, headers=headers)
                     continue
@@ -275,11 +277,10 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if st["rescan"]:
             rescan()
         try:
-            rec = clearance_decode(raw) if kind == "clearance" else codec.decode(raw, kind)[1]
+            ev = decoder.decode(raw, kind)
         except EventError as exc:
             await dead_letter(source, raw, key, exc, msg.partition, msg.offset)
             return
-        ev = plain(kind, rec)
         s = key.decode() if key else (ev.get("subject") or "")
         if sub_wm.observe(msg.partition, ev["occurred_at"]):
             metrics.LATE.labels("subjects").inc()
@@ -347,22 +348,23 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if raw[:1] == b"{":
             ev = json.loads(raw)
         else:
-            kind = headers.get("yrd-kind")
             try:
-                kind, rec = codec.decode(raw, kind)
+                ev = decoder.decode(raw, headers.get("yrd-kind"))
             except EventError as exc:
                 await dead_letter(source, raw, event.key, exc, msg.partition, msg.offset)
                 return
-            ev = plain(kind, rec)
-            if kind == "control":
+            if ev["_kind"] == "control":
                 ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
         metrics.EVENTS_IN.labels(source, "regional").inc()
         state = regional_state()
         # an operator's control event is issued on its own clock: it does not move event time on
         if ev["_kind"] != "control" and reg_wm.observe(0, ev["occurred_at"]):
             metrics.LATE.labels("regional").inc()
+        first_hour = state["trend"]["first_hour"]
         outs = rrules.on_event(state, ev)
         touched = set(rrules.touched(ev))
+        if ev["_kind"] != "case" and state["trend"]["first_hour"] == first_hour:
+            touched.discard("trend")
         wm = reg_wm.current()
         metrics.WATERMARK.labels("regional").set(max(0, wm) / 1000)
         if st["reg_last_wm"] is None or wm > st["reg_last_wm"]:

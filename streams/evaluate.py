@@ -153,8 +153,10 @@ def read_alerts_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> li
     from streams.events import plain
 
     codec = get_codec()
+    from yrdbus.kafka_config import kafka_security
+
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"yrdbus-evaluate-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", **kafka_security()})
     try:
         md = consumer.list_topics(topic, timeout=timeout_s)
         t = md.topics.get(topic)

@@ -40,7 +40,7 @@ class FlowCounter:
 
     @staticmethod
     def new_state() -> dict:
-        return {"counts": {}, "sent": {}}
+        return {"counts": {}, "sent": {}, "progress": None}
 
     def on_clearance(self, state: dict, ev: dict, partition: int, watermark: int) -> list:
         hour = ev["occurred_at"] // HOUR
@@ -57,6 +57,13 @@ class FlowCounter:
             if (hour + 1) * HOUR <= watermark and key not in state["sent"]:
                 state["sent"][key] = True
                 outs.append(self._partial(key, n, partition))
+        # "this partition has sent every hour up to here": the judge waits for all partitions' progress,
+        # not for the regional stage's own watermark, which runs ahead of the busy subject stage
+        done = watermark // HOUR - 1
+        if state.get("progress") is None or done > state["progress"]:
+            state["progress"] = done
+            outs.append({"_kind": "flow_partial", "port": "", "hour": done, "partition": partition, "count": 0,
+                         "progress": True, "occurred_at": (done + 1) * HOUR - 1})
         for key in [k for k in state["counts"] if watermark - (int(k.rsplit("|", 1)[1]) + 1) * HOUR > self.keep_ms]:
             del state["counts"][key]
             state["sent"].pop(key, None)
@@ -82,6 +89,8 @@ class FlowSurge:
         self.alpha = float(f["alpha"])
         self.consecutive = int(f["consecutive_hours"])
         self.grace_ms = rs.minutes_ms("flow_surge", "grace_minutes")
+        self.stall_ms = rs.hours_ms("flow_surge", "stall_hours")
+        self.scale_min_ports = int(f["scale_min_ports"])
         self.cooldown_ms = rs.hours_ms("flow_surge", "cooldown_hours")
         hm = rs["heightened_mode"]
         self.ratio_floor = float(hm["min_ratio_floor"])
@@ -91,7 +100,8 @@ class FlowSurge:
 
     @staticmethod
     def new_state() -> dict:
-        return {"partials": {}, "first_hour": None, "judged": None, "history": {}, "run": {}, "fired": {}}
+        return {"partials": {}, "first_hour": None, "judged": None, "history": {}, "run": {}, "fired": {},
+                "progress": {}}
 
     def expected(self, port_code: str, hour: int) -> float:
         """Expected clearances at a port in one UTC hour, before scaling."""
@@ -105,6 +115,10 @@ class FlowSurge:
         return base * float(p["hour_of_day"][port.kind][local.hour]) * float(p["day_of_week"][local.weekday()])
 
     def on_partial(self, state: dict, ev: dict) -> None:
+        if ev.get("progress"):
+            part = str(ev["partition"])
+            state.setdefault("progress", {})[part] = max(ev["hour"], state["progress"].get(part, ev["hour"]))
+            return
         key = f"{ev['port']}|{ev['hour']}"
         state["partials"].setdefault(key, {})[str(ev["partition"])] = int(ev["count"])
         if state["first_hour"] is None or ev["hour"] < state["first_hour"]:
@@ -113,7 +127,12 @@ class FlowSurge:
     def on_watermark(self, state: dict, watermark: int, hm_state: dict) -> list:
         if state["first_hour"] is None:
             return []
-        last = (watermark - self.grace_ms) // HOUR - 1
+        # an hour is judged once every partition that counts clearances has sent it; a partition silent
+        # for stall_hours of event time no longer holds the judge back
+        progress = state.get("progress") or {}
+        last = (watermark - self.grace_ms - self.stall_ms) // HOUR - 1
+        if progress:
+            last = max(last, min(progress.values()))
         start = state["first_hour"] if state["judged"] is None else state["judged"] + 1
         outs: list = []
         for hour in range(max(start, last - 24 * 14), last + 1):
@@ -128,7 +147,7 @@ class FlowSurge:
             exp = sum(v[1] for v in hist.values())
             if exp > 0 and obs > 0:
                 ratios.append(obs / exp)
-        if not ratios:
+        if len(ratios) < self.scale_min_ports:
             return None
         ratios.sort()
         mid = len(ratios) // 2

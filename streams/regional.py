@@ -73,9 +73,23 @@ class RegionalRules:
 
     def on_watermark(self, state: dict, watermark: int) -> tuple[list, tuple[str, ...]]:
         """Outputs due at this watermark, and the sections it changed."""
+        before = _sizes(state)
+        judged = (state["trend"]["judged"], state["flow"]["judged"])
         outs = self.trend.on_watermark(state["trend"], watermark, state["heightened"])
         outs += self.flow.on_watermark(state["flow"], watermark, state["heightened"])
         self.fraud.prune(state["fraud"], watermark)
         self.conveyance.prune(state["conveyance"], watermark)
         self.heightened.prune(state["heightened"], watermark)
-        return outs, ("trend", "flow", "fraud", "conveyance", "heightened")
+        after = _sizes(state)
+        changed = tuple(sec for sec in ("fraud", "conveyance", "heightened") if before[sec] != after[sec])
+        if state["trend"]["judged"] != judged[0]:
+            changed += ("trend",)
+        if state["flow"]["judged"] != judged[1]:
+            changed += ("flow",)
+        return outs, changed
+
+
+def _sizes(state: dict) -> dict:
+    """A cheap fingerprint of the pruned sections: prune only ever removes entries."""
+    return {sec: tuple(len(v) for v in state[sec].values() if isinstance(v, (dict, list)))
+            for sec in ("fraud", "conveyance", "heightened")}

@@ -260,6 +260,10 @@ class SubjectRules:
 
     # ------------------------------------------------------------------ housekeeping
     def _prune(self, state, now: int) -> None:
+        if not (state["flags"] or state["refusals"] or state["stays"] or state["done"]):
+            if state["crossings"] and now - state["crossings"][0]["at"] > self.crossing_keep_ms:
+                state["crossings"] = [c for c in state["crossings"] if now - c["at"] <= self.crossing_keep_ms]
+            return
         state["crossings"] = [c for c in state["crossings"] if now - c["at"] <= self.crossing_keep_ms]
         state["flags"] = [f for f in state["flags"] if now - f["at"] <= self.active_ms]
         state["refusals"] = [r for r in state["refusals"] if now - r["at"] <= self.shop_ms + self.lateness_ms]

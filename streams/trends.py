@@ -55,7 +55,8 @@ class Trends:
         self.baseline_h = int(t["baseline_hours"])
         self.min_base_frac = float(t["min_baseline_fraction"])
         self.warmup_h = int(t["warmup_hours"])
-        self.prior_rate_h = float(t["prior_per_day"]) / 24.0
+        prior = t["prior_per_day"]
+        self.prior_day = {k: float(v) for k, v in prior.items()} if isinstance(prior, dict) else {"default": float(prior)}
         self.prior_h = float(t["prior_hours"])
         self.min_count = float(t["min_count"])
         self.min_ratio = float(t["min_ratio"])
@@ -132,9 +133,10 @@ class Trends:
             if observed == 0:
                 continue
             base = self._sum(buckets, hour - w - base_h + 1, hour - w)
-            rate = (base + self.prior_rate_h * self.prior_h) / (base_h + self.prior_h)
-            expected = rate * w
             region, dims = key.split("|", 1)
+            prior_h = self.prior_day.get(_case_type(dims), self.prior_day.get("default", 0.5)) / 24.0
+            rate = (base + prior_h * self.prior_h) / (base_h + self.prior_h)
+            expected = rate * w
             mult = heightened.multiplier(hm_state, region, window_end - 1)
             min_count = max(self.count_floor, self.min_count * mult) if mult < 1 else self.min_count * mult
             min_ratio = max(self.ratio_floor, self.min_ratio * mult) if mult < 1 else self.min_ratio * mult
@@ -221,6 +223,13 @@ class Trends:
             s["rising"] = {r: v for r, v in s["rising"].items() if now - v["at"] <= self.sys_window_ms}
             if not s["rising"] and (s["last"] is None or now - s["last"] > self.sys_cooldown_ms):
                 del state["systemic"][ct]
+
+
+def _case_type(dims: str) -> str:
+    for kv in dims.split(","):
+        if kv.startswith("case_type="):
+            return kv[len("case_type="):]
+    return ""
 
 
 def _signal_id(rule: str, key: str, window_end: int) -> str:

@@ -195,7 +195,7 @@ def test_stowaway_surge_in_two_regions_rises_in_each_and_escalates_once(rules, r
 def test_heightened_mode_lowers_the_trend_threshold(rules, rs):
     def surge(script):
         baseline_cases(script, rs, 3)
-        for i in range(4):
+        for i in range(3):
             script.case("CNNGB", T0 + 2 * DAY + i * HOUR, "STOWAWAY", "STOWAWAY_ON_VESSEL", [token(i)], ["VNM"])
     plain_s = Script()
     surge(plain_s)
@@ -263,9 +263,10 @@ def test_flow_counter_sends_an_hour_once_the_watermark_passes_it_and_resends_lat
     st = fc.new_state()
     ev = {"port_code": "PVG", "occurred_at": 10 * HOUR + 5}
     assert fc.on_clearance(st, ev, 0, 0) == []
-    assert fc.on_watermark(st, 11 * HOUR - 1, 0) == []
+    assert [p for p in fc.on_watermark(st, 11 * HOUR - 1, 0) if not p.get("progress")] == []
     sent = fc.on_watermark(st, 11 * HOUR, 0)
-    assert [(p["port"], p["hour"], p["count"]) for p in sent] == [("PVG", 10, 1)]
+    assert [(p["port"], p["hour"], p["count"]) for p in sent if not p.get("progress")] == [("PVG", 10, 1)]
+    assert [p["hour"] for p in sent if p.get("progress")] == [10]
     late = fc.on_clearance(st, ev, 0, 11 * HOUR)
     assert [(p["hour"], p["count"]) for p in late] == [(10, 2)]
 
@@ -286,3 +287,21 @@ def test_watermark_is_the_slowest_partition_minus_lateness():
 def test_rule_set_without_a_version_is_refused():
     with pytest.raises(ruleset.RuleSetError, match="version"):
         ruleset.from_dict({"transit": {}})
+
+
+def test_flow_hour_is_judged_only_once_every_partition_has_sent_it(rules):
+    state = rules.new_state()
+    hour = T0 // HOUR
+    for part in (0, 1):
+        rules.on_event(state, {"_kind": "flow_partial", "port": "PVG", "hour": hour, "partition": part, "count": 9,
+                               "occurred_at": (hour + 1) * HOUR - 1})
+    rules.on_event(state, {"_kind": "flow_partial", "port": "", "hour": hour, "partition": 0, "count": 0,
+                           "progress": True, "occurred_at": (hour + 1) * HOUR - 1})
+    rules.on_event(state, {"_kind": "flow_partial", "port": "", "hour": hour - 1, "partition": 1, "count": 0,
+                           "progress": True, "occurred_at": hour * HOUR - 1})
+    rules.on_watermark(state, (hour + 3) * HOUR)
+    assert state["flow"]["judged"] is None               # partition 1 has not sent the hour yet
+    rules.on_event(state, {"_kind": "flow_partial", "port": "", "hour": hour, "partition": 1, "count": 0,
+                           "progress": True, "occurred_at": (hour + 1) * HOUR - 1})
+    rules.on_watermark(state, (hour + 3) * HOUR + 1)
+    assert state["flow"]["judged"] == hour and state["flow"]["history"]["PVG"][str(hour)][0] == 18
