@@ -30,9 +30,10 @@ $(KAFKA_LIB): infra/kafka/pom.xml | $(VENV)/.installed
 
 jars: $(KAFKA_LIB)
 
-# Debian packages the tests use (kcat: a Kafka client nobody here wrote; chromium: the wall's browser test).
+# Debian packages the tests use (kcat: a Kafka client nobody here wrote; chromium: the wall's browser test;
+# prometheus: promtool and the Prometheus that scrapes a running bus).
 os-test-deps:
-	@bash infra/os-packages.sh kcat chromium
+	@bash infra/os-packages.sh kcat chromium prometheus
 
 run: deps jars
 	$(YRDBUS) run $(if $(DURATION),--duration $(DURATION),)

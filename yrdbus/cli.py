@@ -31,6 +31,8 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(alerts_app, name="alerts")
 from yrdbus.cli_store import register as register_store  # noqa: E402
 register_store(app)
+from yrdbus.cli_observability import register as register_observability  # noqa: E402
+register_observability(app)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -44,6 +46,11 @@ def stack_up(
     brokers: int = typer.Option(None, "--brokers", min=1, max=5,
                                 help="Number of brokers (default: YRDBUS_KAFKA_BROKERS, 1)."),
     json_out: bool = typer.Option(False, "--json", help="Print the status as JSON when up."),
+    with_prometheus: bool = typer.Option(False, "--with-prometheus",
+                                         help="Also start Prometheus (Debian's package) and the Kafka exporter, "
+                                              "scraping the local processes with infra/prometheus/."),
+    workers: int = typer.Option(1, "--workers", min=1, max=8,
+                                help="With --with-prometheus: stream workers to scrape (as `yrdbus run --workers`)."),
 ) -> None:
     """Start the Kafka broker (formats storage on first start) and wait until it answers."""
     stack = KafkaStack(get_settings())
@@ -51,13 +58,24 @@ def stack_up(
         status = stack.up(brokers=brokers, echo=(lambda m: typer.echo(m, err=True)) if json_out else typer.echo)
     except StackError as exc:
         fail(str(exc))
+    if with_prometheus:
+        from yrdbus.observability import ObservabilityError, PrometheusStack
+
+        try:
+            status["prometheus"] = PrometheusStack(get_settings()).up(
+                workers=workers, echo=(lambda m: typer.echo(m, err=True)) if json_out else typer.echo)
+        except ObservabilityError as exc:
+            fail(str(exc))
     if json_out:
         typer.echo(json.dumps(status))
 
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop the Kafka broker cleanly. Nothing running is not an error; data is kept."""
+    """Stop the Kafka broker cleanly (and the stack's Prometheus). Nothing running is not an error; data is kept."""
+    from yrdbus.observability import PrometheusStack
+
+    PrometheusStack(get_settings()).down(echo=typer.echo)
     try:
         KafkaStack(get_settings()).down(echo=typer.echo)
     except StackError as exc:
@@ -67,7 +85,10 @@ def stack_down() -> None:
 @stack_app.command("status")
 def stack_status(json_out: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
     """Whether the broker runs, where, and its pid."""
+    from yrdbus.observability import PrometheusStack
+
     status = KafkaStack(get_settings()).status()
+    status["prometheus"] = PrometheusStack(get_settings()).status()
     if json_out:
         typer.echo(json.dumps(status))
         return
@@ -75,6 +96,11 @@ def stack_status(json_out: bool = typer.Option(False, "--json", help="Print JSON
     state = "running" if k["running"] else "stopped"
     where = "external cluster" if k.get("external") else f"pid {k['pid']}" if k["pid"] else "embedded"
     typer.echo(f"kafka: {state} at {k['bootstrap']} ({where})")
+    p = status["prometheus"]
+    if p["running"]:
+        typer.echo(f"prometheus: running at {p['url']} (pid {p['pid']}); kafka exporter: "
+                   + (f"{p['kafka_exporter']['url']} (pid {p['kafka_exporter']['pid']})"
+                      if p["kafka_exporter"]["running"] else "stopped"))
 
 
 @stack_app.command("reset")

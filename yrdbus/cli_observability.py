@@ -1,0 +1,152 @@
+"""Observability commands: `yrdbus prometheus exporter|config|station-hours|check` and `yrdbus report`."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from yrdbus.settings import get_settings
+
+prometheus_app = typer.Typer(
+    help="Prometheus for the bus: the Kafka exporter, the scrape configuration, the alerting rules and their checks. "
+         "`yrdbus stack up --with-prometheus` starts a Prometheus and the exporter.",
+    no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@prometheus_app.command("exporter")
+def exporter(
+    port: Optional[int] = typer.Option(None, "--port", help="Serve /metrics here (default: YRDBUS_KAFKA_EXPORTER_PORT, 9400)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    prefix: str = typer.Option("", "--prefix", envvar="YRDBUS_TOPIC_PREFIX",
+                               help="Only topics with this prefix (a private copy of the bus) and their groups."),
+    group: List[str] = typer.Option([], "--group", help="Only these consumer groups (repeatable; default: every group)."),
+) -> None:
+    """Export consumer lag per group and partition and records per topic, read from the broker at each scrape."""
+    from yrdbus.observability import serve_exporter
+
+    settings = get_settings()
+    port = settings.kafka_exporter_port if port is None else port
+    typer.echo(f"Kafka exporter of {settings.bootstrap} on http://{host}:{port}/metrics", err=True)
+    try:
+        serve_exporter(settings.bootstrap, port, host=host, prefix=prefix, groups=group or None)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+@prometheus_app.command("config")
+def config(
+    workers: int = typer.Option(1, "--workers", min=1, max=8, help="Stream workers to scrape (as `yrdbus run --workers`)."),
+) -> None:
+    """Print the scrape configuration the stack's Prometheus runs with (targets from the settings)."""
+    from yrdbus.observability import render_config
+
+    typer.echo(render_config(get_settings(), workers=workers), nl=False)
+
+
+@prometheus_app.command("station-hours")
+def station_hours(
+    write: bool = typer.Option(False, "--write", help="Write infra/prometheus/rules/station-hours.yml."),
+) -> None:
+    """The stations' operating hours (recording rules for StationSilent), from the traffic profile."""
+    from yrdbus.observability import STATION_HOURS_FILE, station_hours_rules, write_station_hours
+
+    if write:
+        changed = write_station_hours()
+        typer.echo(f"{STATION_HOURS_FILE}: {'written' if changed else 'already up to date'}")
+    else:
+        typer.echo(station_hours_rules(), nl=False)
+
+
+@prometheus_app.command("check")
+def check(json_out: bool = typer.Option(False, "--json", help="Print the results as JSON.")) -> None:
+    """promtool check config, check rules and test rules on infra/prometheus/."""
+    from yrdbus.observability import ObservabilityError, check as run_check
+
+    try:
+        results = run_check()
+    except ObservabilityError as exc:
+        _fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps(results))
+    else:
+        for r in results:
+            typer.secho(f"{'ok  ' if r['ok'] else 'FAIL'} {r['step']}", fg=typer.colors.GREEN if r["ok"] else typer.colors.RED)
+            if not r["ok"]:
+                typer.echo(r["output"])
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+def _parse_time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{name}: expected an ISO time such as 2017-06-05T00:00Z, got {value!r}") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def report(
+    out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Folder to write the PNG files (and report.json) into."),
+    start: Optional[str] = typer.Option(None, "--from", help="Start of the period (ISO, UTC if no zone). "
+                                        "Default: a day before --to."),
+    end: Optional[str] = typer.Option(None, "--to", help="End of the period. Default: the newest crossing in the store."),
+    panel: List[str] = typer.Option([], "--panel", help="Only panels whose title contains this (repeatable)."),
+    width: int = typer.Option(1000, "--width", min=300, max=4000, help="Image width in pixels (Grafana's interval follows it)."),
+    json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+    user: str = typer.Option("default", "--user", envvar="YRDBUS_QUERY_USER", help="Query endpoint user."),
+    password: str = typer.Option("", "--password", envvar="YRDBUS_QUERY_PASSWORD", help="Query endpoint password."),
+) -> None:
+    """Render the dashboards' main panels to PNG with the dashboards' own SQL, for people without Grafana.
+
+    Runs through the live query endpoint when a running bus owns the store, else on the store directly.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from yrdbus import report as rep
+    from yrdbus.cli_store import query_client
+
+    try:
+        client, where = query_client(user, password)
+    except Exception as exc:
+        _fail(f"cannot open the store: {exc}")
+    t_from, t_to = _parse_time(start, "--from"), _parse_time(end, "--to")
+    err = Console(stderr=True)
+    try:
+        t_from, t_to = rep.default_period(client, t_from, t_to)
+        panels = rep.main_panels(only=panel)
+    except rep.ReportError as exc:
+        _fail(str(exc))
+    if not panels:
+        _fail(f"no panel title contains {', '.join(map(repr, panel))}")
+    written = []
+    with Progress(console=err, transient=json_out) as bar:
+        task = bar.add_task(f"rendering {len(panels)} panels from {where}", total=len(panels))
+        for p in panels:
+            try:
+                written.append(rep.render_panel(client, p, t_from, t_to, out, width=width))
+            except rep.ReportError as exc:
+                _fail(str(exc))
+            bar.advance(task)
+    summary = rep.write_index(out, written, t_from, t_to, where)
+    if json_out:
+        typer.echo(json.dumps(summary, default=str))
+    else:
+        for w in written:
+            typer.echo(f"{w['file']}: {w['title']} ({w['rows']} rows)")
+        typer.echo(f"{len(written)} panels from {t_from.isoformat()} to {t_to.isoformat()} in {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(prometheus_app, name="prometheus")
+    app.command("report")(report)
