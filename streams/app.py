@@ -150,7 +150,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     srules = subject_rules.SubjectRules(rs)
     rrules = RegionalRules(rs)
-    counter = FlowCounter(rs)
+    counter = FlowCounter(rs, cfg.partitions)
     sub_wm = Watermark(rs.minutes_ms("event_time", "lateness_minutes"),
                        int(float(rs["event_time"]["idle_partition_seconds"]) * 1000))
     reg_wm = Watermark(rs.minutes_ms("event_time", "global_lateness_minutes"), 1 << 40)

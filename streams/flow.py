@@ -35,8 +35,9 @@ FLAT = {"hour_of_day": {k: [1.0] * 24 for k in ("AIR", "SEA", "RIVER")}, "day_of
 class FlowCounter:
     """Per-partition clearance counts per (port, hour); partials go out when the watermark passes the hour."""
 
-    def __init__(self, rs):
+    def __init__(self, rs, partitions: int = 1):
         self.keep_ms = rs.minutes_ms("event_time", "lateness_minutes") + 6 * HOUR
+        self.partitions = partitions
 
     @staticmethod
     def new_state() -> dict:
@@ -63,7 +64,7 @@ class FlowCounter:
         if state.get("progress") is None or done > state["progress"]:
             state["progress"] = done
             outs.append({"_kind": "flow_partial", "port": "", "hour": done, "partition": partition, "count": 0,
-                         "progress": True, "occurred_at": (done + 1) * HOUR - 1})
+                         "progress": True, "partitions": self.partitions, "occurred_at": (done + 1) * HOUR - 1})
         for key in [k for k in state["counts"] if watermark - (int(k.rsplit("|", 1)[1]) + 1) * HOUR > self.keep_ms]:
             del state["counts"][key]
             state["sent"].pop(key, None)
@@ -118,6 +119,7 @@ class FlowSurge:
         if ev.get("progress"):
             part = str(ev["partition"])
             state.setdefault("progress", {})[part] = max(ev["hour"], state["progress"].get(part, ev["hour"]))
+            state["partitions"] = max(int(ev.get("partitions") or 1), state.get("partitions") or 1)
             return
         key = f"{ev['port']}|{ev['hour']}"
         state["partials"].setdefault(key, {})[str(ev["partition"])] = int(ev["count"])
@@ -131,7 +133,7 @@ class FlowSurge:
         # for stall_hours of event time no longer holds the judge back
         progress = state.get("progress") or {}
         last = (watermark - self.grace_ms - self.stall_ms) // HOUR - 1
-        if progress:
+        if progress and len(progress) >= (state.get("partitions") or 1):
             last = max(last, min(progress.values()))
         start = state["first_hour"] if state["judged"] is None else state["judged"] + 1
         outs: list = []
@@ -156,16 +158,22 @@ class FlowSurge:
     def _judge(self, state: dict, hour: int, hm_state: dict) -> list:
         outs: list = []
         scale = self._scale(state)
-        history = hour - state["first_hour"]
         end = (hour + 1) * HOUR
-        for code in sorted(self.ports):
-            port = self.ports[code]
-            observed = sum(state["partials"].pop(f"{code}|{hour}", {}).values())
-            raw = self.expected(code, hour)
-            hist = state["history"].setdefault(code, {})
-            hist[str(hour)] = [observed, raw]
+        counts = {code: sum(state["partials"].pop(f"{code}|{hour}", {}).values()) for code in self.ports}
+        for hist in state["history"].values():
             for h in [h for h in hist if int(h) <= hour - self.scale_h]:
                 del hist[h]
+        if not any(counts.values()):
+            # an hour without any traffic at all is a gap in the input (before it started, a stop), not a
+            # fall in flow: it neither feeds the scale nor counts as history
+            return outs
+        state["active_hours"] = state.get("active_hours", 0) + 1
+        history = state["active_hours"] - 1
+        for code in sorted(self.ports):
+            port = self.ports[code]
+            observed = counts[code]
+            raw = self.expected(code, hour)
+            state["history"].setdefault(code, {})[str(hour)] = [observed, raw]
             if scale is None or history < self.warmup_h or raw <= 0:
                 continue
             expected = raw * scale

@@ -296,12 +296,14 @@ def test_flow_hour_is_judged_only_once_every_partition_has_sent_it(rules):
         rules.on_event(state, {"_kind": "flow_partial", "port": "PVG", "hour": hour, "partition": part, "count": 9,
                                "occurred_at": (hour + 1) * HOUR - 1})
     rules.on_event(state, {"_kind": "flow_partial", "port": "", "hour": hour, "partition": 0, "count": 0,
-                           "progress": True, "occurred_at": (hour + 1) * HOUR - 1})
-    rules.on_event(state, {"_kind": "flow_partial", "port": "", "hour": hour - 1, "partition": 1, "count": 0,
-                           "progress": True, "occurred_at": hour * HOUR - 1})
+                           "progress": True, "partitions": 2, "occurred_at": (hour + 1) * HOUR - 1})
     rules.on_watermark(state, (hour + 3) * HOUR)
+    assert state["flow"]["judged"] is None               # partition 1 has not reported at all yet
+    rules.on_event(state, {"_kind": "flow_partial", "port": "", "hour": hour - 1, "partition": 1, "count": 0,
+                           "progress": True, "partitions": 2, "occurred_at": hour * HOUR - 1})
+    rules.on_watermark(state, (hour + 3) * HOUR + 1)
     assert state["flow"]["judged"] is None               # partition 1 has not sent the hour yet
     rules.on_event(state, {"_kind": "flow_partial", "port": "", "hour": hour, "partition": 1, "count": 0,
-                           "progress": True, "occurred_at": (hour + 1) * HOUR - 1})
-    rules.on_watermark(state, (hour + 3) * HOUR + 1)
+                           "progress": True, "partitions": 2, "occurred_at": (hour + 1) * HOUR - 1})
+    rules.on_watermark(state, (hour + 3) * HOUR + 2)
     assert state["flow"]["judged"] == hour and state["flow"]["history"]["PVG"][str(hour)][0] == 18
