@@ -325,3 +325,15 @@ def test_simulate_publishes_consumable_events_in_per_subject_order_with_the_trut
     # what is on the broker is exactly the seeded run: the same seed, the same events
     expected = Simulation(Options(seed=7, span_hours=30, rate=100000, scale=0.05, scenarios=["all"]))
     assert sorted(decoded_ids) == sorted(e[3]["event_id"] for e in expected.events())
+
+
+def test_a_span_that_would_run_ahead_of_the_clock_is_refused_and_an_open_run_stops_at_the_present():
+    from connectors.simulator import SimulationError
+
+    now = datetime.now(timezone.utc)
+    with pytest.raises(SimulationError, match="in the future"):
+        Simulation(Options(start=now - timedelta(hours=1), span_hours=2))
+    sim = Simulation(Options(start=now - timedelta(minutes=20), rate=1_000_000, scale=0.01, regions=["AH"]))
+    summary = sim.run(lambda kind, record: None)
+    assert summary["stopped"].startswith("reached the present")
+    assert ms(summary["end"]) <= ms_of(datetime.now(timezone.utc)) + 5 * 60 * 1000

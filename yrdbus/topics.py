@@ -9,6 +9,7 @@ command line.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from schemas.reference import REGIONS
@@ -134,7 +135,9 @@ class TopicsError(RuntimeError):
 def _admin(bootstrap: str):
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
+    from yrdbus.kafka_config import kafka_security
+
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000, **kafka_security()})
 
 
 def _wait(futures: dict, what: str, timeout: float = 30.0) -> dict:
@@ -258,9 +261,47 @@ def apply(bootstrap: str, prefix: str = "", timeout: float = 30.0, dry_run: bool
                 ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in differ.items()]))
         if alter and not dry_run:
             _wait(admin.incremental_alter_configs(alter), "alter configs of", timeout)
+    if not dry_run and any(c.action != "kept" for c in changes):
+        _settle(admin, specs, brokers, timeout)
     return changes
 
 
+def _settle(admin, specs: list[TopicSpec], brokers: int, timeout: float) -> None:
+    """Wait until the brokers' metadata and configs show every change (they follow the controller a moment
+    later), so that whoever looks next, a second ``apply`` included, sees the topics as defined."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=timeout)
+        ready = all(s.name in md.topics and not md.topics[s.name].error
+                    and len(md.topics[s.name].partitions) >= s.partitions for s in specs)
+        if ready:
+            try:
+                res = _wait(admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in specs]),
+                            "describe", timeout)
+            except TopicsError:
+                res = None
+            if res is not None:
+                have = {r.name: {k: v.value for k, v in e.items()} for r, e in res.items()}
+                if all(have.get(s.name, {}).get(k) == v for s in specs for k, v in s.configs(brokers).items()):
+                    return
+        if time.monotonic() >= deadline:
+            raise TopicsError(f"the topic changes were made but did not show in the brokers' metadata "
+                              f"within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def ensure(bootstrap: str, prefix: str = "", timeout: float = 30.0) -> list[Change]:
-    """``apply`` for a publisher that is about to write: the topics exist, as defined, before the first event."""
-    return apply(bootstrap, prefix=prefix, timeout=timeout)
+    """``apply`` for a publisher that is about to write: the topics exist, as defined, before the first event.
+
+    On a secured cluster a station or service may not create or describe topics (only ``admin`` applies
+    them, docs/security.md): a refusal for want of rights is not an error here, the writes that follow
+    succeed or fail on the principal's own ACLs.
+    """
+    try:
+        return apply(bootstrap, prefix=prefix, timeout=timeout)
+    except TopicsError as exc:
+        if "AUTHORIZATION_FAILED" in str(exc):
+            return []
+        raise

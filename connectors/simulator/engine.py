@@ -27,6 +27,8 @@ DEFAULT_START = datetime(2017, 6, 5, tzinfo=timezone.utc)   # a Monday
 DEFAULT_SPEED = 60.0
 #: the frame incidents are placed in when the span is open-ended (no --duration, no --span)
 OPEN_FRAME_HOURS = 24.0
+#: Event times may not run ahead of the clock by more than the contract's skew (schemas.validation: 5 min).
+FUTURE_SKEW_MS = 4 * 60 * 1000
 #: The simulator's travellers are fictitious: their tokens are made with the public demo key, always, so that
 #: the same seed gives the same tokens on every machine.
 SIMULATOR_KEY = DEMO_KEY
@@ -83,6 +85,10 @@ class Simulation:
         self.start = ms_of(options.start)
         span = options.span_ms()
         self.end = self.start + span if span is not None else None
+        if self.end is not None and self.end > time.time() * 1000 + FUTURE_SKEW_MS:
+            raise SimulationError(
+                f"the simulated span would end at {iso(self.end)}, in the future: the contract refuses events "
+                f"ahead of the clock; choose an earlier --start or a shorter span")
         first_hour = self.start // HOUR * HOUR
         self.pseudonymizer = Pseudonymizer(SIMULATOR_KEY)
         self.counter = itertools.count()
@@ -128,8 +134,13 @@ class Simulation:
         next_report = wall0
         stopped = None
         lag = 0.0
+        last = self.start        # event time of the last event published
+        finished = False
         try:
             for t, _seq, kind, record in self.events():
+                if t > time.time() * 1000 + FUTURE_SKEW_MS:
+                    stopped = "reached the present: later events would be ahead of the clock"
+                    break
                 target = wall0
                 if speed is not None:
                     target += max(0, t - self.start) / 1000.0 / speed
@@ -142,6 +153,7 @@ class Simulation:
                 else:
                     lag = max(lag, now - target)
                 publish(kind, record)
+                last = max(last, t)
                 n += 1
                 by[kind][record.get("region") or "ALL"] += 1
                 if now >= next_report:
@@ -152,10 +164,14 @@ class Simulation:
                         stopped = "asked to stop"
                         break
                     if self.end is None and self.o.duration is not None and now - wall0 >= self.o.duration:
-                        stopped = None
                         break
+            else:
+                finished = True
         except KeyboardInterrupt:
             stopped = "interrupted"
+        if not finished:
+            # the event in hand when the run stopped was not published: the run reached the one before it
+            self.reached = last
         wall = clock() - wall0
         summary = {
             "seed": self.o.seed,
