@@ -41,8 +41,14 @@ def _reachable(bootstrap: str) -> None:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka import KafkaException
 
+    from yrdbus.kafka_config import KafkaSecurityError, kafka_security
+
     try:
-        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+        security = kafka_security()
+    except KafkaSecurityError as exc:
+        _fail(str(exc))
+    try:
+        AdminClient({"bootstrap.servers": bootstrap, **security}).list_topics(timeout=10)
     except KafkaException as exc:
         _fail(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str() if exc.args else exc}); "
               f"start one with `yrdbus stack up`")
@@ -95,7 +101,7 @@ def topics_list(
 
     table = Table(title=f"topics at {bootstrap}")
     for col in ("topic", "partitions", "replication", "cleanup", "retention", "min ISR", "state"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for r in rows:
         w = r["wanted_configs"]
         days = int(w["retention.ms"]) / 86_400_000 if w["retention.ms"] != "-1" else None
@@ -104,7 +110,10 @@ def topics_list(
         table.add_row(r["topic"], str(r["partitions"] if r["exists"] else r["wanted_partitions"]),
                       str(r["replication"] if r["exists"] else r["wanted_replication"]), w["cleanup.policy"],
                       "forever" if days is None else f"{days:g} d", w["min.insync.replicas"], state)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:      # piped: no terminal width to fit, print whole lines
+        console = Console(width=200)
+    console.print(table)
 
 
 # --------------------------------------------------------------------------- publish
@@ -176,6 +185,9 @@ def publish(
                    + (f" (dead-lettered to {', '.join(sorted(result.dead_letter_topics))})" if result.rejected else "")
                    + f"; the broker confirmed {result.delivered} writes, {result.failed} failed")
     if result.failed:
+        # e.g. "Broker: Topic authorization failed": a station's principal writes its own region's topics only
+        typer.secho(f"error: {result.failed} write(s) failed; the broker said: {publisher.last_error}",
+                    fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     if result.rejected and not allow_rejects:
         raise typer.Exit(1)
