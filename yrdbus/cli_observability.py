@@ -103,6 +103,7 @@ def report(
     panel: List[str] = typer.Option([], "--panel", help="Only panels whose title contains this (repeatable)."),
     width: int = typer.Option(1000, "--width", min=300, max=4000, help="Image width in pixels (Grafana's interval follows it)."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+    database: Optional[str] = typer.Option(None, "--database", help="Database of the store (default: the bus's, yrdbus)."),
     user: str = typer.Option("default", "--user", envvar="YRDBUS_QUERY_USER", help="Query endpoint user."),
     password: str = typer.Option("", "--password", envvar="YRDBUS_QUERY_PASSWORD", help="Query endpoint password."),
 ) -> None:
@@ -110,16 +111,23 @@ def report(
 
     Runs through the live query endpoint when a running bus owns the store, else on the store directly.
     """
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from yrdbus import report as rep
     from yrdbus.cli_store import query_client
 
     try:
         client, where = query_client(user, password)
     except Exception as exc:
         _fail(f"cannot open the store: {exc}")
+    if database:
+        client.database = database
+    _report(client, where, out, start, end, panel, width, json_out)
+
+
+def _report(client, where, out, start, end, panel, width, json_out) -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from yrdbus import report as rep
+
     t_from, t_to = _parse_time(start, "--from"), _parse_time(end, "--to")
     err = Console(stderr=True)
     try:

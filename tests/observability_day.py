@@ -1,0 +1,131 @@
+"""A simulated day in a ClickHouse database, for the dashboards' and the report's tests.
+
+The simulator's engine draws one day of the four regions' traffic with the scripted incidents
+(scaled down to stay fast); the stream layer's pure rules replay it in-process in event-time order
+(the subject stage, the flow counter and the regional stage, as a worker wires them) to derive
+alerts, trends and risk scores; everything is published to a private copy of the bus on the test
+broker, with a few records that break the contract, and the real sink stores it all (dead letters
+included) in its own database.
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from prometheus_client import CollectorRegistry
+
+from connectors.clickhouse import Target, migrate
+from connectors.publisher import StationPublisher
+from connectors.simulator import Options, Simulation
+from connectors.sink import Sink
+from schemas.codec import get_codec
+from streams import ruleset
+from streams.events import for_avro, plain
+from streams.flow import FlowCounter
+from streams.regional import RegionalRules
+from streams import subject as subject_rules
+from yrdbus import topics
+
+DAY_START = datetime(2017, 6, 5, tzinfo=timezone.utc)   # a Monday, the simulator's default start
+
+
+@dataclass
+class SeededDay:
+    database: str
+    first_event: datetime
+    last_event: datetime
+    seeded_from: datetime          # wall clock: the pipeline's own records (dead letters, batches) are after this
+    seeded_to: datetime
+    counts: dict
+
+
+def derive(events: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The stream layer's outputs (derived_alert, trend, risk) for these events, replayed in event-time order."""
+    rs = ruleset.default()
+    srules, rrules, counter = subject_rules.SubjectRules(rs), RegionalRules(rs), FlowCounter(rs)
+    lateness = rs.minutes_ms("event_time", "lateness_minutes")
+    subjects: dict[str, dict] = {}
+    deadlines: list[tuple[int, str]] = []
+    rstate, fstate = rrules.new_state(), counter.new_state()
+    outs: list = []
+    watermark, newest = -(1 << 62), -(1 << 62)
+
+    def on_subject(s: str, ev: dict) -> None:
+        state = subjects.get(s)
+        if state is None:
+            state = subjects[s] = subject_rules.new_state()
+        outs.extend(srules.on_event(state, ev, s))
+        d = subject_rules.next_deadline(state)
+        if d is not None:
+            heapq.heappush(deadlines, (d, s))
+
+    for kind, rec in events:
+        ev = plain(kind, rec)
+        if kind == "control":
+            ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
+            outs.extend(rrules.on_event(rstate, ev))
+            continue
+        if kind == "clearance":
+            on_subject(rec["subject"], ev)
+            for p in counter.on_clearance(fstate, ev, 0, watermark):
+                outs.extend(rrules.on_event(rstate, p))
+            if ev.get("scheduled_port") or rrules.vessel.wants(ev):
+                outs.extend(rrules.on_event(rstate, ev))
+        elif kind == "alert":
+            if rec.get("subject"):
+                on_subject(rec["subject"], ev)
+            outs.extend(rrules.on_event(rstate, ev))
+        elif kind == "case":
+            for s in sorted(set(rec.get("subjects") or [])):
+                on_subject(s, ev)
+            outs.extend(rrules.on_event(rstate, ev))
+        newest = max(newest, ev["occurred_at"])
+        if newest - lateness >= watermark + 60_000:     # move the watermark a minute at a time
+            watermark = newest - lateness
+            while deadlines and deadlines[0][0] < watermark:
+                d, s = heapq.heappop(deadlines)
+                if subject_rules.next_deadline(subjects[s]) == d:
+                    outs.extend(srules.on_watermark(subjects[s], s, watermark))
+            for p in counter.on_watermark(fstate, watermark, 0):
+                outs.extend(rrules.on_event(rstate, p))
+            outs.extend(rrules.on_watermark(rstate, watermark)[0])
+    return outs
+
+
+class _Undecodable(Exception):
+    pass
+
+
+def seed(client, database: str, bootstrap: str, prefix: str, *, scale: float = 0.3, seed: int = 7) -> SeededDay:
+    """Store a simulated day (and its derived outputs and a few dead letters) in ``database``."""
+    migrate(client, Target(database=database))
+    sim = Simulation(Options(seed=seed, span_hours=24, scenarios=["all"], scale=scale, start=DAY_START))
+    events = [(kind, rec) for _, _, kind, rec in sim.events()]
+    outputs = derive(events)
+    seeded_from = datetime.now(timezone.utc)
+    topics.apply(bootstrap, prefix=prefix)
+    codec = get_codec()
+    publisher = StationPublisher(bootstrap, topic_prefix=prefix, registry=CollectorRegistry(), client_id="seed")
+    for kind, rec in events:
+        publisher.publish(kind, rec)
+    now = int(time.time() * 1000)
+    out_topic = {"derived_alert": topics.DERIVED_ALERTS, "trend": topics.TRENDS, "risk": topics.RISK_SCORES}
+    for kind, rec in outputs:
+        rec["emitted_at"] = now
+        key = rec.get("alert_id") or rec.get("signal_id") or f"{rec.get('subject_kind')}:{rec.get('subject')}"
+        publisher.produce(prefix + out_topic[kind], codec.encode(kind, for_avro(rec)), key.encode())
+    # records that break the contract: the sink sets them aside on dlq.<topic>, then stores them as dead letters
+    for i, raw in enumerate((b"not an event", b"\x00\x00\x00\x03\xe7 unknown schema id")):
+        publisher.produce(prefix + topics.source("SH", "clearance"), raw, f"bad-{i}".encode())
+    if publisher.close(60):
+        raise RuntimeError("the seed's events were not all delivered")
+    sink = Sink(bootstrap=bootstrap, client=client, database=database, embedded=True, group=f"{prefix}sink",
+                prefix=prefix, batch_age_s=0.5)
+    stats = sink.run(duration=120, idle_exit_s=4)
+    when = [r["occurred_at"] for _, r in events]
+    counts = {k: sum(1 for kk, _ in events if kk == k) for k in ("clearance", "alert", "case", "control")}
+    counts.update({k: sum(1 for kk, _ in outputs if kk == k) for k in out_topic})
+    counts["sink"] = stats
+    return SeededDay(database, min(when), max(when), seeded_from, datetime.now(timezone.utc), counts)
