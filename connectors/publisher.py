@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from schemas import reference
 from schemas.codec import get_codec
 from yrdbus import topics
+from yrdbus.kafka_config import kafka_security
 
 #: Producer settings, each on purpose.
 PRODUCER_CONFIG = {
@@ -33,7 +34,7 @@ PRODUCER_CONFIG = {
     "max.in.flight.requests.per.connection": 5,
     # lz4 rather than zstd: the broker, the stream workers and the stations share two cores. Measured on
     # clearance batches (docs/benchmarks.md, "Simulator and station publisher"): lz4 sends 1.5x fewer bytes
-    # than none at ~70,000 events/s; zstd sends 2.4x fewer but the producer manages about half the rate.
+    # than none; zstd sends 2.4x fewer, but the producer manages about half lz4's rate with it.
     # Bytes are cheap on one machine's loopback; the throughput is what the stations need.
     "compression.type": "lz4",
     # A station's events are small (~250 bytes) and come in bursts (a flight's passengers). 20 ms of linger
@@ -113,7 +114,7 @@ class StationPublisher:
         self.codec = codec or get_codec()
         self.metrics = PublisherMetrics.of(registry)
         conf = {"bootstrap.servers": bootstrap, "client.id": client_id, **PRODUCER_CONFIG,
-                "on_delivery": self._on_delivery}
+                "on_delivery": self._on_delivery, **kafka_security()}
         conf.update(config or {})
         self._producer = Producer(conf)
         self.produced = 0          # handed to the producer
