@@ -1,0 +1,66 @@
+"""The simulator's scripted incidents and baseline through a real `yrdbus worker`, scored by `yrdbus evaluate`.
+
+Both runs use the session's broker under a private topic prefix, at a reduced volume (``--scale``) so the
+worker keeps up on this machine; the scenarios and the baseline's guarantees are those of docs/scenarios.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+
+from streams.evaluate import read_alerts_topic
+from test_streams_worker import YRDBUS, committed_everything, wait_for, workers  # noqa: F401 (fixture)
+from yrdbus import topics
+
+
+def simulate(kafka, prefix: str, *args: str) -> dict:
+    env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": kafka.bootstrap}
+    out = subprocess.run([YRDBUS, "simulate", "--prefix", prefix, "--json", *args], env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def evaluate(kafka, prefix: str, truth) -> dict:
+    env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": kafka.bootstrap}
+    out = subprocess.run([YRDBUS, "evaluate", "--truth", str(truth), "--prefix", prefix, "--json"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_simulated_incidents_a_to_j_are_all_detected_with_precision(kafka, workers, tmp_path):
+    prefix = f"s{uuid.uuid4().hex[:6]}."
+    truth = tmp_path / "t.jsonl"
+    w = workers(prefix, f"{prefix}w")
+    w.start()
+    summary = simulate(kafka, prefix, "--seed", "7", "--speed", "3600", "--duration", "30", "--scale", "0.1",
+                       "--scenarios", "all", "--truth", str(truth))
+    assert summary["truth_rows"] >= 10
+    wait_for(lambda: evaluate(kafka, prefix, truth)["recall"] == 1.0, 300, "every simulated incident", w,
+             lambda: [s["scenario_id"] for s in evaluate(kafka, prefix, truth)["scenarios"] if not s["detected"]])
+    time.sleep(5)
+    result = evaluate(kafka, prefix, truth)
+    w.stop()
+    assert result["recall"] == 1.0
+    assert result["precision"] >= 0.95, result["false_alerts"]
+
+
+def test_a_simulated_week_of_baseline_traffic_raises_no_alert(kafka, workers):
+    prefix = f"b{uuid.uuid4().hex[:6]}."
+    w = workers(prefix, f"{prefix}w")
+    w.start()
+    summary = simulate(kafka, prefix, "--seed", "3", "--span", "168", "--speed", str(168 * 3600 / 25),
+                       "--duration", "25", "--scale", "0.02")
+    assert summary["events"] > 10_000
+    sources = [prefix + t for t in topics.source_topics()]
+    internal = [f"{prefix}streams.subjects", f"{prefix}streams.regional"]
+    wait_for(lambda: committed_everything(kafka.bootstrap, f"{prefix}w", sources + internal), 300,
+             "the week to be processed", w)
+    time.sleep(3)
+    w.stop()
+    alerts = read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS)
+    assert [(a["kind"], a["summary"]) for a in alerts] == []
