@@ -15,7 +15,7 @@ EMIT_LAG = Histogram("yrdbus_streams_emit_lag_seconds",
 LATE = Counter("yrdbus_streams_late_events_total", "Events older than the watermark when they arrived.", ["stage"])
 DEAD = Counter("yrdbus_streams_dead_letters_total", "Records sent to a dead-letter topic.", ["topic", "reason"])
 TABLE = Gauge("yrdbus_streams_table_entries", "Entries in the worker's state, per table.", ["table"])
-WATERMARK = Gauge("yrdbus_streams_watermark_seconds", "Current watermark (event time, epoch seconds), per stage.",
+WATERMARK = Gauge("yrdbus_streams_watermark_timestamp_seconds", "Current watermark (event time, epoch seconds), per stage.",
                   ["stage"])
 
 _started: set[int] = set()
