@@ -249,8 +249,12 @@ class Sink:
     def __init__(self, *, bootstrap: str, client, database: str = "yrdbus", embedded: bool = True,
                  group: str = "yrdbus-sink", prefix: str = "", batch_rows: int = 50_000,
                  batch_age_s: float = 1.0, registry_url: str | None = None, consume_batch: int = 10_000,
-                 crash_after_inserts: int | None = None):
+                 crash_after_inserts: int | None = None, kafka_config: dict | None = None):
+        from yrdbus.kafka_config import kafka_security
+
         self.bootstrap = bootstrap
+        # security options of the sink's principal (docs/security.md); default: the process's settings
+        self.kafka_config = kafka_security() if kafka_config is None else dict(kafka_config)
         self.store = Store(client, database, embedded)
         self.database = database
         self.group = group
@@ -302,12 +306,14 @@ class Sink:
             "max.poll.interval.ms": 900_000,
             "statistics.interval.ms": 5_000,
             "stats_cb": self._on_stats,
+            **self.kafka_config,
         }
 
     def _start(self) -> None:
         from confluent_kafka import Consumer, Producer
 
-        self.producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
+        self.producer = Producer({"bootstrap.servers": self.bootstrap, **self.kafka_config,
+                                  "enable.idempotence": True, "acks": "all",
                                   "linger.ms": 20})
         self.consumer = Consumer(self._consumer_config())
         named, pattern = T.sink_topics(self.prefix)
@@ -581,9 +587,9 @@ class Sink:
         """The batch of exactly these offset ranges, read again from the broker."""
         from confluent_kafka import Consumer, TopicPartition
 
-        reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.group}-replay",
-                           "enable.auto.commit": False, "isolation.level": "read_committed",
-                           "enable.partition.eof": True})
+        reader = Consumer({"bootstrap.servers": self.bootstrap, **self.kafka_config,
+                           "group.id": f"{self.group}-replay", "enable.auto.commit": False,
+                           "isolation.level": "read_committed", "enable.partition.eof": True})
         try:
             reader.assign([TopicPartition(t, p, first) for t, p, first, _ in ranges])
             todo = {(t, p): last for t, p, _, last in ranges}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -71,3 +72,30 @@ def ch(clickhouse_url, unique):
     client.command(f"CREATE DATABASE {db}")
     yield client, db
     client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(session_dir):
+    """A private secured broker (SCRAM-SHA-512 over TLS, ACLs: yrdbus.security) with the bus's topics applied.
+
+    Yields its ``KafkaStack``: ``client_settings(principal)`` and ``client_env(principal)`` act as a principal.
+    """
+    import subprocess
+    import sys
+
+    settings = embedded_settings(session_dir / "secure-var")
+    stack = KafkaStack(settings)
+    stack.up(echo=lambda m: None, secure=True)
+    try:
+        env = {**os.environ, **stack.client_env("admin"), "YRDBUS_VAR_DIR": str(settings.var_dir)}
+        for attempt in range(3):   # a broker that has just started may still be loading its coordinators
+            done = subprocess.run([sys.executable, "-m", "yrdbus.cli", "topics", "apply"], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            raise RuntimeError(f"topics apply on the secured broker failed:\n{done.stdout}{done.stderr}")
+        yield stack
+    finally:
+        stack.down(echo=lambda m: None)

@@ -33,6 +33,8 @@ from yrdbus.cli_store import register as register_store  # noqa: E402
 register_store(app)
 from yrdbus.cli_observability import register as register_observability  # noqa: E402
 register_observability(app)
+from yrdbus.cli_security import security_app  # noqa: E402
+app.add_typer(security_app, name="security")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -51,11 +53,15 @@ def stack_up(
                                               "scraping the local processes with infra/prometheus/."),
     workers: int = typer.Option(1, "--workers", min=1, max=8,
                                 help="With --with-prometheus: stream workers to scrape (as `yrdbus run --workers`)."),
+    secure: bool = typer.Option(False, "--secure", help="A new cluster is secured: SCRAM-SHA-512 over TLS, ACLs, "
+                                                       "one principal per station and service (docs/security.md)."),
+    tls: bool = typer.Option(True, "--tls/--no-tls", help="With --secure: SASL_SSL (default) or SASL_PLAINTEXT."),
 ) -> None:
     """Start the Kafka broker (formats storage on first start) and wait until it answers."""
     stack = KafkaStack(get_settings())
     try:
-        status = stack.up(brokers=brokers, echo=(lambda m: typer.echo(m, err=True)) if json_out else typer.echo)
+        status = stack.up(brokers=brokers, echo=(lambda m: typer.echo(m, err=True)) if json_out else typer.echo,
+                          secure=True if secure else None, tls=tls)
     except StackError as exc:
         fail(str(exc))
     if with_prometheus:

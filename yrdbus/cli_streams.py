@@ -44,17 +44,26 @@ def worker(
                         data_dir=data_dir or settings.var_dir / "streams" / str(os.getpid()),
                         rules=str(rules) if rules else None, replication=replication, metrics_port=metrics_port)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    from yrdbus.kafka_config import KafkaSecurityError, describe, faust_credentials, secured
+
     try:
         fapp = build_app(cfg)
     except RuleSetError as exc:
         _fail(str(exc))
     try:
+        # the worker's principal (svc-streams on a secured cluster, docs/security.md)
+        fapp.conf.broker_credentials = faust_credentials(settings)
+    except KafkaSecurityError as exc:
+        _fail(str(exc))
+    try:
         ensure_topics(cfg)
     except Exception as exc:  # the admin client's errors name the topic and the broker's reason
-        _fail(f"cannot prepare the topics at {cfg.bootstrap}: {exc}")
+        # On a secured cluster only admin creates the bus's topics; the worker's own come from Faust.
+        if not (secured(settings) and "AUTHORIZATION_FAILED" in str(exc)):
+            _fail(f"cannot prepare the topics at {cfg.bootstrap}: {exc}")
     metrics.serve(metrics_port)
-    typer.echo(f"stream worker {app_id} on {cfg.bootstrap} (rule set {fapp.yrd_rules.version}, "
-               f"prefix {prefix or '-'}, pid {os.getpid()})", err=True)
+    typer.echo(f"stream worker {app_id} on {cfg.bootstrap} ({describe(settings)}, "
+               f"rule set {fapp.yrd_rules.version}, prefix {prefix or '-'}, pid {os.getpid()})", err=True)
     from faust import Worker
 
     sys.argv = sys.argv[:1]

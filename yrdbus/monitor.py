@@ -18,6 +18,7 @@ from schemas.codec import get_codec
 from schemas.contract import SOURCE_KINDS
 from schemas.reference import REGIONS
 from yrdbus import topics
+from yrdbus.kafka_config import kafka_security
 
 
 @dataclass
@@ -38,9 +39,9 @@ class BusMonitor:
     def __init__(self, bootstrap: str, groups: list[str], newest: int = 8):
         self.bootstrap = bootstrap
         self.groups = groups
-        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.admin = AdminClient({"bootstrap.servers": bootstrap, **kafka_security()})
         self._offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": "yrdbus-monitor-offsets",
-                                  "enable.auto.commit": False})
+                                  "enable.auto.commit": False, **kafka_security()})
         self._alerts: Consumer | None = None
         self._alerts_assigned = False
         self.alerts_by_kind: Counter = Counter()
@@ -84,7 +85,8 @@ class BusMonitor:
     def _poll_alerts(self, max_messages: int = 2000) -> None:
         if self._alerts is None:
             self._alerts = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "yrdbus-monitor-alerts",
-                                     "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                                     "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                                     **kafka_security()})
         if not self._alerts_assigned:
             parts = self._partitions([topics.DERIVED_ALERTS])
             if not parts:

@@ -51,7 +51,11 @@ def self_check(settings: Settings, echo=typer.echo) -> dict:
     run_id = uuid.uuid4().hex[:8]
     topic = "yrdbus.selfcheck"
     n = 100
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all"})
+    from yrdbus.kafka_config import kafka_security
+
+    security = kafka_security(settings)
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
+                         **security})
     t0 = time.perf_counter()
     for i in range(n):
         producer.produce(topic, key=f"{run_id}-{i}".encode(), value=f"{run_id} message {i}".encode())
@@ -59,7 +63,7 @@ def self_check(settings: Settings, echo=typer.echo) -> dict:
     if remaining:
         raise RuntimeError(f"{remaining} self-check messages were not delivered within 30 s")
     consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"yrdbus-selfcheck-{run_id}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **security})
     consumer.subscribe([topic])
     seen = 0
     deadline = time.monotonic() + 30
@@ -224,7 +228,9 @@ class BusRun:
         import httpx2 as httpx
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap})
+        from yrdbus.kafka_config import kafka_security
+
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap, **kafka_security(self.settings)})
         deadline = time.monotonic() + timeout_s
         want = {"sink": f"http://127.0.0.1:{self.settings.query_port}/ping",
                 "gateway": f"http://127.0.0.1:{self.settings.gateway_port}/healthz"}

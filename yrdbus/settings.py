@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -38,6 +38,17 @@ class Settings(BaseSettings):
     kafka_brokers: int = Field(1, ge=1, le=5, description="Number of brokers of the embedded cluster.")
     kafka_heap: str = Field("768m", description="Java heap (-Xmx) of each embedded broker.")
     kafka_start_timeout_s: float = Field(90.0, description="How long `stack up` waits for the broker to answer a metadata request.")
+
+    # --- Kafka security (docs/security.md; every client reads these through yrdbus.kafka_config) ---------
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to Kafka: PLAINTEXT, SASL_PLAINTEXT or SASL_SSL (SCRAM over TLS).")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism of the client's principal.")
+    kafka_username: Optional[str] = Field(None, description="The process's Kafka principal (station-SH-PVG, svc-sink ...).")
+    kafka_password: Optional[SecretStr] = Field(None, description="Its SCRAM password. Never logged; prefer the file.")
+    kafka_password_file: Optional[Path] = Field(None, description="File holding the SCRAM password (first line).")
+    kafka_ssl_ca_location: Optional[Path] = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates (SASL_SSL); unset: the system's CAs.")
 
     # --- ClickHouse --------------------------------------------------------
     clickhouse_url: str = Field(

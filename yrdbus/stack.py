@@ -6,6 +6,14 @@ Each node is one JVM running Kafka's own main class, ``kafka.Kafka``, with a
 ``server.properties`` this module writes under ``<var>/kafka/node-<id>/``.
 Every node is both broker and controller, so one node is a whole cluster and
 three nodes are a quorum.
+
+``up(secure=True)`` starts a secured cluster instead (docs/security.md): SCRAM-SHA-512 over TLS
+(``SASL_SSL``; ``tls=False``: ``SASL_PLAINTEXT``) on the client listener, Kafka's StandardAuthorizer with
+``admin`` as the only super user besides the controllers, a local CA and broker certificate, the
+``admin`` SCRAM credential bootstrapped when the storage is formatted, and every principal's SCRAM
+credential and ACLs applied through the admin API (``yrdbus.security``). Passwords and keys live under
+``<var>/kafka/security/`` with mode 600. The mode is recorded with the cluster; the plain default is
+unchanged.
 """
 from __future__ import annotations
 
@@ -103,6 +111,7 @@ class KafkaStack:
         self.home = settings.var_dir.resolve() / "kafka"
         self.log_dir = settings.log_dir.resolve()
         self.layout_file = self.home / "cluster.json"
+        self.security_dir = self.home / "security"
 
     # ------------------------------------------------------------------ nodes
     def nodes(self, count: int | None = None) -> list[Node]:
@@ -121,10 +130,119 @@ class KafkaStack:
     def bootstrap(self, nodes: list[Node] | None = None) -> str:
         return ",".join(f"127.0.0.1:{n.port}" for n in (nodes or self.nodes()))
 
+    # ------------------------------------------------------------------ security
+    @property
+    def security_protocol(self) -> str:
+        """PLAINTEXT, or the protocol of the client listener of a secured cluster."""
+        return self._layout().get("security") or "PLAINTEXT"
+
+    def passwords(self):
+        from yrdbus.security import PasswordStore
+
+        return PasswordStore(self.security_dir / "passwords")
+
+    def client_env(self, principal: str) -> dict[str, str]:
+        """The YRDBUS_KAFKA_* variables of a process connecting as ``principal`` (the password stays in its file)."""
+        from yrdbus.security import client_env
+
+        self.passwords().get(principal)
+        return client_env(principal, security_dir=self.security_dir, protocol=self.security_protocol,
+                          bootstrap=self.bootstrap())
+
+    def client_settings(self, principal: str, **overrides) -> Settings:
+        """Settings of a client of this cluster acting as ``principal`` (tests, the stack's own checks)."""
+        env = self.client_env(principal)
+        return self.settings.model_copy(update={
+            "kafka_bootstrap": env["YRDBUS_KAFKA_BOOTSTRAP"], "kafka_security_protocol": self.security_protocol,
+            "kafka_username": principal, "kafka_password_file": Path(env["YRDBUS_KAFKA_PASSWORD_FILE"]),
+            "kafka_password": None,
+            "kafka_ssl_ca_location": Path(env["YRDBUS_KAFKA_SSL_CA_LOCATION"])
+            if "YRDBUS_KAFKA_SSL_CA_LOCATION" in env else None, **overrides})
+
+    def admin_config(self) -> dict:
+        """librdkafka options of the admin principal on this cluster (empty additions when it is plain)."""
+        from yrdbus.kafka_config import kafka_security
+
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        return kafka_security(self.client_settings("admin"))
+
+    def _secure_properties(self, node: Node) -> dict:
+        from yrdbus.security import ADMIN, CONTROLLER, MECHANISM, tls_files
+
+        protocol = self.security_protocol
+        pw = self.passwords()
+        admin_pw, controller_pw = pw.get(ADMIN), pw.get(CONTROLLER)
+        props = {
+            "listeners": f"CLIENT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"CLIENT://127.0.0.1:{node.port}",
+            "inter.broker.listener.name": "CLIENT",
+            "listener.security.protocol.map": f"CLIENT:{protocol},CONTROLLER:{protocol}",
+            "sasl.mechanism.inter.broker.protocol": MECHANISM,
+            "listener.name.client.sasl.enabled.mechanisms": MECHANISM,
+            f"listener.name.client.{MECHANISM.lower()}.sasl.jaas.config":
+                f'org.apache.kafka.common.security.scram.ScramLoginModule required '
+                f'username="{ADMIN}" password="{admin_pw}";',
+            # SCRAM credentials are records of the metadata log: a controller cannot check them before it has
+            # read that log, so the controller listener uses PLAIN with its own static credential.
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config":
+                f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{CONTROLLER}" '
+                f'password="{controller_pw}" user_{CONTROLLER}="{controller_pw}";',
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN};User:{CONTROLLER}",
+            "allow.everyone.if.no.acl.found": "false",
+            # A secured cluster creates topics only through `yrdbus topics apply` as admin.
+            "auto.create.topics.enable": "false",
+        }
+        if protocol == "SASL_SSL":
+            tls = tls_files(self.security_dir)
+            props.update({
+                "ssl.keystore.type": "PEM", "ssl.keystore.location": tls.broker,
+                "ssl.truststore.type": "PEM", "ssl.truststore.location": tls.ca_cert,
+                "ssl.client.auth": "none", "ssl.endpoint.identification.algorithm": "https",
+                "ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+            })
+        return props
+
+    def _prepare_security(self) -> None:
+        from yrdbus.security import ADMIN, CONTROLLER, make_certificates
+
+        self.security_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.security_dir, 0o700)
+        pw = self.passwords()
+        pw.get(ADMIN)
+        pw.get(CONTROLLER)
+        if self.security_protocol == "SASL_SSL":
+            make_certificates(self.security_dir)
+
+    def _apply_security(self, echo) -> None:
+        from yrdbus.security import apply
+
+        conf = {"bootstrap.servers": self.bootstrap(), **self.admin_config()}
+        # The authorizer answers once the broker has caught up with the metadata log; until then, retry.
+        deadline = time.monotonic() + self.settings.kafka_start_timeout_s
+        while True:
+            try:
+                result = apply(conf, self.passwords())
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+        echo(f"Security: {self.security_protocol} with SCRAM-SHA-512; {len(result['users'])} principals, "
+             f"ACLs {result['created']} created, {result['deleted']} removed, {result['kept']} kept. "
+             f"Passwords in {self.security_dir / 'passwords'} (mode 600); "
+             f"`yrdbus security env <principal>` prints a client's settings.")
+
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         if not self.settings.embedded_kafka:
-            return {"kafka": {"running": _answers(self.settings.bootstrap), "external": True,
+            from yrdbus.kafka_config import kafka_security
+
+            return {"kafka": {"running": _answers(self.settings.bootstrap, config=kafka_security(self.settings)),
+                              "external": True,
                               "bootstrap": self.settings.bootstrap, "pid": None}}
         nodes = self.nodes()
         pids = [n.pid() for n in nodes]
@@ -136,11 +254,17 @@ class KafkaStack:
             "brokers": [{"node_id": n.node_id, "port": n.port, "pid": p, "running": p is not None}
                         for n, p in zip(nodes, pids)],
             "data_dir": str(self.home),
+            "security": self.security_protocol,
         }}
 
     # ------------------------------------------------------------------ up
-    def up(self, brokers: int | None = None, echo=print) -> dict:
-        """Start the embedded cluster; a no-op (said so) when it is already running."""
+    def up(self, brokers: int | None = None, echo=print, *, secure: bool | None = None, tls: bool = True) -> dict:
+        """Start the embedded cluster; a no-op (said so) when it is already running.
+
+        ``secure=True`` makes a new cluster a secured one (SASL_SSL; SASL_PLAINTEXT with ``tls=False``);
+        ``None`` keeps whatever the cluster was made as. A secured cluster cannot be restarted plain, nor
+        the reverse, without ``stack reset``.
+        """
         if not self.settings.embedded_kafka:
             echo(f"YRDBUS_KAFKA_BOOTSTRAP names an external cluster ({self.settings.bootstrap}); nothing started.")
             return self.status()
@@ -150,6 +274,11 @@ class KafkaStack:
             raise StackError(
                 f"{self.home} holds a {layout.get('brokers')}-broker cluster; asked for {brokers}. "
                 f"Run `yrdbus stack down` and `yrdbus stack reset --yes` to start over with another size.")
+        wanted = None if secure is None else ("SASL_SSL" if tls else "SASL_PLAINTEXT") if secure else "PLAINTEXT"
+        if layout and wanted is not None and wanted != (layout.get("security") or "PLAINTEXT"):
+            raise StackError(
+                f"{self.home} holds a {layout.get('security') or 'PLAINTEXT'} cluster; asked for {wanted}. "
+                f"Run `yrdbus stack down` and `yrdbus stack reset --yes` to start over.")
         nodes = self.nodes(brokers)
         running = [n for n in nodes if n.pid()]
         started: dict[int, subprocess.Popen] = {}
@@ -161,7 +290,11 @@ class KafkaStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not layout:
             layout = {"cluster_id": _new_cluster_id(), "brokers": brokers}
+            if wanted not in (None, "PLAINTEXT"):
+                layout["security"] = wanted
             self.layout_file.write_text(json.dumps(layout, indent=2) + "\n")
+        if self.security_protocol != "PLAINTEXT":
+            self._prepare_security()
         for node in nodes:
             if node.pid():
                 continue
@@ -170,12 +303,14 @@ class KafkaStack:
                     raise StackError(f"port {port} on 127.0.0.1 is taken by another process; "
                                      f"set YRDBUS_KAFKA_PORT / YRDBUS_KAFKA_CONTROLLER_PORT to free ports.")
             node.home.mkdir(parents=True, exist_ok=True)
-            node.properties.write_text(self._server_properties(node, nodes))
+            _write_private_text(node.properties, self._server_properties(node, nodes))
             if not (node.data_dir / "meta.properties").is_file():
                 self._format(node, layout["cluster_id"], lib)
             started[node.node_id] = self._start(node, lib)
         self._wait_until_ready(nodes, started)
         echo(f"Kafka is up: bootstrap {self.bootstrap(nodes)} (pid {', '.join(str(n.pid()) for n in nodes)}).")
+        if self.security_protocol != "PLAINTEXT":
+            self._apply_security(echo)
         return self.status()
 
     def _server_properties(self, node: Node, nodes: list[Node]) -> str:
@@ -204,6 +339,8 @@ class KafkaStack:
             "log.retention.hours": 168,
             "log.segment.bytes": 256 * 1024 * 1024,
         }
+        if self.security_protocol != "PLAINTEXT":
+            props.update(self._secure_properties(node))
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
     def _java(self, lib: Path, *args: str, heap: str | None = None) -> list[str]:
@@ -219,8 +356,14 @@ class KafkaStack:
         return cmd
 
     def _format(self, node: Node, cluster_id: str, lib: Path) -> None:
-        cmd = self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+        # `--cluster-id=` in one word: a random id may begin with '-', which argparse would take for an option.
+        cmd = self._java(lib, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                          "-c", str(node.properties), "--ignore-formatted")
+        if self.security_protocol != "PLAINTEXT":
+            from yrdbus.security import ADMIN, format_scram_argument
+
+            # The admin's credential, salted here: the storage tool never sees the password itself.
+            cmd += ["--add-scram", format_scram_argument(ADMIN, self.passwords().get(ADMIN))]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise StackError(f"formatting the storage of node {node.node_id} failed:\n{proc.stdout}{proc.stderr}")
@@ -243,7 +386,7 @@ class KafkaStack:
                 if (proc.poll() is not None) if proc else n.pid() is None:
                     raise StackError(f"Kafka node {n.node_id} exited during start-up. Last lines of {n.log_file}:\n"
                                      + _tail(n.log_file))
-            if _answers(bootstrap, expect_brokers=len(nodes)):
+            if _answers(bootstrap, expect_brokers=len(nodes), config=self.admin_config()):
                 return
             time.sleep(0.5)
         raise StackError(f"Kafka did not answer a metadata request at {bootstrap} within "
@@ -301,12 +444,20 @@ def _port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _answers(bootstrap: str, expect_brokers: int = 1, timeout_s: float = 2.0) -> bool:
+def _write_private_text(path: Path, text: str) -> None:
+    """Write a file only its owner can read (a secured broker's properties hold its own credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.chmod(path, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _answers(bootstrap: str, expect_brokers: int = 1, timeout_s: float = 2.0, config: dict | None = None) -> bool:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka import KafkaException
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000),
-                         "log_level": 0, "logger": _SilentLogger()})
+                         "log_level": 0, "logger": _SilentLogger(), **(config or {})})
     try:
         md = admin.list_topics(timeout=timeout_s)
     except KafkaException:

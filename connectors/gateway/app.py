@@ -113,7 +113,7 @@ class Gateway:
         self.names = TopicNames(topic_prefix)
         self.access = AccessControl(tokens_file or settings.gateway_tokens_file, ticket_ttl_s=ticket_ttl_s)
         self.hub = Hub(settings.bootstrap, self.names, self.metrics,
-                       queue_size=queue_size or settings.gateway_queue_size)
+                       queue_size=queue_size or settings.gateway_queue_size, settings=settings)
         self.write_timeout_s = write_timeout_s
         self.webhook_specs = load_webhooks(
             self.access.file, self.names, attempts=settings.gateway_webhook_attempts,
@@ -130,12 +130,14 @@ class Gateway:
         await self.hub.start()
         if self.webhook_specs:
             self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all",
-                                              enable_idempotence=True, client_id="yrdbus-gateway-dlq")
+                                              enable_idempotence=True, client_id="yrdbus-gateway-dlq",
+                                              **self.hub.kafka_options)
             await self._producer.start()
             self._client = httpx2.AsyncClient(follow_redirects=False)
             for spec in self.webhook_specs:
                 worker = WebhookWorker(spec, bootstrap=self.settings.bootstrap, names=self.names,
-                                       client=self._client, producer=self._producer, metrics=self.metrics)
+                                       client=self._client, producer=self._producer, metrics=self.metrics,
+                                       kafka_options=self.hub.kafka_options)
                 self.webhooks.append(worker)
                 self._tasks.append(asyncio.create_task(self._keep_running(worker), name=f"webhook-{spec.name}"))
 

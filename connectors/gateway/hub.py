@@ -32,6 +32,8 @@ from aiokafka.structs import TopicPartition
 from schemas.codec import get_codec
 from schemas.errors import EventError
 from yrdbus import topics
+from yrdbus.kafka_config import aiokafka_security, kafka_security
+from yrdbus.settings import Settings
 
 from connectors.gateway.metrics import GatewayMetrics
 from connectors.gateway.selection import (
@@ -43,7 +45,8 @@ LAGGED = object()
 CLOSING = object()
 
 
-def ensure_topics(bootstrap: str, names: list[str], prefix: str = "", timeout_s: float = 30.0) -> dict[str, int]:
+def ensure_topics(bootstrap: str, names: list[str], prefix: str = "", timeout_s: float = 30.0,
+                  config: dict | None = None) -> dict[str, int]:
     """Create the topics that do not exist yet and return each one's partition count.
 
     A topic the bus declares (``yrdbus.topics``) is created as declared; any other
@@ -51,7 +54,7 @@ def ensure_topics(bootstrap: str, names: list[str], prefix: str = "", timeout_s:
     """
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(kafka_security() if config is None else config)})
     meta = admin.list_topics(timeout=timeout_s)
     missing = [n for n in names if n not in meta.topics or meta.topics[n].error]
     if missing:
@@ -137,8 +140,12 @@ class Subscriber:
 
 # --------------------------------------------------------------------------- the hub
 class Hub:
-    def __init__(self, bootstrap: str, names: TopicNames, metrics: GatewayMetrics, *, queue_size: int = 256):
+    def __init__(self, bootstrap: str, names: TopicNames, metrics: GatewayMetrics, *, queue_size: int = 256,
+                 settings: Settings | None = None):
         self.bootstrap = bootstrap
+        # the gateway principal's security options, for librdkafka (admin) and aiokafka (consumers)
+        self.kafka_config = kafka_security(settings)
+        self.kafka_options = aiokafka_security(settings)
         self.names = names
         self.metrics = metrics
         self.queue_size = queue_size
@@ -151,11 +158,12 @@ class Hub:
 
     async def start(self) -> None:
         wanted = self.names.all_alert_topics() + [self.names.webhook_dead_letters]
-        counts = await asyncio.to_thread(ensure_topics, self.bootstrap, wanted, self.names.prefix)
+        counts = await asyncio.to_thread(ensure_topics, self.bootstrap, wanted, self.names.prefix, 30.0,
+                                         self.kafka_config)
         self.partitions = {t: counts[t] for t in self.names.all_alert_topics()}
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-            client_id="yrdbus-gateway-live", auto_offset_reset="latest",
+            client_id="yrdbus-gateway-live", auto_offset_reset="latest", **self.kafka_options,
             # aiokafka keeps one fetch in flight per broker, and a partition whose records were just
             # handed over is not in the fetch already waiting for the others: a short wait bounds how long
             # the next alert on it can sit at the broker (250 ms gave a p99 of ~330 ms in bench/gateway.py).
@@ -261,6 +269,7 @@ class Reader:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.hub.bootstrap, group_id=None, enable_auto_commit=False,
             client_id="yrdbus-gateway-replay", auto_offset_reset="earliest", isolation_level="read_committed",
+            **self.hub.kafka_options,
             fetch_max_wait_ms=100)
         await self._consumer.start()
         return self

@@ -126,9 +126,10 @@ class WebhookWorker:
     """Delivers one webhook's alerts, in order, from its own consumer group."""
 
     def __init__(self, spec: WebhookSpec, *, bootstrap: str, names: TopicNames, client: httpx2.AsyncClient,
-                 producer: AIOKafkaProducer, metrics: GatewayMetrics):
+                 producer: AIOKafkaProducer, metrics: GatewayMetrics, kafka_options: dict | None = None):
         self.spec = spec
         self.bootstrap = bootstrap
+        self.kafka_options = dict(kafka_options or {})   # the gateway principal's (aiokafka_security)
         self.names = names
         self.client = client
         self.producer = producer
@@ -148,6 +149,7 @@ class WebhookWorker:
             *spec.selection.topics, bootstrap_servers=self.bootstrap, group_id=spec.group,
             client_id=f"yrdbus-gateway-webhook-{spec.name}", enable_auto_commit=False,
             auto_offset_reset=spec.start, isolation_level="read_committed", fetch_max_wait_ms=100,
+            **self.kafka_options,
             # the longest a record can take: every attempt timing out plus every backoff, with room to spare
             max_poll_interval_ms=int(1000 * (spec.attempts * (spec.timeout_s + spec.backoff_max_s) + 60)))
         await consumer.start()
