@@ -117,9 +117,10 @@ def expand_macros(sql: str, start: datetime, end: datetime, interval_s: float) -
 
 
 def grafana_interval(start: datetime, end: datetime, width_px: int = 1000, min_interval_s: float = 1.0) -> float:
-    """The query interval Grafana gives a panel: the period over its width in pixels, rounded as Grafana does."""
+    """About the query interval Grafana gives a panel: the period over its width in pixels, rounded to a
+    step of the kind Grafana's roundInterval uses (its exact value only sizes the time buckets)."""
     raw = max((end - start).total_seconds() / max(width_px, 1), min_interval_s)
-    # Grafana's rangeutil.roundInterval steps (in seconds), coarser for longer periods
+    # (upper bound, step) in seconds, coarser for longer periods
     steps = [(0.015, 0.01), (0.035, 0.02), (0.075, 0.05), (0.15, 0.1), (0.35, 0.2), (0.75, 0.5), (1.5, 1),
              (3.5, 2), (7.5, 5), (12.5, 10), (17.5, 15), (25, 20), (45, 30), (90, 60), (150, 120), (270, 300),
              (450, 300), (750, 600), (1050, 900), (1500, 1200), (2700, 1800), (5400, 3600), (9000, 7200),
