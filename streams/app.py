@@ -19,6 +19,7 @@ partition and its own, wider lateness. Deadlines fire on watermarks only.
 """
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import logging
@@ -119,6 +120,12 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         # a worker that dies is noticed after this long, and its partitions move to the others
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
+        # A new worker creates its internal topics (streams.*, changelogs) just before it joins its group; on a
+        # busy broker they may not be in the metadata yet when the group leader assigns partitions, and they are
+        # then left out of the assignment. The re-key step still fills streams.subjects, but nobody reads it
+        # until a metadata refresh notices the topics and rebalances: aiokafka's default is 5 minutes. 10 s
+        # bounds that stall (and lets partitions added by `yrdbus topics apply` be picked up as soon).
+        consumer_metadata_max_age_ms=10_000,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -176,23 +183,30 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         log.warning("dead letter %s: %s", name, error)
 
     async def emit(outs: list) -> None:
+        """Send the outputs and wait until the broker has them: only then may the state that records them
+        (an alert's "done" mark) go to the changelog, or a crash in between would lose the alert."""
+        if not outs:
+            return
         now = int(time.time() * 1000)
+        futs = []
         for kind, rec in outs:
             rec["emitted_at"] = now
             metrics.OUTPUTS.labels(kind).inc()
             if kind == "derived_alert":
                 raw = codec.encode("derived_alert", for_avro(rec))
                 key = rec["alert_id"].encode()
-                await out["derived"].send(key=key, value=raw)
+                futs.append(await out["derived"].send(key=key, value=raw))
                 for region in derived.recipients(rec):
-                    await out[f"to.{region}"].send(key=key, value=raw)
+                    futs.append(await out[f"to.{region}"].send(key=key, value=raw))
                     metrics.DERIVED.labels(rec["kind"], region).inc()
                 metrics.EMIT_LAG.labels(kind).observe(max(0.0, (now - rec["occurred_at"]) / 1000))
             elif kind == "trend":
-                await out["trend"].send(key=rec["signal_id"].encode(), value=codec.encode("trend", for_avro(rec)))
+                futs.append(await out["trend"].send(key=rec["signal_id"].encode(),
+                                                    value=codec.encode("trend", for_avro(rec))))
             elif kind == "risk":
                 key = f"{rec['subject_kind']}:{rec['subject']}".encode()
-                await out["risk"].send(key=key, value=codec.encode("risk", for_avro(rec)))
+                futs.append(await out["risk"].send(key=key, value=codec.encode("risk", for_avro(rec))))
+        await asyncio.gather(*futs)
 
     async def guarded(stage: str, event, handler) -> None:
         """One event through a handler; a failure is logged and dead-lettered, and the stage goes on."""
@@ -248,16 +262,17 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             state = hit if hit is not None else subject_rules.new_state()
         return state
 
-    def store_subject(s: str, state: dict, at: int) -> None:
+    def store_subject(s: str, state: dict, at: int, writes: list) -> None:
+        """Keep a subject's state; its changelog write is queued in ``writes`` until the outputs are sent."""
         if subject_rules.is_durable(state):
-            subjects_table[s] = state
+            writes.append((s, state))
             st["ephemeral"].pop(s, None)
             d = subject_rules.next_deadline(state)
             if d is not None:
                 heapq.heappush(st["heap"], (d, s))
         else:
             if s in subjects_table:
-                del subjects_table[s]
+                writes.append((s, None))
             if state["crossings"]:
                 st["ephemeral"][s] = state
                 heapq.heappush(st["ephemeral_heap"], (at, s))
@@ -285,9 +300,10 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if sub_wm.observe(msg.partition, ev["occurred_at"]):
             metrics.LATE.labels("subjects").inc()
         outs: list = []
+        writes: list = []
         state = load_subject(s)
         outs += srules.on_event(state, ev, s)
-        store_subject(s, state, ev["occurred_at"])
+        store_subject(s, state, ev["occurred_at"], writes)
         part = str(msg.partition)
         fstate = flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
@@ -308,7 +324,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 if hstate is None or subject_rules.next_deadline(hstate) != d:
                     continue
                 outs += srules.on_watermark(hstate, hs, wm)
-                store_subject(hs, hstate, wm)
+                store_subject(hs, hstate, wm, writes)
             while st["ephemeral_heap"] and st["ephemeral_heap"][0][0] < wm - lateness:
                 _, es = heapq.heappop(st["ephemeral_heap"])
                 e = st["ephemeral"].get(es)
@@ -324,6 +340,11 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         elif part not in flow_table:
             flow_table[part] = fstate
         await emit(outs)
+        for ws, wstate in writes:
+            if wstate is not None:
+                subjects_table[ws] = wstate
+            elif ws in subjects_table:
+                del subjects_table[ws]
         metrics.TABLE.labels("subjects").set(len(subjects_table))
         metrics.TABLE.labels("subjects_recent").set(len(st["ephemeral"]))
 
@@ -331,7 +352,10 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     def regional_state() -> dict:
         if st["regional"] is None:
             fresh = rrules.new_state()
-            st["regional"] = {sec: (regional_table.get(sec) or fresh[sec]) for sec in SECTIONS}
+            st["regional"] = {sec: (regional_table.get(sec) or fresh[sec]) for sec in SECTIONS if sec != "vessel"}
+            # vessels are many and change one at a time: one table key each
+            st["regional"]["vessel"] = {k[len("vessel:"):]: v for k, v in regional_table.items()
+                                        if k.startswith("vessel:")}
         return st["regional"]
 
     @app.agent(regional_topic)
@@ -372,9 +396,15 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             more, changed = rrules.on_watermark(state, wm)
             outs += more
             touched |= set(changed)
+        await emit(outs)
         for sec in sorted(touched):
             regional_table[sec] = state[sec]
-        await emit(outs)
+        for vid in sorted(rrules.vessel.dirty):
+            if vid in state["vessel"]:
+                regional_table[f"vessel:{vid}"] = state["vessel"][vid]
+            elif f"vessel:{vid}" in regional_table:
+                del regional_table[f"vessel:{vid}"]
+        rrules.vessel.dirty.clear()
 
     app.yrd_config = cfg
     app.yrd_rules = rs
