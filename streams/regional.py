@@ -37,14 +37,15 @@ class RegionalRules:
     def touched(ev: dict) -> tuple[str, ...]:
         """The state sections an event can change (the stage writes back only these)."""
         kind = ev["_kind"]
+        # vessels are not listed: VesselRisk.dirty names the ones that changed
         if kind == "alert":
-            return ("fraud", "conveyance", "heightened", "vessel", "trend")
+            return ("fraud", "conveyance", "heightened", "trend")
         if kind == "case":
-            return ("trend", "vessel")
+            return ("trend",)
         if kind == "control":
             return ("heightened", "trend")
         if kind == "clearance":
-            return ("conveyance", "vessel", "trend")
+            return ("conveyance", "trend")
         if kind == "flow_partial":
             return ("flow",)
         return ()

@@ -16,6 +16,8 @@ def vessel_id(conveyance_id: str | None) -> str | None:
 class VesselRisk:
     def __init__(self, rs):
         self.rs = rs
+        #: vessels whose state changed since the stage last stored them (not part of the state)
+        self.dirty: set[str] = set()
         self.w = rs["risk"]["vessel"]
         self.high_risk = set(self.w.get("high_risk_origins", []))
         self.horizon_ms = rs.days_ms("risk", "horizon_days")
@@ -30,6 +32,7 @@ class VesselRisk:
             ev.get("entry_basis") == "CREW" or ev.get("lane") == "CREW" or ev.get("origin_country") in self.high_risk)
 
     def _vessel(self, state, vid) -> dict:
+        self.dirty.add(vid)
         return state.setdefault(vid, {"factors": [], "voyages": [], "incident": False})
 
     def _add(self, state, vid, name, evidence, at, region, weight=None) -> list:
@@ -91,3 +94,4 @@ class VesselRisk:
             risk.prune(state[vid]["factors"], now, self.horizon_ms)
             if not state[vid]["factors"]:
                 del state[vid]
+                self.dirty.add(vid)
