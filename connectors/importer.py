@@ -312,6 +312,10 @@ def redact(row: Row) -> bytes:
             cells = next(csv.reader([row.raw.decode("utf-8")]))
         except (csv.Error, UnicodeDecodeError, StopIteration):
             return REDACTED.encode()
+        if len(cells) != len(row.header):
+            # the cells do not line up with the columns (a broken quote, a cell over several lines):
+            # which one holds an identity cannot be told, so nothing of the row is kept
+            return REDACTED.encode()
         for i in raw_cols:
             if i < len(cells) and cells[i] != "":
                 cells[i] = REDACTED
@@ -324,7 +328,8 @@ def redact(row: Row) -> bytes:
         return json.dumps({k: (REDACTED if k in RAW_FIELDS else v) for k, v in row.obj.items()},
                           ensure_ascii=False).encode()
     text = row.raw.decode("utf-8", "replace")
-    if any(f'"{k}"' in text for k in RAW_FIELDS):
+    # a key may also be spelled with JSON escapes ("document\u005fnumber"): then keep nothing either
+    if any(f'"{k}"' in text for k in RAW_FIELDS) or "\\u" in text:
         return REDACTED.encode()
     return row.raw
 

@@ -18,6 +18,16 @@ Read-only: only SELECT, WITH, SHOW, DESCRIBE, EXISTS and EXPLAIN are accepted, t
 outside the store (``file``, ``url``, ``s3`` ...) are refused, and the engine handles that run the
 queries are themselves in ``readonly = 2`` mode. Each query has ``max_execution_time`` (the setting
 ``YRDBUS_QUERY_MAX_EXECUTION_TIME_S``; a client may ask for less, never more).
+
+Functions that reach outside the store are refused wherever they stand, not only as table functions:
+the scalar ``file('/path')`` reads any file the process can read, ``DESCRIBE url(...)`` makes the
+process connect anywhere. Settings the endpoint fixes are checked on the query as ClickHouse itself
+formats it (``formatQuery``), so a comment or odd spacing cannot hide them. Each user may have limits
+of their own (``YRDBUS_QUERY_USERS``: ``{"name": {"hash": ..., "max_execution_time_s": 10,
+"max_result_rows": 100000, "regions": ["SH"]}}``): a shorter time limit, a result size limit, and rows
+of their regions only (``additional_table_filters`` on the event tables, the same conditions as the
+server row policies of ``connectors.clickhouse.access``; table functions such as ``merge`` that would
+read around them are refused to such a user).
 """
 from __future__ import annotations
 
@@ -40,9 +50,19 @@ log = logging.getLogger("yrdbus.queryserver")
 ALLOWED_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN")
 ALLOWED_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series",
                                      "generateSeries", "values", "view", "merge", "null", "generateRandom"})
-#: settings a client may not set at all (time limit and read-only mode are the server's)
+#: settings a client may not set at all (time limit, result limits, row filters and read-only mode are the server's)
 PROTECTED_SETTINGS = ("readonly", "max_execution_time", "timeout_overflow_mode", "max_execution_time_leaf",
-                      "allow_ddl", "allow_introspection_functions")
+                      "allow_ddl", "allow_introspection_functions", "max_result_rows", "max_result_bytes",
+                      "result_overflow_mode", "additional_table_filters", "additional_result_filter")
+#: functions that read or connect outside the store, refused anywhere in a query (scalar or table function)
+OUTSIDE_FUNCTIONS = frozenset({
+    "file", "fileCluster", "url", "urlCluster", "s3", "s3Cluster", "gcs", "hdfs", "hdfsCluster", "azureBlobStorage",
+    "azureBlobStorageCluster", "remote", "remoteSecure", "cluster", "clusterAllReplicas", "mysql", "postgresql",
+    "mongodb", "redis", "sqlite", "jdbc", "odbc", "executable", "executablePool", "input", "iceberg", "icebergS3",
+    "deltaLake", "hudi", "dictionary", "loop", "fuzzJSON", "fuzzQuery", "arrowFlight", "ytsaurus", "paimon"})
+#: table functions a region-scoped user may not use: they read tables around the row filters
+REGION_BYPASS_FUNCTIONS = frozenset({"merge", "view", "viewIfPermitted", "viewExplain", "mergeTreeIndex",
+                                     "mergeTreeAnalyzeIndexes", "mergeTreeProjection"})
 #: HTTP-transport parameters of ClickHouse clients; never engine settings
 TRANSPORT_PARAMS = frozenset({"query", "database", "default_format", "user", "password", "query_id", "session_id",
                               "session_timeout", "session_check", "compress", "decompress", "buffer_size",
@@ -86,11 +106,52 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
+class UserLimits:
+    """What one endpoint user may do beyond reading: a time limit, a result size limit, its regions."""
+
+    __slots__ = ("max_execution_time", "max_result_rows", "regions")
+
+    def __init__(self, max_execution_time: float | None = None, max_result_rows: int | None = None,
+                 regions: tuple[str, ...] | None = None):
+        self.max_execution_time = max_execution_time
+        self.max_result_rows = max_result_rows
+        self.regions = regions
+
+    @classmethod
+    def parse(cls, name: str, spec) -> tuple[str, "UserLimits"]:
+        """(password hash, limits) of one ``query_users`` entry: a hash, or an object with ``hash`` and limits."""
+        if isinstance(spec, str):
+            return spec, cls()
+        if not isinstance(spec, dict) or not isinstance(spec.get("hash"), str):
+            raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}: expected a password hash or an object with "
+                             f"`hash` (and `max_execution_time_s`, `max_result_rows`, `regions`)")
+        unknown = set(spec) - {"hash", "max_execution_time_s", "max_result_rows", "regions"}
+        if unknown:
+            raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}: unknown field(s) {sorted(unknown)}")
+        from schemas.reference import REGIONS
+
+        regions = spec.get("regions")
+        if regions is not None and (not isinstance(regions, list) or not regions
+                                    or any(r not in REGIONS for r in regions)):
+            raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}, field `regions`: expected a list of "
+                             f"{', '.join(REGIONS)}, got {regions!r}")
+        t, rows = spec.get("max_execution_time_s"), spec.get("max_result_rows")
+        if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or t <= 0):
+            raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}, field `max_execution_time_s`: a positive number")
+        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows <= 0):
+            raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}, field `max_result_rows`: a positive integer")
+        return spec["hash"], cls(float(t) if t is not None else None, rows,
+                                 tuple(regions) if regions is not None else None)
+
+
 class Users:
     """Who may query. No users configured: ``default`` with an empty password, as a fresh ClickHouse."""
 
-    def __init__(self, users: dict[str, str] | None = None):
-        self.users = dict(users or {})
+    def __init__(self, users: dict | None = None):
+        self.users: dict[str, str] = {}
+        self.limits: dict[str, UserLimits] = {}
+        for name, spec in (users or {}).items():
+            self.users[name], self.limits[name] = UserLimits.parse(name, spec)
         self._ok: set[tuple[str, str]] = set()  # verified (user, sha256(password)): scrypt once per password
         self._lock = threading.Lock()
 
@@ -144,6 +205,11 @@ def check_read_only(sql: str) -> None:
             raise QueryRefused(f"setting {name} is fixed by the endpoint and cannot be changed in a query")
 
 
+def functions(explain_ast: str) -> set[str]:
+    """Names of every function (scalar, aggregate or table function) in an ``EXPLAIN AST`` text."""
+    return set(re.findall(r"^\s*Function (\w+)", explain_ast, re.MULTILINE))
+
+
 def table_functions(explain_ast: str) -> list[str]:
     """Names of the table functions in an ``EXPLAIN AST`` text."""
     lines = explain_ast.splitlines()
@@ -178,12 +244,21 @@ class Engine:
             self._pool.put(conn)
 
     def run(self, sql: str, fmt: str, database: str | None, settings: dict[str, str],
-            params: dict[str, str]) -> tuple[bytes, dict]:
+            params: dict[str, str], limits: UserLimits | None = None) -> tuple[bytes, dict]:
         conn = self._pool.get()
         applied = []
+        limits = limits or UserLimits()
         try:
             conn.query(f"USE `{(database or 'default').replace('`', '')}`", "TabSeparated")
-            limit = self.max_execution_time
+            limit = min(self.max_execution_time, limits.max_execution_time or self.max_execution_time)
+            fixed: list[tuple[str, object]] = []
+            if limits.max_result_rows:
+                fixed += [("max_result_rows", limits.max_result_rows), ("result_overflow_mode", "throw")]
+            if limits.regions:
+                from connectors.clickhouse.access import table_filters
+
+                fixed.append(("additional_table_filters",
+                              _map_literal(table_filters(database or "yrdbus", limits.regions))))
             asked = settings.pop("max_execution_time", None)
             try:
                 if asked is not None and 0 < float(asked) < limit:
@@ -192,6 +267,10 @@ class Engine:
                 pass
             for name, value in list(settings.items()) + [("max_execution_time", limit)]:
                 conn.query(f"SET {name} = {_literal(value)}", "TabSeparated")
+                applied.append(name)
+            for name, value in fixed:   # already a ClickHouse literal when it is a map
+                conn.query(f"SET {name} = {value if name == 'additional_table_filters' else _literal(value)}",
+                           "TabSeparated")
                 applied.append(name)
             started = time.perf_counter()
             result = conn.query(sql, fmt, params=params or {})
@@ -209,6 +288,15 @@ class Engine:
                     pass
             self._pool.put(conn)
 
+    def format_query(self, sql: str) -> str:
+        """The query as ClickHouse formats it (comments gone, spacing canonical); raises on a syntax error."""
+        conn = self._pool.get()
+        try:
+            core = _TRAILING_FORMAT.sub("", sql.rstrip().rstrip(";"))
+            return conn.query(f"SELECT formatQuery({_literal(core)})", "TabSeparatedRaw").bytes().decode()
+        finally:
+            self._pool.put(conn)
+
     def explain_ast(self, sql: str, database: str | None, params: dict[str, str]) -> str:
         conn = self._pool.get()
         try:
@@ -224,6 +312,10 @@ def _safe(fn):
         return fn()
     except Exception:
         return 0
+
+
+def _map_literal(mapping: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in mapping.items()) + "}"
 
 
 def _literal(v) -> str:
@@ -245,9 +337,11 @@ def _status_for(code: int) -> int:
         return 404
     if code in (164, 497, 516):  # READONLY, ACCESS_DENIED, AUTHENTICATION_FAILED
         return 403
-    if code == 159:             # TIMEOUT_EXCEEDED
+    if code == 1000:            # no ClickHouse code: something went wrong here, not in the query
         return 500
-    return 500
+    # Any other ClickHouse error is about the query (unknown function, bad types, a limit reached ...):
+    # the client's to fix, said with the engine's own message.
+    return 400
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -302,21 +396,29 @@ def build_app(engine: Engine, users: Users, *, metrics: bool = True):
         for k, v in params.items():
             if k in TRANSPORT_PARAMS or k.startswith("param_") or not _SETTING_NAME.match(k):
                 continue
-            if k in PROTECTED_SETTINGS and k != "max_execution_time":
+            if k.lower() in PROTECTED_SETTINGS and k != "max_execution_time":
                 return error(f"setting {k} is fixed by this endpoint (READONLY)", 164, 403, query_id)
             settings[k] = v
         m = _TRAILING_FORMAT.search(sql)
         fmt = m.group(1) if m else fmt_default
+        limits = users.limits.get(user)
         try:
             check_read_only(sql)
-            if statement_kind(sql) in ("SELECT", "WITH", "EXPLAIN"):
+            # the protected settings again, on the query as the engine reads it (comments cannot hide them)
+            check_read_only(await run_in_threadpool(engine.format_query, sql))
+            if statement_kind(sql) in ("SELECT", "WITH", "EXPLAIN", "DESCRIBE", "DESC"):
                 ast = await run_in_threadpool(engine.explain_ast, sql, database, bind)
-                bad = [f for f in table_functions(ast) if f not in ALLOWED_TABLE_FUNCTIONS]
+                outside = sorted(functions(ast) & OUTSIDE_FUNCTIONS)
+                if outside:
+                    raise QueryRefused(f"function {outside[0]} is not allowed on this endpoint (it reads or "
+                                       f"connects outside the store)", code=497)
+                bad = [f for f in table_functions(ast) if f not in ALLOWED_TABLE_FUNCTIONS
+                       or (limits is not None and limits.regions and f in REGION_BYPASS_FUNCTIONS)]
                 if bad:
                     raise QueryRefused(f"table function {bad[0]} is not allowed on this endpoint (it reads "
-                                       f"outside the store)", code=497)
+                                       f"outside the store, or around the user's region filter)", code=497)
             started = time.perf_counter()
-            data, summary = await run_in_threadpool(engine.run, sql, fmt, database, settings, bind)
+            data, summary = await run_in_threadpool(engine.run, sql, fmt, database, settings, bind, limits)
             log.info("user=%s ms=%.1f bytes=%d %s", user, (time.perf_counter() - started) * 1000, len(data),
                      " ".join(sql.split())[:200])
         except QueryRefused as exc:
@@ -346,7 +448,7 @@ class QueryServer:
     """Serves ``build_app`` with uvicorn in a background thread of the process that owns the store."""
 
     def __init__(self, store_path: str, *, host: str = "127.0.0.1", port: int = 8124,
-                 users: dict[str, str] | None = None, max_execution_time: float = 30.0,
+                 users: dict | None = None, max_execution_time: float = 30.0,
                  state_file: Path | None = None, database: str = "yrdbus"):
         self.engine = Engine(store_path, max_execution_time=max_execution_time)
         self.app = build_app(self.engine, Users(users))

@@ -235,14 +235,18 @@ def check_enum(node: dict, value, path: str) -> None:
     raise EnumError(f"expected {expected}, got {shown(path, value)}", field=path)
 
 
+_EPOCH_MS = (-62_135_596_800_000, 253_402_300_799_999)
+
+
 def check_timestamp(value, path: str) -> None:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValidationError("expected a timezone-aware (UTC) datetime, got a naive one", field=path)
         return
     if isinstance(value, int) and not isinstance(value, bool):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise ValidationError(f"epoch milliseconds out of range: {value}", field=path)
+        # what a reader can turn back into a datetime: years 1 to 9999 (a wider long decodes to an error)
+        if not _EPOCH_MS[0] <= value <= _EPOCH_MS[1]:
+            raise ValidationError(f"epoch milliseconds out of range (years 1 to 9999): {value}", field=path)
         return
     raise ValidationError(f"expected a UTC datetime (or epoch milliseconds), got {type(value).__name__} "
                           f"{shown(path, value)}", field=path)
@@ -331,6 +335,7 @@ def _future(value, path: str, now: datetime | None, skew: timedelta, clock: _Lim
             raise ValidationError("expected a timezone-aware (UTC) datetime, got a naive one", field=path)
         ahead = value.timestamp() - (time.time() if now is None else now.timestamp())
     else:  # epoch millis (fastavro accepts them too)
+        check_timestamp(value, path)
         ahead = value / 1000.0 - (time.time() if now is None else now.timestamp())
     if ahead > skew.total_seconds():
         raise FutureEventError(
@@ -340,8 +345,11 @@ def _future(value, path: str, now: datetime | None, skew: timedelta, clock: _Lim
 
 
 def _aware(value, path: str) -> None:
-    if isinstance(value, datetime) and value.tzinfo is None:
-        raise ValidationError("expected a timezone-aware (UTC) datetime, got a naive one", field=path)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValidationError("expected a timezone-aware (UTC) datetime, got a naive one", field=path)
+    else:
+        check_timestamp(value, path)
 
 
 def _iso(value) -> str:

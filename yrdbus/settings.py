@@ -58,9 +58,10 @@ class Settings(BaseSettings):
         0, ge=0, description="Days the event tables keep rows (TTL on event time); 0 keeps them for ever.")
     query_host: str = Field("127.0.0.1", description="Address of the live query endpoint (ClickHouse HTTP interface).")
     query_port: int = Field(8124, description="Port of the live query endpoint served by the process owning the store.")
-    query_users: dict[str, str] = Field(
+    query_users: dict[str, str | dict] = Field(
         default_factory=dict,
-        description="Users of the query endpoint: name -> password hash (`yrdbus db hash-password`). "
+        description="Users of the query endpoint: name -> password hash (`yrdbus db hash-password`), or "
+                    "{hash, max_execution_time_s, max_result_rows, regions} for a user with limits of their own. "
                     "Empty: only `default` with an empty password, as a fresh ClickHouse.")
     query_max_execution_time_s: float = Field(30.0, gt=0, description="Time limit of one query on the endpoint.")
     sink_group: str = Field("yrdbus-sink", description="Consumer group of the ClickHouse sink.")

@@ -315,7 +315,8 @@ class AccessControl:
     def redeem_ticket(self, ticket: str) -> TokenEntry:
         body, _, sig = ticket.partition(".")
         good = _b64(hmac.new(self.ticket_key, body.encode(), hashlib.sha256).digest())
-        if not sig or not hmac.compare_digest(sig, good):
+        # compared as bytes: compare_digest refuses str with non-ASCII characters (a hostile ticket has them)
+        if not sig or not hmac.compare_digest(sig.encode("utf-8", "replace"), good.encode()):
             raise Unauthorized("the ticket is not valid for this gateway (tickets do not survive a gateway restart)")
         try:
             claims = json.loads(_unb64(body))
