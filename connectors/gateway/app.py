@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -334,9 +335,26 @@ class Gateway:
         return _SecurityHeaders(app)
 
 
+_URL_SECRET = re.compile(r"((?:^|[?&])(?:token|ticket)=)[^&\s]*", re.IGNORECASE)
+
+
+class _RedactUrlSecrets(logging.Filter):
+    """The access log never keeps a ticket, nor a token a client wrongly put in a URL (it is refused anyway)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = args[:2] + (_URL_SECRET.sub(r"\1<redacted>", args[2]),) + args[3:]
+        return True
+
+
 def make_server(gateway: Gateway, host: str, port: int, log_level: str = "info"):
     """A uvicorn server for ``gateway`` that ends open streams with a ``closing`` event when it stops."""
     import uvicorn
+
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactUrlSecrets) for f in access_log.filters):
+        access_log.addFilter(_RedactUrlSecrets())
 
     class _Server(uvicorn.Server):
         async def shutdown(self, sockets=None):
