@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 YRDBUS := $(VENV)/bin/yrdbus
 KAFKA_LIB := infra/kafka/target/lib/.pom-mtime
 
-.PHONY: run test bench faults deps jars os-test-deps clean help
+.PHONY: run test bench faults fuzz deps jars os-test-deps clean help
 
 help:
 	@echo "make run    - bring the bus up on its embedded default and run its main job"
 	@echo "make test   - set everything up and run the tests on the real broker and engine"
 	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
+	@echo "make fuzz   - every fuzz target on 100,000 hostile inputs (docs/security.md)"
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (3.11+) is needed to build .venv" >&2; exit 1; }
@@ -40,6 +41,16 @@ run: deps jars
 
 test: deps jars os-test-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Hostile input (docs/security.md): each fuzz target on FUZZ_EXAMPLES inputs; the checks through a live
+# server (HTTP, WebSocket) on FUZZ_E2E_EXAMPLES. `make test` runs the same tests on a few hundred.
+FUZZ_EXAMPLES ?= 100000
+FUZZ_E2E_EXAMPLES ?= 2000
+fuzz: deps jars
+	YRDBUS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) YRDBUS_FUZZ_E2E_EXAMPLES=$(FUZZ_E2E_EXAMPLES) \
+		$(VENV)/bin/pytest tests/test_fuzz_codec.py tests/test_fuzz_importer.py tests/test_fuzz_gateway.py \
+		tests/test_fuzz_queries.py -q -W ignore::DeprecationWarning --durations=0 \
+		--hypothesis-show-statistics $(PYTEST_ARGS)
 
 bench: deps jars
 	$(PY) -m bench
