@@ -129,12 +129,17 @@ class FlowSurge:
     def on_watermark(self, state: dict, watermark: int, hm_state: dict) -> list:
         if state["first_hour"] is None:
             return []
-        # an hour is judged once every partition that counts clearances has sent it; a partition silent
-        # for stall_hours of event time no longer holds the judge back
+        # an hour is judged once every partition that counts clearances has sent it; a partition that
+        # lags stall_hours behind the most advanced one no longer holds the judge back. Without any
+        # progress report (input that is not the subject stage's) the stage's own watermark decides.
         progress = state.get("progress") or {}
-        last = (watermark - self.grace_ms - self.stall_ms) // HOUR - 1
-        if progress and len(progress) >= (state.get("partitions") or 1):
-            last = max(last, min(progress.values()))
+        if progress:
+            ahead = max(progress.values())
+            last = ahead - self.stall_ms // HOUR
+            if len(progress) >= (state.get("partitions") or 1):
+                last = max(last, min(progress.values()))
+        else:
+            last = (watermark - self.grace_ms) // HOUR - 1
         start = state["first_hour"] if state["judged"] is None else state["judged"] + 1
         outs: list = []
         for hour in range(max(start, last - 24 * 14), last + 1):
