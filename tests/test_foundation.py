@@ -181,3 +181,11 @@ def test_every_command_has_help():
     for path in paths:
         out = subprocess.run([YRDBUS, *path, "--help"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "Usage" in out.stdout, (path, out.stderr)
+
+
+def test_cluster_ids_never_start_with_a_dash_that_the_storage_tool_would_read_as_an_option():
+    from yrdbus.stack import _new_cluster_id
+
+    ids = [_new_cluster_id() for _ in range(5000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

@@ -436,7 +436,11 @@ class KafkaStack:
 
 # --------------------------------------------------------------------------- helpers
 def _new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id (URL-safe base64 of a UUID), never starting with '-': the storage tool would read it as an option."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _port_in_use(port: int) -> bool:
