@@ -107,6 +107,9 @@ def definitions(prefix: str = "") -> list[TopicSpec]:
     # Rows of a station's export whose region cannot be told (so no source topic): the importer's last resort.
     specs.append(TopicSpec(dead_letter(prefix + "import"), 1, 90 * DAY_MS, "delete",
                            "imported rows whose region could not be read"))
+    # Webhook deliveries that failed every attempt (the gateway's `dlq.webhooks`).
+    specs.append(TopicSpec(dead_letter(prefix + "webhooks"), 1, 90 * DAY_MS, "delete",
+                           "derived alerts a webhook subscriber could not be given, with the reason"))
     return specs
 
 
