@@ -154,7 +154,7 @@ def test_repository_holds_no_private_key_password_or_token():
         for m in JAAS_PASSWORD.finditer(data):
             problems.append(f"{name}: a password in a JAAS configuration")
     # the one key in the source is the demo key, public on purpose (README, schemas/pseudonym.py)
-    demo = b"yrdbus-public-demo-key/not-a-secret/never-use-in-production"
+    from schemas.pseudonym import DEMO_KEY as demo
     holders = [n.decode() for n in files if n and (ROOT / n.decode()).is_file()
                and demo in (ROOT / n.decode()).read_bytes()]
     assert holders == ["schemas/pseudonym.py"], holders
