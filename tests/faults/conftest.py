@@ -1,0 +1,93 @@
+"""Fixtures of the fault suite: the scale, the known workload, private buses and brokers, the result table.
+
+Every test records one ``FaultResult``; at the end of the session the table of all of them is printed
+(``make faults``) and written as JSON lines to ``var/faults/results-<scale>.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from yrdbus import faults
+from yrdbus.settings import Settings
+from yrdbus.stack import KafkaStack
+
+ROOT = Path(__file__).resolve().parents[2]
+_RESULTS: list[faults.FaultResult] = []
+
+
+@pytest.fixture(scope="session")
+def scale() -> faults.Scale:
+    return faults.current_scale()
+
+
+@pytest.fixture(scope="session")
+def wl(scale) -> faults.Workload:
+    """The known events every fault test publishes (same seed: same events, same expected alerts)."""
+    return faults.workload(scale.background_per_hour)
+
+
+@pytest.fixture
+def record():
+    """Keep a test's result for the table; returns it."""
+    def keep(result: faults.FaultResult) -> faults.FaultResult:
+        _RESULTS.append(result)
+        return result
+    return keep
+
+
+@pytest.fixture
+def buses(tmp_path):
+    """Make ``Bus`` objects (a private copy of the bus); their processes are stopped at the end of the test."""
+    made: list[faults.Bus] = []
+
+    def make(bootstrap: str, name: str, **kwargs) -> faults.Bus:
+        bus = faults.Bus(bootstrap, tmp_path / name, name, **kwargs)
+        made.append(bus)
+        return bus
+    yield make
+    for bus in made:
+        bus.close()
+
+
+@pytest.fixture
+def private_stack(tmp_path):
+    """Start a private embedded Kafka cluster of N brokers on free ports; stopped at the end of the test."""
+    made: list[KafkaStack] = []
+
+    def make(brokers: int = 1) -> KafkaStack:
+        port = faults.free_port_run(brokers)
+        controller = faults.free_port_run(brokers, avoid=range(port, port + brokers))
+        settings = Settings(var_dir=tmp_path / f"kafka-{brokers}", kafka_bootstrap=None, kafka_port=port,
+                            kafka_controller_port=controller, kafka_heap="512m", kafka_brokers=brokers)
+        stack = KafkaStack(settings)
+        made.append(stack)
+        stack.up(brokers=brokers, echo=lambda m: None)
+        return stack
+    yield make
+    for stack in made:
+        stack.down(echo=lambda m: None, timeout_s=30)
+
+
+def alive(*procs: faults.Proc):
+    """A check for ``Bus.wait_complete``: fail at once, with its last lines, if one of ``procs`` died."""
+    def check() -> None:
+        for p in procs:
+            if p.proc is not None and not p.alive:
+                pytest.fail(f"{p.name} exited with {p.proc.returncode}:\n{p.tail(40)}")
+    return check
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    if not _RESULTS:
+        return
+    scale = _RESULTS[0].scale
+    terminalreporter.section(f"fault suite ({scale})")
+    terminalreporter.write_line(faults.table(_RESULTS))
+    out = ROOT / "var" / "faults" / f"results-{scale}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(asdict(r), default=str) + "\n" for r in _RESULTS))
+    terminalreporter.write_line(f"(also in {out})")
