@@ -14,6 +14,7 @@ help:
 	@echo "make test   - set everything up and run the tests on the real broker and engine"
 	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
 	@echo "make fuzz   - every fuzz target on 100,000 hostile inputs (docs/security.md)"
+	@echo "make faults - the fault suite in full (docs/faults.md); make test runs its short form"
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (3.11+) is needed to build .venv" >&2; exit 1; }
@@ -51,6 +52,12 @@ fuzz: deps jars
 		$(VENV)/bin/pytest tests/test_fuzz_codec.py tests/test_fuzz_importer.py tests/test_fuzz_gateway.py \
 		tests/test_fuzz_queries.py -q -W ignore::DeprecationWarning --durations=0 \
 		--hypothesis-show-statistics $(PYTEST_ARGS)
+
+# The fault suite (docs/faults.md): every fault with the full workload and a one-minute ClickHouse outage;
+# prints the table fault / events published / rows / alerts expected and found / lost / doubled.
+# `make test` runs the same tests in their short form (YRDBUS_FAULTS=short, the default).
+faults: deps jars
+	YRDBUS_FAULTS=full $(VENV)/bin/pytest tests/faults -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: deps jars
 	$(PY) -m bench
