@@ -187,11 +187,13 @@ class BusRun:
         stack = KafkaStack(s)
         if self.opts.simulate and not self.opts.keep_data and s.embedded_kafka:
             _reset_simulated_data(s, stack, self.say)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Before any Kafka client exists in this process: hashing the demo token (scrypt) after librdkafka
+        # had started its threads and a child had been forked crashed this process on a fresh store.
+        access, self.token_file = _gateway_access(s, self.say)
         stack.up(echo=self.say)
         changes = topics.apply(s.bootstrap)
         self.say(f"Topics applied: {len(changes)} change(s).")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        access, self.token_file = _gateway_access(s, self.say)
 
         env = {"YRDBUS_KAFKA_BOOTSTRAP": s.bootstrap, "YRDBUS_VAR_DIR": str(self.var.resolve()),
                "YRDBUS_CLICKHOUSE_URL": s.clickhouse_url, "YRDBUS_GATEWAY_TOKENS_FILE": str(access.resolve())}
