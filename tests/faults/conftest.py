@@ -69,7 +69,7 @@ def private_stack(tmp_path):
         return stack
     yield make
     for stack in made:
-        stack.down(echo=lambda m: None, timeout_s=30)
+        stack.down(echo=lambda m: None, timeout_s=10)
 
 
 def alive(*procs: faults.Proc):
