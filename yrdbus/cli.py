@@ -129,7 +129,9 @@ def run(
     simulate: bool = typer.Option(True, "--simulate/--no-simulate",
                                   help="Run the simulator with its scripted incidents; --no-simulate runs the bus alone, for real stations."),
     workers: int = typer.Option(1, "--workers", min=1, max=8, help="Stream workers sharing the partitions."),
-    speed: float = typer.Option(1800.0, "--speed", min=1, help="Simulated seconds a wall second."),
+    speed: float = typer.Option(3600.0, "--speed", min=1, help="Simulated seconds a wall second (3600: an hour a second)."),
+    scale: float = typer.Option(0.1, "--scale", min=0.0001,
+                                help="Simulated volume as a multiple of the region's 2017 traffic (1: 156,000 crossings a day)."),
     seed: int = typer.Option(7, "--seed", help="Simulator seed: same seed, same events."),
     scenarios: str = typer.Option("all", "--scenarios", help="Scripted incidents: 'all' or a comma-separated list (a-j)."),
     keep_data: bool = typer.Option(False, "--keep-data", help="Keep the previous simulated run's topics and store."),
@@ -146,7 +148,7 @@ def run(
             result = self_check(settings)
             sys.exit(0 if result["kafka_received"] == result["kafka_sent"] == result["clickhouse_rows"] else 1)
         sys.exit(run_bus(settings, RunOptions(duration=duration, simulate=simulate, workers=workers, speed=speed,
-                                              seed=seed, scenarios=scenarios, keep_data=keep_data,
+                                              scale=scale, seed=seed, scenarios=scenarios, keep_data=keep_data,
                                               json_summary=json_out)))
     except StackError as exc:
         fail(str(exc))
