@@ -12,7 +12,7 @@ KAFKA_LIB := infra/kafka/target/lib/.pom-mtime
 help:
 	@echo "make run    - bring the bus up on its embedded default and run its main job"
 	@echo "make test   - set everything up and run the tests on the real broker and engine"
-	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
+	@echo "make bench  - run the benchmarks and write docs/benchmarks.md (BENCH=e2e: only that one)"
 	@echo "make fuzz   - every fuzz target on 100,000 hostile inputs (docs/security.md)"
 	@echo "make faults - the fault suite in full (docs/faults.md); make test runs its short form"
 
@@ -46,11 +46,11 @@ test: deps jars os-test-deps
 # Hostile input (docs/security.md): each fuzz target on FUZZ_EXAMPLES inputs; the checks through a live
 # server (HTTP, WebSocket) on FUZZ_E2E_EXAMPLES. `make test` runs the same tests on a few hundred.
 FUZZ_EXAMPLES ?= 100000
-FUZZ_E2E_EXAMPLES ?= 2000
+FUZZ_E2E_EXAMPLES ?= 500
+FUZZ_TESTS ?= tests/test_fuzz_codec.py tests/test_fuzz_importer.py tests/test_fuzz_gateway.py tests/test_fuzz_queries.py
 fuzz: deps jars
 	YRDBUS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) YRDBUS_FUZZ_E2E_EXAMPLES=$(FUZZ_E2E_EXAMPLES) \
-		$(VENV)/bin/pytest tests/test_fuzz_codec.py tests/test_fuzz_importer.py tests/test_fuzz_gateway.py \
-		tests/test_fuzz_queries.py -q -W ignore::DeprecationWarning --durations=0 \
+		$(VENV)/bin/pytest $(FUZZ_TESTS) -q -W ignore::DeprecationWarning --durations=0 \
 		--hypothesis-show-statistics $(PYTEST_ARGS)
 
 # The fault suite (docs/faults.md): every fault with the full workload and a one-minute ClickHouse outage;
@@ -59,8 +59,19 @@ fuzz: deps jars
 faults: deps jars
 	YRDBUS_FAULTS=full $(VENV)/bin/pytest tests/faults -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: deps jars
-	$(PY) -m bench
+# Benchmark tools (the `bench` extra: psutil, py-spy) and the Quix Streams peer of bench/peer_quix.py in
+# a venv of its own (quixstreams pins confluent-kafka<2.13, the bus 2.16). `make bench BENCH=e2e` runs one.
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+.venv-peer/.installed: bench/peer-requirements.txt
+	$(PYTHON) -m venv .venv-peer
+	.venv-peer/bin/python -m pip install -q -r bench/peer-requirements.txt
+	@touch $@
+
+bench: deps jars $(VENV)/.bench-installed .venv-peer/.installed
+	$(PY) -m bench $(BENCH)
 
 clean:
-	rm -rf $(VENV) infra/kafka/target
+	rm -rf $(VENV) .venv-peer infra/kafka/target
