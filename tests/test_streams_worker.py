@@ -235,7 +235,7 @@ def test_worker_killed_mid_stream_recovers_its_state_and_loses_or_doubles_no_ale
     w.stop(signal.SIGKILL)
     w.start()
     wait_for(lambda: score(script.truth, read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS))
-             ["recall"] == 1.0, 90, "every incident after the restarts", w,
+             ["recall"] == 1.0, 180, "every incident after the restarts", w,
              lambda: missing(kafka.bootstrap, prefix, script.truth))
     time.sleep(4)
     w.stop()
