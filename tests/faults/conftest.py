@@ -27,7 +27,7 @@ def scale() -> faults.Scale:
 @pytest.fixture(scope="session")
 def wl(scale) -> faults.Workload:
     """The known events every fault test publishes (same seed: same events, same expected alerts)."""
-    return faults.workload(scale.background_per_hour)
+    return faults.workload(scale.background_per_hour, scale.pvg_per_hour)
 
 
 @pytest.fixture
