@@ -6,6 +6,8 @@ through a live server (HTTP, WebSocket) try at most ``YRDBUS_FUZZ_E2E_EXAMPLES``
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 import struct
 
@@ -14,12 +16,34 @@ from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("YRDBUS_FUZZ_EXAMPLES", "300"))
 E2E_EXAMPLES = min(EXAMPLES, int(os.environ.get("YRDBUS_FUZZ_E2E_EXAMPLES", "150")))
+#: a long run is made of searches of this many inputs each: hypothesis keeps a record of every input of
+#: one search, which makes a single search of 100,000 much slower than twenty of 5,000
+CHUNK = 5000
 
 
 def fuzz(examples: int | None = None):
-    """Hypothesis settings of a fuzz target: many inputs, no deadline, no health check in the way."""
-    return settings(max_examples=examples or EXAMPLES, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
+    """A fuzz target: ``examples`` inputs (default ``EXAMPLES``), no deadline, no health check in the way.
+
+    Goes above ``@given``; runs the search ``ceil(examples / CHUNK)`` times, each with its own random seed.
+    """
+    total = examples or EXAMPLES
+    per_run = min(total, CHUNK)
+    runs = math.ceil(total / per_run)
+
+    def decorate(test):
+        searched = settings(max_examples=per_run, deadline=None, database=None,
+                            suppress_health_check=list(HealthCheck))(test)
+        if runs == 1:
+            return searched
+
+        @functools.wraps(searched)
+        def repeated(*args, **kwargs):
+            for _ in range(runs):
+                searched(*args, **kwargs)
+
+        return repeated
+
+    return decorate
 
 
 #: strings an attacker puts in a text field to reach a SQL engine, a shell or a template

@@ -206,7 +206,7 @@ def test_acls_and_users_applied_twice_change_nothing(secure_kafka):
 
 
 def test_station_publishes_an_export_with_yrdbus_publish(secure_kafka, tmp_path):
-    export = tmp_path / "ah-hfe-clearances.jsonl"
+    export = tmp_path / "sh-pvg-clearances.jsonl"
     export.write_text((ROOT / "docs/examples/sh-pvg-clearances-2017-06-05.jsonl").read_text())
     env = {**os.environ, **secure_kafka.client_env("station-SH-PVG"), "YRDBUS_VAR_DIR": str(tmp_path),
            "YRDBUS_SUBJECT_KEY": "a-test-subject-key-of-32-bytes!!"}
