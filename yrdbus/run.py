@@ -212,10 +212,12 @@ class BusRun:
                 "--data-dir", str((self.var / "streams" / f"worker-{i + 1}").resolve())]))
         self.sup.start(ChildSpec("gateway", y + ["gateway", "--port", str(s.gateway_port), "--log-level", "warning"]))
 
+        self._wait_ready()
+        # The monitor's first look comes after the processes are ready: right after the topics were created,
+        # while their leaders were still being elected, its first reading crashed this process (in librdkafka).
         from yrdbus.monitor import BusMonitor
         self.monitor = BusMonitor(s.bootstrap, [STREAMS_APP_ID, s.sink_group])
         self.monitor.snapshot()
-        self._wait_ready()
 
         if self.opts.simulate:
             sim_s, _ = _plan(self.opts)

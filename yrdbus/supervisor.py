@@ -136,14 +136,18 @@ class Supervisor:
         self.check()
 
 
+try:  # loaded in the parent: the child, between fork and exec, only calls it
+    import ctypes
+
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     """In the child: ask Linux for SIGTERM when the supervisor dies, so no child outlives a crashed run."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
