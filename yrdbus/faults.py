@@ -77,7 +77,7 @@ class Scale:
 
 
 SCALES = {
-    "short": Scale("short", 12, 0, 6.0, 10.0, 5.0, 6.0, 120.0),
+    "short": Scale("short", 12, 0, 6.0, 10.0, 5.0, 6.0, 180.0),
     "full": Scale("full", 12, 0, 45.0, 60.0, 20.0, 20.0, 420.0),
 }
 
