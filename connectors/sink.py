@@ -304,6 +304,9 @@ class Sink:
             "topic.metadata.refresh.interval.ms": 10_000,
             # An outage of ClickHouse can last; the sink keeps polling while it waits, but be generous.
             "max.poll.interval.ms": 900_000,
+            # A sink that died is noticed in 10 s (the default is 45 s), so its restart resumes its partitions
+            # at once; heartbeats come from librdkafka's own thread, so a long insert does not count against it.
+            "session.timeout.ms": 10_000,
             "statistics.interval.ms": 5_000,
             "stats_cb": self._on_stats,
             **self.kafka_config,

@@ -82,6 +82,9 @@ class ConveyanceFollowing:
             [d["scheduled_region"], p["region"]], [p["id"], c["id"]], at,
             f"{d['conveyance']} scheduled for {d['scheduled']} landed at {d['port']}: pending {p['kind']} "
             f"from {p['region']} goes to {d['station']}",
+            # the id names the pending alert and where its conveyance landed, not the clearance that showed
+            # it (which of the flight's clearances is read first depends on arrival order)
+            key=f"{d['conveyance']}|{d['port']}", id_evidence=[p["id"]],
             subject=p["subject"], conveyance_id=d["conveyance"], port_code=d["port"], station_id=d["station"],
             details={"scheduled_port": d["scheduled"], "pending_alert": p["id"], "pending_kind": p["kind"],
                      "pending_region": p["region"]},

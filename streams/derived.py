@@ -30,15 +30,17 @@ def severity_at_least(severity: str | None, floor: str) -> bool:
 
 def make(rs, rule_id: str, kind: str, severity: str, must_act, inform, evidence: list[str],
          occurred_at: int, summary: str, *, subject=None, conveyance_id=None, pattern=None, port_code=None,
-         station_id=None, details: dict | None = None, key: str = "", published_at: int | None = None) -> dict:
-    """A DerivedAlert record (times in epoch millis; ``emitted_at`` is set when it is sent)."""
+         station_id=None, details: dict | None = None, key: str = "", published_at: int | None = None,
+         id_evidence: list[str] | None = None) -> dict:
+    """A DerivedAlert record (times in epoch millis; ``emitted_at`` is set when it is sent). The id is made
+    of the rule, ``key`` and ``id_evidence`` (all the evidence unless given)."""
     must = ordered(must_act)
     info = [r for r in ordered(inform) if r not in must]
     det = {k: str(v) for k, v in (details or {}).items() if v is not None}
     if published_at is not None:
         det["evidence_published_at"] = str(int(published_at))
     return {
-        "alert_id": alert_id(rule_id, evidence, key),
+        "alert_id": alert_id(rule_id, evidence if id_evidence is None else id_evidence, key),
         "kind": kind,
         "severity": severity if severity in SEVERITIES else "MEDIUM",
         "rule_id": rule_id,

@@ -124,6 +124,21 @@ def test_diverted_flight_sends_the_pending_alert_to_the_landing_station(rules):
     assert pending["event_id"] in alerts[0]["evidence"]
 
 
+def test_diverted_flight_alert_id_does_not_depend_on_which_clearance_is_read_first(rules):
+    pax, conv = token("pax"), "MU512/2017-06-02"
+    ids = []
+    for first, second in ((token("other"), pax), (pax, token("other"))):
+        s = Script()
+        s.alert("PVG", T0, "WATCHLIST_HIT", subject=pax, conveyance=conv, conveyance_type="FLIGHT")
+        # each passenger's clearance keeps its own event id whichever is read first
+        for at, subject in ((T0 + 2 * HOUR, first), (T0 + 2 * HOUR + 1, second)):
+            s.clearance("HGH", at, subject, conveyance=conv, scheduled_port="PVG")["event_id"] = subject[:36]
+        alerts, _, _ = feed(rules, s.events)
+        assert [a["kind"] for a in alerts] == ["CONVEYANCE_DIVERTED"]
+        ids.append(alerts[0]["alert_id"])
+    assert ids[0] == ids[1]
+
+
 def test_pending_alert_read_after_the_diversion_is_still_sent_on(rules):
     s = Script()
     pax, conv = token("pax"), "MU512/2017-06-02"
