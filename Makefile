@@ -40,8 +40,11 @@ os-test-deps:
 run: deps jars
 	$(YRDBUS) run $(if $(DURATION),--duration $(DURATION),)
 
+# The tests wait on brokers, workers and timeouts far more than they compute: TEST_WORKERS pytest-xdist
+# processes (each with its own broker and engine) share them out a file at a time. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: deps jars os-test-deps
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
 # Hostile input (docs/security.md): each fuzz target on FUZZ_EXAMPLES inputs; the checks through a live
 # server (HTTP, WebSocket) on FUZZ_E2E_EXAMPLES. `make test` runs the same tests on a few hundred.

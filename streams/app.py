@@ -112,9 +112,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         # small fetches interleave partitions finely, so one partition's backlog cannot race far ahead
         consumer_max_fetch_size=256 * 1024,
         producer_acks=-1,
-        # a few milliseconds of linger turns one request per record into batches (the re-key step
-        # forwards every clearance)
-        producer_linger=0.005,
+        # the re-key step forwards every clearance: 50 ms of linger sends them in batches rather than a few
+        # records a request (worker CPU a record 796 -> 510 us, the broker's 632 -> 166 us: docs/benchmarks.md)
+        producer_linger=0.05,
         producer_max_batch_size=256 * 1024,
         producer_compression_type="lz4",
         # a worker that dies is noticed after this long, and its partitions move to the others
@@ -148,8 +148,11 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # partition of the same key, whichever event wrote it (deadlines fire on the watermark, while another
     # subject's event is being processed)
     table_schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+    # A subject's state is kept as the JSON bytes of its changelog record and parsed when its subject is met:
+    # held parsed, the dicts and lists cost several times the bytes (a million subjects in state, docs/benchmarks.md).
+    subject_schema = faust.Schema(key_type=str, key_serializer="raw", value_type=bytes, value_serializer="raw")
     subjects_table = app.tables.add(SubjectTable(app, name="subjects", default=None, partitions=cfg.partitions,
-                                                 schema=table_schema))
+                                                 schema=subject_schema, value_type=bytes))
     flow_table = app.Table("flowcounts", default=None, partitions=cfg.partitions,
                            schema=table_schema)
     regional_table = app.Table("regional", default=None, partitions=1,
@@ -248,31 +251,35 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # ------------------------------------------------------------------ subject stage
     def rescan() -> None:
         st["heap"] = []
-        for s, state in subjects_table.items():
-            d = subject_rules.next_deadline(state) if state else None
+        for s, raw in subjects_table.items():
+            d = subject_rules.next_deadline(json.loads(raw)) if raw else None
             if d is not None:
                 st["heap"].append((d, s))
         heapq.heapify(st["heap"])
         st["rescan"] = False
 
+    def durable_state(s: str) -> dict | None:
+        raw = subjects_table.get(s)
+        return json.loads(raw) if raw else None
+
     def load_subject(s: str) -> dict:
-        state = subjects_table.get(s)
+        state = durable_state(s)
         if state is None:
             hit = st["ephemeral"].get(s)
             state = hit if hit is not None else subject_rules.new_state()
         return state
 
-    def store_subject(s: str, state: dict, at: int, writes: list) -> None:
-        """Keep a subject's state; its changelog write is queued in ``writes`` until the outputs are sent."""
+    def store_subject(s: str, state: dict, at: int, writes: dict) -> None:
+        """Keep a subject's state; its changelog write waits in ``writes`` until the outputs are sent."""
         if subject_rules.is_durable(state):
-            writes.append((s, state))
+            writes[s] = state
             st["ephemeral"].pop(s, None)
             d = subject_rules.next_deadline(state)
             if d is not None:
                 heapq.heappush(st["heap"], (d, s))
         else:
-            if s in subjects_table:
-                writes.append((s, None))
+            if s in subjects_table or s in writes:
+                writes[s] = None
             if state["crossings"]:
                 st["ephemeral"][s] = state
                 heapq.heappush(st["ephemeral_heap"], (at, s))
@@ -300,7 +307,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if sub_wm.observe(msg.partition, ev["occurred_at"]):
             metrics.LATE.labels("subjects").inc()
         outs: list = []
-        writes: list = []
+        writes: dict = {}   # subject -> its new state (None: delete), written once the outputs are sent
         state = load_subject(s)
         outs += srules.on_event(state, ev, s)
         store_subject(s, state, ev["occurred_at"], writes)
@@ -320,7 +327,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             st["sub_last_wm"] = wm
             while st["heap"] and st["heap"][0][0] < wm:
                 d, hs = heapq.heappop(st["heap"])
-                hstate = subjects_table.get(hs)
+                # a state changed in this step (this event's subject) is read from the step, not the table
+                hstate = writes[hs] if hs in writes else durable_state(hs)
                 if hstate is None or subject_rules.next_deadline(hstate) != d:
                     continue
                 outs += srules.on_watermark(hstate, hs, wm)
@@ -340,9 +348,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         elif part not in flow_table:
             flow_table[part] = fstate
         await emit(outs)
-        for ws, wstate in writes:
+        for ws, wstate in writes.items():
             if wstate is not None:
-                subjects_table[ws] = wstate
+                subjects_table[ws] = json.dumps(wstate, separators=(",", ":")).encode()
             elif ws in subjects_table:
                 del subjects_table[ws]
         metrics.TABLE.labels("subjects").set(len(subjects_table))

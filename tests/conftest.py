@@ -7,6 +7,7 @@ test gets its own database.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -18,6 +19,37 @@ import pytest
 from yrdbus.settings import Settings
 from yrdbus.stack import KafkaStack
 from yrdbus import store
+
+
+#: the fault suite's results of this run (tests/faults): every pytest-xdist worker appends to one file
+RESULTS_ENV = "YRDBUS_TEST_FAULT_RESULTS"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):   # the reporting process; xdist workers inherit the variable
+        path = ROOT / "var" / "faults" / f".run-{os.getpid()}.jsonl"
+        path.unlink(missing_ok=True)
+        os.environ[RESULTS_ENV] = str(path)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    """The fault table of this run (``make faults``; ``make test`` runs the short form)."""
+    path = Path(os.environ.get(RESULTS_ENV, ""))
+    if hasattr(config, "workerinput") or not path.name or not path.exists():
+        return
+    from yrdbus import faults
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.unlink()
+    if not rows:
+        return
+    scale = rows[0]["scale"]
+    terminalreporter.section(f"fault suite ({scale})")
+    terminalreporter.write_line(faults.table(rows))
+    out = path.parent / f"results-{scale}.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    terminalreporter.write_line(f"(also in {out})")
 
 
 def free_port() -> int:

@@ -175,6 +175,10 @@ class Hub:
         for tp in tps:
             self._consumer.seek(tp, ends[tp])
             self.live[(tp.topic, tp.partition)] = ends[tp]
+        # ready only once every partition's position is settled at its end: an alert published after
+        # /healthz says ok is delivered (on a topic just created, the first offset lookups can fail over)
+        for tp in tps:
+            await self._consumer.position(tp)
         self._task = asyncio.create_task(self._run(), name="gateway-live")
         self.ready.set()
 

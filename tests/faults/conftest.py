@@ -1,11 +1,12 @@
 """Fixtures of the fault suite: the scale, the known workload, private buses and brokers, the result table.
 
 Every test records one ``FaultResult``; at the end of the session the table of all of them is printed
-(``make faults``) and written as JSON lines to ``var/faults/results-<scale>.jsonl``.
+(``make faults``, ``make test``) and written as JSON lines to ``var/faults/results-<scale>.jsonl``.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from yrdbus.settings import Settings
 from yrdbus.stack import KafkaStack
 
 ROOT = Path(__file__).resolve().parents[2]
-_RESULTS: list[faults.FaultResult] = []
+RESULTS_ENV = "YRDBUS_TEST_FAULT_RESULTS"   # set by tests/conftest.py for the whole run
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +33,13 @@ def wl(scale) -> faults.Workload:
 
 @pytest.fixture
 def record():
-    """Keep a test's result for the table; returns it."""
+    """Keep a test's result for the table (a line in the run's results file: the tests may run in several
+    pytest-xdist workers, and the table is printed by the process that reports, tests/conftest.py)."""
     def keep(result: faults.FaultResult) -> faults.FaultResult:
-        _RESULTS.append(result)
+        path = Path(os.environ.get(RESULTS_ENV) or ROOT / "var" / "faults" / f".run-{os.getpid()}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(asdict(result), default=str) + "\n")
         return result
     return keep
 
@@ -79,15 +84,3 @@ def alive(*procs: faults.Proc):
             if p.proc is not None and not p.alive:
                 pytest.fail(f"{p.name} exited with {p.proc.returncode}:\n{p.tail(40)}")
     return check
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
-    if not _RESULTS:
-        return
-    scale = _RESULTS[0].scale
-    terminalreporter.section(f"fault suite ({scale})")
-    terminalreporter.write_line(faults.table(_RESULTS))
-    out = ROOT / "var" / "faults" / f"results-{scale}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(asdict(r), default=str) + "\n" for r in _RESULTS))
-    terminalreporter.write_line(f"(also in {out})")
