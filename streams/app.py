@@ -230,7 +230,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             kind = _kind_of_source(msg.topic, cfg.prefix)
             raw, key = event.value, event.key
             metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
-            headers = [("yrd-kind", kind.encode()), ("yrd-source", msg.topic.encode())]
+            headers = [("yrd-kind", kind.encode()), ("yrd-source", msg.topic.encode()),
+                       ("yrd-source-partition", str(msg.partition).encode())]
             try:
                 if kind == "clearance" and key:
                     await subject_topic.send(key=key, value=raw, headers=headers)
@@ -315,7 +316,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         fstate = flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
             wm = sub_wm.current()
-            for p in counter.on_clearance(fstate, ev, msg.partition, wm):
+            for p in counter.on_clearance(fstate, ev, msg.partition, wm,
+                                          source=f"{source}|{headers.get('yrd-source-partition', '')}"):
                 await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
             if ev.get("scheduled_port") or rrules.vessel.wants(ev):
                 await regional_topic.send(key=b"regional", value=raw, headers=[

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from datetime import datetime, timezone
 
 from schemas.reference import neighbours, ports as reference_ports, regions as reference_regions
@@ -33,17 +34,43 @@ FLAT = {"hour_of_day": {k: [1.0] * 24 for k in ("AIR", "SEA", "RIVER")}, "day_of
 
 
 class FlowCounter:
-    """Per-partition clearance counts per (port, hour); partials go out when the watermark passes the hour."""
+    """Per-partition clearance counts per (port, hour); partials go out when the watermark passes the hour.
 
-    def __init__(self, rs, partitions: int = 1):
-        self.keep_ms = rs.minutes_ms("event_time", "lateness_minutes") + 6 * HOUR
+    An hour is complete in a partition only when every source partition that feeds it has moved past the
+    hour: the re-key step reads its sources a fetch at a time, so while a backlog is read one source can be
+    hours ahead of another in the same subject partition (and of the stage's watermark, which only sees the
+    subject partitions). So the counter keeps each source's largest event time (``source`` given to
+    ``on_clearance``: topic and partition) and its watermark is the slowest source's, less the lateness; a
+    source silent for ``idle_partition_seconds`` of wall-clock time stops holding it back, as in
+    ``streams.event_time``. Without sources it is the watermark passed in.
+    """
+
+    def __init__(self, rs, partitions: int = 1, clock=time.monotonic):
+        self.lateness_ms = rs.minutes_ms("event_time", "lateness_minutes")
+        self.idle_s = float(rs["event_time"]["idle_partition_seconds"])
+        self.keep_ms = self.lateness_ms + 6 * HOUR
         self.partitions = partitions
+        self._clock = clock
+        self._started = clock()
+        self._seen: dict[tuple, float] = {}   # (partition, source) -> wall clock of its last clearance
 
     @staticmethod
     def new_state() -> dict:
-        return {"counts": {}, "sent": {}, "progress": None}
+        return {"counts": {}, "sent": {}, "progress": None, "sources": {}}
 
-    def on_clearance(self, state: dict, ev: dict, partition: int, watermark: int) -> list:
+    def watermark(self, state: dict, watermark: int, partition: int) -> int:
+        """The partition's flow watermark: ``watermark``, held back by the slowest source still active."""
+        sources = state.get("sources") or {}
+        now = self._clock()
+        active = [t for src, t in sources.items() if now - self._seen.get((partition, src), self._started) < self.idle_s]
+        return min(watermark, min(active) - self.lateness_ms) if active else watermark
+
+    def on_clearance(self, state: dict, ev: dict, partition: int, watermark: int, source: str | None = None) -> list:
+        if source is not None:
+            sources = state.setdefault("sources", {})
+            if ev["occurred_at"] > sources.get(source, -(1 << 62)):
+                sources[source] = ev["occurred_at"]
+            self._seen[(partition, source)] = self._clock()
         hour = ev["occurred_at"] // HOUR
         key = f"{ev['port_code']}|{hour}"
         state["counts"][key] = state["counts"].get(key, 0) + 1
@@ -52,6 +79,7 @@ class FlowCounter:
         return []
 
     def on_watermark(self, state: dict, watermark: int, partition: int) -> list:
+        watermark = self.watermark(state, watermark, partition)
         outs = []
         for key, n in state["counts"].items():
             hour = int(key.rsplit("|", 1)[1])

@@ -286,6 +286,28 @@ def test_flow_counter_sends_an_hour_once_the_watermark_passes_it_and_resends_lat
     assert [(p["hour"], p["count"]) for p in late] == [(10, 2)]
 
 
+def test_flow_hour_waits_for_the_slowest_source_and_not_for_a_silent_one(rs):
+    clock = [0.0]
+    fc = FlowCounter(rs, clock=lambda: clock[0])
+    lateness = rs.minutes_ms("event_time", "lateness_minutes")
+    st = fc.new_state()
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 10 * HOUR + 5}, 0, 0, source="SH|0")
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR}, 0, 0, source="SH|1")  # read ahead
+    # the stage's watermark is past hour 10, but source SH|0 has only reached 10:00: not yet complete
+    assert [p for p in fc.on_watermark(st, 14 * HOUR, 0) if not p.get("progress")] == []
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 10 * HOUR + 9}, 0, 0, source="SH|0")  # still counted
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 11 * HOUR + lateness}, 0, 0, source="SH|0")
+    sent = fc.on_watermark(st, 14 * HOUR, 0)
+    assert [(p["port"], p["hour"], p["count"]) for p in sent if not p.get("progress")] == [("PVG", 10, 2)]
+    assert [p["hour"] for p in sent if p.get("progress")] == [10]
+    # SH|0 falls silent (wall clock) while SH|1 goes on: it no longer holds the hours back
+    clock[0] = float(rs["event_time"]["idle_partition_seconds"]) + 1
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR + 1}, 0, 0, source="SH|1")
+    sent = fc.on_watermark(st, 14 * HOUR, 0)
+    assert [(p["hour"], p["count"]) for p in sent if not p.get("progress")] == [(11, 1)]
+    assert [p["hour"] for p in sent if p.get("progress")] == [13]
+
+
 def test_watermark_is_the_slowest_partition_minus_lateness():
     clock = [0.0]
     wm = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])
