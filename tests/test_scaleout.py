@@ -19,12 +19,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.codec import get_codec
 from streams.evaluate import read_alerts_topic
 from streams.scripted import HOUR, Script, background, incidents
+from test_streams_worker import publish
 from yrdbus import topics
 from yrdbus.settings import Settings
 from yrdbus.stack import KafkaStack
@@ -75,18 +76,6 @@ def script() -> Script:
     incidents(s, T0)
     background(s, T0 - 2 * HOUR, 84, 40)
     return s
-
-
-def publish(bootstrap: str, records) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20})
-    for topic, key, value in records:
-        while True:
-            try:
-                p.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                p.poll(0.1)
-    assert p.flush(60) == 0
 
 
 class Worker:
