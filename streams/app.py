@@ -131,6 +131,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     )
 
     sources = [cfg.t(topics.source(r, k)) for r in ("SH", "JS", "ZJ", "AH") for k in ("clearance", "alert", "case")]
+    regional_sources = [t for t in sources if not t.endswith(".clearance")]   # what the re-key step forwards there
     source_topic = app.topic(*sources, cfg.t(topics.CONTROL), key_type=bytes, value_type=bytes)
     subject_topic = app.topic(cfg.subject_topic, partitions=cfg.partitions, internal=True,
                               key_type=bytes, value_type=bytes)
@@ -163,7 +164,13 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     counter = FlowCounter(rs, cfg.partitions)
     sub_wm = Watermark(rs.minutes_ms("event_time", "lateness_minutes"),
                        int(float(rs["event_time"]["idle_partition_seconds"]) * 1000))
-    reg_wm = Watermark(rs.minutes_ms("event_time", "global_lateness_minutes"), 1 << 40)
+    # The regional stage is fed by two forwarders (the re-key step: alerts and cases of every source partition;
+    # the subject stage: flow partials and some clearances of every subject partition), each reading at its own
+    # pace, and the re-key step reads a backlog a fetch at a time (a sparse alert partition's whole day before a
+    # case partition's first hour). Its watermark is the slowest upstream's, each keyed by where it comes from;
+    # an upstream silent for global_idle_seconds stops holding it back.
+    reg_wm = Watermark(rs.minutes_ms("event_time", "global_lateness_minutes"),
+                       int(float(rs["event_time"].get("global_idle_seconds", 10)) * 1000))
     lateness = rs.minutes_ms("event_time", "lateness_minutes")
 
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
@@ -173,6 +180,14 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
         st["rescan"] = True
         st["regional"] = None
+        st["has_regional"] = any(tp.topic == cfg.regional_topic for tp in assigned)
+        if st["has_regional"]:
+            # every upstream of the regional stage holds its watermark back until it has spoken (or gone idle)
+            upstream = [f"subjects|{p}" for p in range(cfg.partitions)]
+            for name in regional_sources:
+                n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
+                upstream += [f"{name}|{p}" for p in range(n)]
+            reg_wm.expect(upstream)
         for tp in assigned:
             if tp.topic == cfg.subject_topic:
                 sub_wm.forget(tp.partition)
@@ -313,15 +328,16 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         outs += srules.on_event(state, ev, s)
         store_subject(s, state, ev["occurred_at"], writes)
         part = str(msg.partition)
+        via = [("yrd-via", f"subjects|{part}".encode())]   # this subject partition, as the regional stage's upstream
         fstate = flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
             wm = sub_wm.current()
             for p in counter.on_clearance(fstate, ev, msg.partition, wm,
                                           source=f"{source}|{headers.get('yrd-source-partition', '')}"):
-                await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
+                await regional_topic.send(key=b"regional", value=json.dumps(p).encode(), headers=via)
             if ev.get("scheduled_port") or rrules.vessel.wants(ev):
                 await regional_topic.send(key=b"regional", value=raw, headers=[
-                    ("yrd-kind", b"clearance"), ("yrd-source", source.encode())])
+                    ("yrd-kind", b"clearance"), ("yrd-source", source.encode()), *via])
             st["flow_dirty"][part] = st["flow_dirty"].get(part, 0) + 1
         wm = sub_wm.current()
         metrics.WATERMARK.labels("subjects").set(max(0, wm) / 1000)
@@ -341,7 +357,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 if e is not None and all(c["at"] < wm - lateness for c in e["crossings"]):
                     del st["ephemeral"][es]
             for p in counter.on_watermark(fstate, wm, msg.partition):
-                await regional_topic.send(key=b"regional", value=json.dumps(p).encode())
+                await regional_topic.send(key=b"regional", value=json.dumps(p).encode(), headers=via)
                 st["flow_dirty"][part] = 1 << 30
         # the partition's flow counts go to its changelog every so often, not on every clearance
         if st["flow_dirty"].get(part, 0) >= 200:
@@ -368,6 +384,13 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                                         if k.startswith("vessel:")}
         return st["regional"]
 
+    # The regional watermark only moves when the stage reads something; once its upstreams fall silent (the end
+    # of a backlog, a quiet night), a tick through its own topic lets it see them go idle and judge what is due.
+    @app.timer(interval=2.0)
+    async def regional_tick():
+        if st.get("has_regional"):
+            await regional_topic.send(key=b"regional", value=b'{"_kind":"tick"}', headers=[("yrd-via", b"tick")])
+
     @app.agent(regional_topic)
     async def regional(stream):
         async for event in stream.events():
@@ -389,16 +412,24 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 return
             if ev["_kind"] == "control":
                 ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
-        metrics.EVENTS_IN.labels(source, "regional").inc()
         state = regional_state()
+        if ev["_kind"] == "tick":
+            await regional_watermark(state, [], set())
+            return
+        metrics.EVENTS_IN.labels(source, "regional").inc()
         # an operator's control event is issued on its own clock: it does not move event time on
-        if ev["_kind"] != "control" and reg_wm.observe(0, ev["occurred_at"]):
+        upstream = headers.get("yrd-via") or f"{source}|{headers.get('yrd-source-partition', '')}"
+        if ev["_kind"] != "control" and reg_wm.observe(upstream, ev["occurred_at"]):
             metrics.LATE.labels("regional").inc()
         first_hour = state["trend"]["first_hour"]
         outs = rrules.on_event(state, ev)
         touched = set(rrules.touched(ev))
         if ev["_kind"] != "case" and state["trend"]["first_hour"] == first_hour:
             touched.discard("trend")
+        await regional_watermark(state, outs, touched)
+
+    async def regional_watermark(state: dict, outs: list, touched: set) -> None:
+        """Advance the regional watermark, send the outputs, then write the changed state."""
         wm = reg_wm.current()
         metrics.WATERMARK.labels("regional").set(max(0, wm) / 1000)
         if st["reg_last_wm"] is None or wm > st["reg_last_wm"]:

@@ -32,6 +32,16 @@ class Watermark:
         self._seen_at[partition] = self._clock()
         return late
 
+    def expect(self, partitions) -> None:
+        """Partitions that will feed the stream and have not spoken yet hold the watermark back from now on
+        (until they speak, or for ``idle_ms``): a stream restarted on a backlog must not run ahead of a
+        partition it has not read from yet."""
+        now = self._clock()
+        for p in partitions:
+            if p not in self._max:
+                self._max[p] = -(1 << 62)
+                self._seen_at[p] = now
+
     def forget(self, partition) -> None:
         self._max.pop(partition, None)
         self._seen_at.pop(partition, None)

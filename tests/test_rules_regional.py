@@ -321,6 +321,21 @@ def test_watermark_is_the_slowest_partition_minus_lateness():
     assert wm.current() == 10_900
 
 
+def test_an_expected_partition_holds_the_watermark_back_until_it_speaks_or_goes_idle():
+    clock = [0.0]
+    wm = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])
+    wm.expect(["a", "b"])
+    wm.observe("a", 10_000)
+    assert wm.current() < 0                                    # b has not been read from yet
+    wm.observe("b", 2_000)
+    assert wm.current() == 1_900
+    wm.expect(["c"])
+    clock[0] = 6.0                                             # c never spoke; a and b speak again
+    wm.observe("a", 10_500)
+    wm.observe("b", 3_000)
+    assert wm.current() == 2_900
+
+
 def test_rule_set_without_a_version_is_refused():
     with pytest.raises(ruleset.RuleSetError, match="version"):
         ruleset.from_dict({"transit": {}})

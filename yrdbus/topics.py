@@ -41,6 +41,7 @@ def dead_letter(topic: str) -> str:
 
 # =========================================================================== definitions
 DAY_MS = 24 * 3600 * 1000
+DEFAULT_PARTITIONS = 4      # of the source topics (`definitions`)
 
 #: Replication wanted on a real cluster (ARCHITECTURE.md: RF 3, min ISR 2); capped by the brokers present.
 WANTED_REPLICATION = 3
@@ -83,7 +84,7 @@ def definitions(prefix: str = "") -> list[TopicSpec]:
             # for good). 4 partitions: enough for two workers per topic on this 2-core machine; raise them
             # with `topics apply` when a real cluster needs more (keys keep per-subject order either way,
             # except across the raise itself).
-            specs.append(TopicSpec(prefix + source(region, kind), 4, 30 * DAY_MS, "delete",
+            specs.append(TopicSpec(prefix + source(region, kind), DEFAULT_PARTITIONS, 30 * DAY_MS, "delete",
                                    f"{kind} events published by {region}'s stations, keyed by "
                                    f"{'case_id' if kind == 'case' else 'subject token'}"))
     specs += [
