@@ -906,20 +906,21 @@ def main() -> None:
                 if RUNS > 0:
                     print("== side by side", flush=True)
                     cmp_runs = side_by_side(boot, cmp_wl, tmp, sampler)
-                if RATES or MAX_EVENTS:
-                    print("== ramp", flush=True)
+
+                def part(name: str, wanted, run):
+                    """One part of the benchmark; a failure is reported and the others still run."""
+                    if not wanted:
+                        return None
+                    print(f"== {name}", flush=True)
                     try:
-                        rp = ramp(boot, wl_all, tmp, sampler)
+                        return run(boot, wl_all, tmp, sampler)
                     except Exception as exc:
-                        errors.append(f"ramp: {exc}")
-                        print(f"   ramp failed: {exc}", flush=True)
-                if SUBJECTS:
-                    print("== memory", flush=True)
-                    try:
-                        mem = memory(boot, wl_all, tmp, sampler)
-                    except Exception as exc:
-                        errors.append(f"memory: {exc}")
-                        print(f"   memory failed: {exc}", flush=True)
+                        errors.append(f"{name}: {exc}")
+                        print(f"   {name} failed: {exc}", flush=True)
+                        return None
+
+                rp = part("ramp", RATES or MAX_EVENTS, ramp)
+                mem = part("memory", SUBJECTS, memory)
             finally:
                 sampler.stop()
     load_after = H.load_average()

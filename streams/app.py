@@ -76,6 +76,17 @@ def _kind_of_source(name: str, prefix: str) -> str:
     return bare.rsplit(".", 1)[-1]
 
 
+def upstream_key(topic: str, partition) -> str:
+    """Where a record reaching a stage came from: ``<topic>|<partition>`` (the watermarks' and the flow
+    counter's key of a source partition; ``subjects|<p>`` for the subject stage's partition p)."""
+    return f"{topic}|{partition}"
+
+
+def _source_of(headers: dict, source: str) -> str:
+    """The source partition a forwarded record came from, from the re-key step's headers."""
+    return upstream_key(source, headers.get("yrd-source-partition", ""))
+
+
 class ProcessingError(EventError):
     """An event a stage could not process (a fault of the stage, not of the event's contract)."""
 
@@ -173,6 +184,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                        int(float(rs["event_time"].get("global_idle_seconds", 10)) * 1000))
     lateness = rs.minutes_ms("event_time", "lateness_minutes")
 
+    vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
           "reg_last_wm": None, "flow_dirty": {}, "regional": None}
 
@@ -183,10 +195,10 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         st["has_regional"] = any(tp.topic == cfg.regional_topic for tp in assigned)
         if st["has_regional"]:
             # every upstream of the regional stage holds its watermark back until it has spoken (or gone idle)
-            upstream = [f"subjects|{p}" for p in range(cfg.partitions)]
+            upstream = [upstream_key("subjects", p) for p in range(cfg.partitions)]
             for name in regional_sources:
                 n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
-                upstream += [f"{name}|{p}" for p in range(n)]
+                upstream += [upstream_key(name, p) for p in range(n)]
             reg_wm.expect(upstream)
         for tp in assigned:
             if tp.topic == cfg.subject_topic:
@@ -328,12 +340,12 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         outs += srules.on_event(state, ev, s)
         store_subject(s, state, ev["occurred_at"], writes)
         part = str(msg.partition)
-        via = [("yrd-via", f"subjects|{part}".encode())]   # this subject partition, as the regional stage's upstream
+        via = vias.get(part) or vias.setdefault(part, [("yrd-via", upstream_key("subjects", part).encode())])
         fstate = flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
             wm = sub_wm.current()
             for p in counter.on_clearance(fstate, ev, msg.partition, wm,
-                                          source=f"{source}|{headers.get('yrd-source-partition', '')}"):
+                                          source=_source_of(headers, source)):
                 await regional_topic.send(key=b"regional", value=json.dumps(p).encode(), headers=via)
             if ev.get("scheduled_port") or rrules.vessel.wants(ev):
                 await regional_topic.send(key=b"regional", value=raw, headers=[
@@ -418,7 +430,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             return
         metrics.EVENTS_IN.labels(source, "regional").inc()
         # an operator's control event is issued on its own clock: it does not move event time on
-        upstream = headers.get("yrd-via") or f"{source}|{headers.get('yrd-source-partition', '')}"
+        upstream = headers.get("yrd-via") or _source_of(headers, source)
         if ev["_kind"] != "control" and reg_wm.observe(upstream, ev["occurred_at"]):
             metrics.LATE.labels("regional").inc()
         first_hour = state["trend"]["first_hour"]

@@ -16,8 +16,9 @@ from yrdbus import faults
 from yrdbus.settings import Settings
 from yrdbus.stack import KafkaStack
 
+from conftest import RESULTS_ENV   # tests/conftest.py names the run's results file
+
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS_ENV = "YRDBUS_TEST_FAULT_RESULTS"   # set by tests/conftest.py for the whole run
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +37,7 @@ def record():
     """Keep a test's result for the table (a line in the run's results file: the tests may run in several
     pytest-xdist workers, and the table is printed by the process that reports, tests/conftest.py)."""
     def keep(result: faults.FaultResult) -> faults.FaultResult:
-        path = Path(os.environ.get(RESULTS_ENV) or ROOT / "var" / "faults" / f".run-{os.getpid()}.jsonl")
+        path = Path(os.environ[RESULTS_ENV])
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps(asdict(result), default=str) + "\n")
