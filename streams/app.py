@@ -43,6 +43,10 @@ from yrdbus import topics
 
 log = logging.getLogger("yrdbus.streams")
 
+# the regional table's key of its upstreams' largest event times (the watermark's state)
+WATERMARK_KEY = "watermark"
+# a tick the regional stage reads this long after it was sent (seconds): the stage is behind on its own topic
+TICK_BEHIND_S = 5.0
 OUTPUT_KIND = {"derived_alert": "derived_alert", "trend": "trend", "risk": "risk"}
 
 
@@ -185,14 +189,18 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     lateness = rs.minutes_ms("event_time", "lateness_minutes")
 
     vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
+    done: dict = {}   # source and subject partitions -> the offset this worker last processed of them
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
-          "reg_last_wm": None, "flow_dirty": {}, "regional": None}
+          "reg_last_wm": None, "flow_dirty": {}, "regional": None, "reg_hold": False, "reg_wm_dirty": False}
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
         st["rescan"] = True
         st["regional"] = None
         st["has_regional"] = any(tp.topic == cfg.regional_topic for tp in assigned)
+        st["reg_hold"] = st["has_regional"]
+        for tp in assigned:
+            done.pop(tp, None)
         if st["has_regional"]:
             # every upstream of the regional stage holds its watermark back until it has spoken (or gone idle)
             upstream = [upstream_key("subjects", p) for p in range(cfg.partitions)]
@@ -200,6 +208,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
                 upstream += [upstream_key(name, p) for p in range(n)]
             reg_wm.expect(upstream)
+        log.debug("assigned %d partitions (regional stage here: %s)", len(assigned), st["has_regional"])
         for tp in assigned:
             if tp.topic == cfg.subject_topic:
                 sub_wm.forget(tp.partition)
@@ -254,6 +263,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     async def rekey(stream):
         async for event in stream.events():
             msg = event.message
+            done[msg.tp] = msg.offset
             kind = _kind_of_source(msg.topic, cfg.prefix)
             raw, key = event.value, event.key
             metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
@@ -319,6 +329,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     async def subject_event(event) -> None:
         msg = event.message
+        done[msg.tp] = msg.offset
         headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
         kind, source = headers.get("yrd-kind", "clearance"), headers.get("yrd-source", msg.topic)
@@ -394,14 +405,45 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             # vessels are many and change one at a time: one table key each
             st["regional"]["vessel"] = {k[len("vessel:"):]: v for k, v in regional_table.items()
                                         if k.startswith("vessel:")}
+            # the upstreams' event times so far: what was processed before a restart is not read again
+            reg_wm.restore(regional_table.get(WATERMARK_KEY) or {})
         return st["regional"]
 
     # The regional watermark only moves when the stage reads something; once its upstreams fall silent (the end
     # of a backlog, a quiet night), a tick through its own topic lets it see them go idle and judge what is due.
+    # Every worker's tick also names the upstreams it still has records of to read (a restart's backlog): silent
+    # so far, they are not idle, and must not let the regional stage judge hours whose events they hold.
     @app.timer(interval=2.0)
     async def regional_tick():
-        if st.get("has_regional"):
-            await regional_topic.send(key=b"regional", value=b'{"_kind":"tick"}', headers=[("yrd-via", b"tick")])
+        busy = await backlogged()
+        if busy or st.get("has_regional"):
+            await regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": busy}).encode(),
+                                      headers=[("yrd-via", b"tick")])
+
+    async def backlogged() -> list[str]:
+        """The regional stage's upstreams of which this worker has records not yet processed."""
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in sources or tp.topic == cfg.subject_topic]
+        if not tps:
+            return []
+        try:
+            highwaters = await app.consumer.highwaters(*tps)
+        except Exception as exc:  # a rebalance under way: the next tick asks again
+            log.debug("no highwaters for the tick: %r", exc)
+            return []
+        busy: set[str] = set()
+        for tp in tps:
+            hw = highwaters.get(tp)
+            # the next offset to process: after the last one processed, or (none processed yet) the committed one;
+            # not the consumer's read offset, which runs ahead into its buffers
+            nxt = done[tp] + 1 if tp in done else app.consumer._committed_offset.get(tp)
+            if hw is None or (hw > 0 and (nxt is None or nxt < hw)):
+                if tp.topic == cfg.subject_topic:
+                    busy.add(upstream_key("subjects", tp.partition))
+                elif tp.topic in regional_sources:
+                    busy.add(upstream_key(tp.topic, tp.partition))
+                else:   # a clearance not yet re-keyed may reach any subject partition, and from there the stage
+                    busy.update(upstream_key("subjects", p) for p in range(cfg.partitions))
+        return sorted(busy)
 
     @app.agent(regional_topic)
     async def regional(stream):
@@ -425,16 +467,25 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             if ev["_kind"] == "control":
                 ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
         state = regional_state()
+        if st["reg_hold"] or (ev["_kind"] == "tick" and time.time() - (msg.timestamp or 0) > TICK_BEHIND_S):
+            # the stage has just been (re)started, or reads its own topic well behind the ticks' clock
+            st["reg_hold"] = False
+            reg_wm.hold()
         if ev["_kind"] == "tick":
+            reg_wm.touch(ev.get("busy") or ())
             await regional_watermark(state, [], set())
             return
         metrics.EVENTS_IN.labels(source, "regional").inc()
         # an operator's control event is issued on its own clock: it does not move event time on
         upstream = headers.get("yrd-via") or _source_of(headers, source)
-        if ev["_kind"] != "control" and reg_wm.observe(upstream, ev["occurred_at"]):
-            metrics.LATE.labels("regional").inc()
+        if ev["_kind"] != "control":
+            before = reg_wm.peak(upstream)
+            if reg_wm.observe(upstream, ev["occurred_at"]):
+                metrics.LATE.labels("regional").inc()
+            if reg_wm.peak(upstream) != before:
+                st["reg_wm_dirty"] = True
         first_hour = state["trend"]["first_hour"]
-        outs = rrules.on_event(state, ev)
+        outs = rrules.on_event(state, ev, st["reg_last_wm"])
         touched = set(rrules.touched(ev))
         if ev["_kind"] != "case" and state["trend"]["first_hour"] == first_hour:
             touched.discard("trend")
@@ -447,11 +498,17 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if st["reg_last_wm"] is None or wm > st["reg_last_wm"]:
             st["reg_last_wm"] = wm
             more, changed = rrules.on_watermark(state, wm)
+            if changed:
+                log.debug("regional watermark %s: trends judged to hour %s, flow to hour %s, %d outputs due",
+                          wm, state["trend"]["judged"], state["flow"]["judged"], len(more))
             outs += more
             touched |= set(changed)
         await emit(outs)
         for sec in sorted(touched):
             regional_table[sec] = state[sec]
+        if st["reg_wm_dirty"]:
+            regional_table[WATERMARK_KEY] = reg_wm.maxima()
+            st["reg_wm_dirty"] = False
         for vid in sorted(rrules.vessel.dirty):
             if vid in state["vessel"]:
                 regional_table[f"vessel:{vid}"] = state["vessel"][vid]

@@ -5,7 +5,9 @@ lateness. With several partitions the stream's watermark is the smallest of
 the partitions' own: a partition read far ahead of another (a replay, a
 backlog) must not fire the other's deadlines early. A partition silent for
 ``idle_ms`` of wall-clock time while the others move on stops holding the
-watermark back (it is "idle") until it speaks again.
+watermark back (it is "idle") until it speaks again. Silence counts only when
+nothing of the partition is waiting to be read: a reader with a backlog of it
+``touch``-es it, and a reader behind on its own input ``hold``-s every clock.
 """
 from __future__ import annotations
 
@@ -41,6 +43,37 @@ class Watermark:
             if p not in self._max:
                 self._max[p] = -(1 << 62)
                 self._seen_at[p] = now
+
+    def touch(self, partitions) -> None:
+        """Partitions whose reader still has records of them to read: they hold the watermark back (at what
+        they have given so far) for another ``idle_ms``, though they have said nothing new."""
+        now = self._clock()
+        for p in partitions:
+            self._max.setdefault(p, -(1 << 62))
+            self._seen_at[p] = now
+
+    def hold(self) -> None:
+        """The stream's own reader is behind (a backlog, a restart): silence is not idleness yet, so every
+        partition's idle clock starts again."""
+        self.touch(list(self._max))
+
+    def peak(self, partition) -> int | None:
+        """The largest event time seen of ``partition`` (None: not known to the stream)."""
+        return self._max.get(partition)
+
+    def maxima(self) -> dict:
+        """The largest event time of every partition that has given one (to keep with the stream's state)."""
+        return {p: m for p, m in self._max.items() if m > -(1 << 62)}
+
+    def restore(self, maxima: dict) -> None:
+        """Maxima kept before a restart: events processed then are not read again, and the watermark must
+        not fall back behind them (a stream that ends, a night without traffic, would judge nothing more).
+        The partitions count as just heard from."""
+        now = self._clock()
+        for p, m in maxima.items():
+            if m > self._max.get(p, -(1 << 62)):
+                self._max[p] = m
+            self._seen_at[p] = now
 
     def forget(self, partition) -> None:
         self._max.pop(partition, None)

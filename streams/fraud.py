@@ -1,5 +1,10 @@
 """Document-fraud spread: one fraud pattern (document country, type, series, method)
-seen in ``min_regions`` regions within ``window_days`` becomes a regional warning, once."""
+seen in ``min_regions`` regions within ``window_days`` becomes a regional warning, once.
+
+Judged on the regional watermark, like the trends: the warning names the first hit (in event time)
+that completed the window, and which hit that is depends on every earlier hit having come in. Judged
+as hits arrived, a restart or a second worker that reads one region's stream behind another's would
+name another hit, or a second warning (the alert id is derived from the evidence)."""
 from __future__ import annotations
 
 from schemas.reference import REGIONS
@@ -24,9 +29,13 @@ class FraudSpread:
 
     @staticmethod
     def new_state() -> dict:
-        return {"hits": {}, "fired": {}}
+        # due: pattern -> the earliest time of its hits not yet judged
+        return {"hits": {}, "fired": {}, "due": {}}
 
-    def on_alert(self, state: dict, ev: dict) -> list:
+    def on_alert(self, state: dict, ev: dict, judged: int | None = None) -> list:
+        """Record a hit. It is judged once the watermark has passed it (``on_watermark``), when every hit
+        before it has come in whatever order the regions' streams were read; a hit older than the time
+        already ``judged`` (a late one) is judged at once."""
         pattern = pattern_of(ev)
         if pattern is None or ev.get("status") in ("RESOLVED", "DISMISSED"):
             return []
@@ -36,17 +45,36 @@ class FraudSpread:
         hits.append({"id": ev["event_id"], "region": ev["region"], "at": ev["occurred_at"],
                      "subject": ev.get("subject"), "pub": ev.get("published_at")})
         hits.sort(key=lambda h: (h["at"], h["id"]))
+        if judged is not None and ev["occurred_at"] <= judged:
+            return self._judge(state, pattern, judged)
+        due = state.setdefault("due", {})
+        due[pattern] = min(due.get(pattern, ev["occurred_at"]), ev["occurred_at"])
+        return []
+
+    def on_watermark(self, state: dict, watermark: int) -> list:
+        due = state.setdefault("due", {})
+        outs: list = []
+        for pattern in sorted(p for p, at in due.items() if at <= watermark):
+            outs += self._judge(state, pattern, watermark)
+            later = [h["at"] for h in state["hits"].get(pattern, ()) if h["at"] > watermark]
+            if later:
+                due[pattern] = min(later)
+            else:
+                del due[pattern]
+        return outs
+
+    def _judge(self, state: dict, pattern: str, watermark: int) -> list:
+        # the completing hit is the first one (in event time) at which the window holds enough regions
+        hits = [h for h in state["hits"].get(pattern, ()) if h["at"] <= watermark]
         fired = state["fired"].get(pattern)
-        if fired is not None and ev["occurred_at"] - fired <= self.cooldown_ms:
-            return []
-        # the completing hit is the first one (in event time) at which the window holds enough regions,
-        # so the alert is the same whatever order the hits were read in
         for i, h in enumerate(hits):
+            if fired is not None and h["at"] - fired <= self.cooldown_ms:
+                continue
             window = [x for x in hits[: i + 1] if h["at"] - x["at"] <= self.window_ms]
             first_of_region: dict[str, dict] = {}
             for x in window:
                 first_of_region.setdefault(x["region"], x)
-            if len(first_of_region) >= self.min_regions and (fired is None or h["at"] - fired > self.cooldown_ms):
+            if len(first_of_region) >= self.min_regions:
                 state["fired"][pattern] = h["at"]
                 evidence = sorted({*(x["id"] for x in first_of_region.values()), h["id"]})
                 regions = [r for r in REGIONS if r in first_of_region]

@@ -50,14 +50,15 @@ class RegionalRules:
             return ("flow",)
         return ()
 
-    def on_event(self, state: dict, ev: dict) -> list:
+    def on_event(self, state: dict, ev: dict, judged: int | None = None) -> list:
+        """``judged``: the watermark the stage last judged at (a hit of fraud spread older than it is late)."""
         kind = ev["_kind"]
         outs: list = []
         if kind != "flow_partial":
             self.trend.note_time(state["trend"], ev["occurred_at"])
         if kind == "alert":
             outs += self.heightened.on_alert(state["heightened"], ev)
-            outs += self.fraud.on_alert(state["fraud"], ev)
+            outs += self.fraud.on_alert(state["fraud"], ev, judged)
             outs += self.conveyance.on_alert(state["conveyance"], ev)
             outs += self.vessel.on_alert(state["vessel"], ev)
         elif kind == "case":
@@ -76,13 +77,16 @@ class RegionalRules:
         """Outputs due at this watermark, and the sections it changed."""
         before = _sizes(state)
         judged = (state["trend"]["judged"], state["flow"]["judged"])
-        outs = self.trend.on_watermark(state["trend"], watermark, state["heightened"])
+        outs = self.fraud.on_watermark(state["fraud"], watermark)
+        spread = bool(outs)
+        outs += self.trend.on_watermark(state["trend"], watermark, state["heightened"])
         outs += self.flow.on_watermark(state["flow"], watermark, state["heightened"])
         self.fraud.prune(state["fraud"], watermark)
         self.conveyance.prune(state["conveyance"], watermark)
         self.heightened.prune(state["heightened"], watermark)
         after = _sizes(state)
-        changed = tuple(sec for sec in ("fraud", "conveyance", "heightened") if before[sec] != after[sec])
+        changed = tuple(sec for sec in ("fraud", "conveyance", "heightened") if before[sec] != after[sec]
+                        or (sec == "fraud" and spread))
         if state["trend"]["judged"] != judged[0]:
             changed += ("trend",)
         if state["flow"]["judged"] != judged[1]:

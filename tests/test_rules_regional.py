@@ -47,29 +47,47 @@ def test_fraud_pattern_in_a_second_region_becomes_one_regional_warning(rules):
     s.alert("SHA", T0 + HOUR, "FORGED_DOCUMENT", subject=token(2), pattern=PAT)   # same region: not yet
     second = s.alert("NKG", T0 + DAY, "FORGED_DOCUMENT", subject=token(3), pattern=PAT)
     s.alert("HGH", T0 + 2 * DAY, "FORGED_DOCUMENT", subject=token(4), pattern=PAT)  # third region: once only
-    alerts, _, _ = feed(rules, s.events)
+    # judged once the watermark has passed the hit that completes the window
+    assert feed(rules, s.events, watermark=T0 + DAY - 1)[0] == []
+    alerts, _, state = feed(rules, s.events, watermark=T0 + DAY)
     assert [(a["kind"], a["must_act"], a["pattern"], a["occurred_at"], a["subject"]) for a in alerts] == [
         ("DOCUMENT_FRAUD_SPREAD", ["SH", "JS", "ZJ", "AH"], "NGA/PASSPORT/A07/COUNTERFEIT", second["occurred_at"],
          token(3))]
+    assert rules.on_watermark(state, T0 + 3 * DAY)[0] == []
 
 
 def test_fraud_pattern_hits_further_apart_than_the_window_raise_nothing(rules):
     s = Script()
     s.alert("PVG", T0, "FORGED_DOCUMENT", subject=token(1), pattern=PAT)
     s.alert("NKG", T0 + 4 * DAY + 1, "FORGED_DOCUMENT", subject=token(2), pattern=PAT)
-    assert feed(rules, s.events)[0] == []
+    assert feed(rules, s.events, watermark=T0 + 5 * DAY)[0] == []
 
 
-def test_fraud_spread_read_out_of_order_still_warns_once(rules, rs):
+def test_fraud_spread_read_out_of_order_warns_once_with_the_alert_of_the_ordered_read(rules, rs):
     s = Script()
     s.alert("PVG", T0, "FORGED_DOCUMENT", subject=token(1), pattern=PAT)
     s.alert("NKG", T0 + DAY, "FORGED_DOCUMENT", subject=token(2), pattern=PAT)
     s.alert("HGH", T0 + 2 * DAY, "FORGED_DOCUMENT", subject=token(3), pattern=PAT)
+    ordered, _, _ = feed(rules, s.events, watermark=T0 + 3 * DAY)
     state, outs = rules.new_state(), []
-    for kind, _, _, rec in reversed(s.events):
+    for kind, _, _, rec in reversed(s.events):    # ZJ's stream read first, SH's last
         outs += rules.on_event(state, plain(kind, rec))
-    assert [(r["kind"], r["pattern"]) for k, r in outs if k == "derived_alert"] == [
-        ("DOCUMENT_FRAUD_SPREAD", "NGA/PASSPORT/A07/COUNTERFEIT")]
+    outs += rules.on_watermark(state, T0 + 3 * DAY)[0]
+    alerts = [r for k, r in outs if k == "derived_alert"]
+    assert len(alerts) == 1 and alerts[0]["alert_id"] == ordered[0]["alert_id"]
+    assert alerts[0]["details"]["regions"] == "SH,JS"
+
+
+def test_fraud_spread_hit_behind_the_judged_watermark_is_judged_at_once(rules):
+    s = Script()
+    s.alert("PVG", T0, "FORGED_DOCUMENT", subject=token(1), pattern=PAT)
+    late = s.alert("NKG", T0 + HOUR, "FORGED_DOCUMENT", subject=token(2), pattern=PAT)
+    state = rules.new_state()
+    rules.on_event(state, plain("alert", s.events[0][3]))
+    rules.on_watermark(state, T0 + DAY)                          # judged: one region only
+    outs = rules.on_event(state, plain("alert", late), T0 + DAY)  # a late hit: no later watermark needed
+    assert [(r["kind"], r["occurred_at"]) for k, r in outs if k == "derived_alert"] == [
+        ("DOCUMENT_FRAUD_SPREAD", late["occurred_at"])]
 
 
 def test_high_counter_terror_alert_is_broadcast_to_every_other_region_once(rules):
@@ -334,6 +352,48 @@ def test_an_expected_partition_holds_the_watermark_back_until_it_speaks_or_goes_
     wm.observe("a", 10_500)
     wm.observe("b", 3_000)
     assert wm.current() == 2_900
+
+def test_a_partition_with_records_still_to_read_is_not_idle_and_a_reader_behind_holds_every_clock():
+    clock = [0.0]
+    wm = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])
+    wm.expect(["a", "b"])
+    wm.observe("a", 10_000)
+    wm.observe("b", 2_000)
+    clock[0] = 4.0
+    wm.touch(["b", "c"])        # b's reader has a backlog; c, never expected, too: both hold the watermark back
+    clock[0] = 8.0
+    wm.observe("a", 11_000)
+    assert wm.current() < 0                                    # c has given nothing yet
+    wm.observe("c", 5_000)
+    assert wm.current() == 1_900                               # b, silent 8 s but touched at 4 s, still counts
+    clock[0] = 9.5                                             # b silent and untouched for 5.5 s: idle
+    wm.observe("a", 11_000)
+    wm.observe("c", 5_000)
+    assert wm.current() == 4_900
+    wm.hold()                                                  # the reader fell behind: b counts again
+    assert wm.current() == 1_900
+    clock[0] = 15.0                                            # and for another idle_ms only
+    wm.observe("a", 12_000)
+    assert wm.current() == 11_900
+
+
+def test_watermark_kept_with_the_state_comes_back_after_a_restart():
+    clock = [0.0]
+    before = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])
+    before.expect(["a", "b", "c"])
+    before.observe("a", 10_000)
+    before.observe("b", 20_000)
+    kept = before.maxima()
+    assert kept == {"a": 10_000, "b": 20_000}                  # c never spoke: nothing kept of it
+    # the restarted stream reads nothing of a and b again (their offsets were committed)
+    after = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])
+    after.expect(["a", "b", "c"])
+    after.restore(kept)
+    assert after.peak("b") == 20_000 and after.current() < 0   # c still holds it back
+    clock[0] = 6.0                                             # until everything has been silent for idle_ms
+    assert after.current() == 19_900                            # not -inf: what was processed before counts
+    after.observe("a", 5_000)                                  # an older time does not lower a kept maximum
+    assert after.peak("a") == 10_000
 
 
 def test_rule_set_without_a_version_is_refused():

@@ -210,11 +210,6 @@ def test_replaying_the_same_input_from_the_start_gives_the_same_alerts(scripted_
     assert sorted(ids) == first and set(ids.values()) == {2}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open defect (issue 5): after two SIGKILLs, one while the restarted worker reads a backlog, the regional "
-    "stage can miss the fraud-spread (c-1) or the case-trend alerts (d-1) (the trend state's changelog then "
-    "shows no hour judged). Seen in about half of the runs, also before the regional watermark became the "
-    "slowest upstream's; the single-kill fault suite (tests/faults) finds every alert"))
 def test_worker_killed_mid_stream_recovers_its_state_and_loses_or_doubles_no_alert(kafka, workers):
     prefix = f"k{uuid.uuid4().hex[:6]}."
     script = scripted(11)
