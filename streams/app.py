@@ -415,35 +415,43 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # so far, they are not idle, and must not let the regional stage judge hours whose events they hold.
     @app.timer(interval=2.0)
     async def regional_tick():
-        busy = await backlogged()
+        behind = backlogged()
+        busy: set[str] = set()
+        for tp in behind:
+            if tp.topic == cfg.subject_topic:
+                busy.add(upstream_key("subjects", tp.partition))
+            elif tp.topic in regional_sources:
+                busy.add(upstream_key(tp.topic, tp.partition))
+            else:   # a clearance not yet re-keyed may reach any subject partition, and from there the stage
+                busy.update(upstream_key("subjects", p) for p in range(cfg.partitions))
+        # the same for this worker's flow counters: a clearance source it has a backlog of is not idle
+        clearance_sources = [upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources
+                             and tp.topic not in regional_sources]
+        if clearance_sources:
+            for tp in app.consumer.assignment():
+                if tp.topic == cfg.subject_topic:
+                    counter.touch(tp.partition, clearance_sources)
         if busy or st.get("has_regional"):
-            await regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": busy}).encode(),
-                                      headers=[("yrd-via", b"tick")])
+            await regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": sorted(busy)})
+                                      .encode(), headers=[("yrd-via", b"tick")])
 
-    async def backlogged() -> list[str]:
-        """The regional stage's upstreams of which this worker has records not yet processed."""
+    def backlogged() -> list:
+        """The source and subject partitions of which this worker has records not yet processed."""
         tps = [tp for tp in app.consumer.assignment() if tp.topic in sources or tp.topic == cfg.subject_topic]
         if not tps:
             return []
-        try:
-            highwaters = await app.consumer.highwaters(*tps)
-        except Exception as exc:  # a rebalance under way: the next tick asks again
-            log.debug("no highwaters for the tick: %r", exc)
-            return []
-        busy: set[str] = set()
+        behind = []
         for tp in tps:
-            hw = highwaters.get(tp)
+            try:   # the end offset the consumer last heard of (no request: the tick must not queue behind fetches)
+                hw = app.consumer.highwater(tp)
+            except Exception:  # revoked meanwhile
+                continue
             # the next offset to process: after the last one processed, or (none processed yet) the committed one;
             # not the consumer's read offset, which runs ahead into its buffers
             nxt = done[tp] + 1 if tp in done else app.consumer._committed_offset.get(tp)
             if hw is None or (hw > 0 and (nxt is None or nxt < hw)):
-                if tp.topic == cfg.subject_topic:
-                    busy.add(upstream_key("subjects", tp.partition))
-                elif tp.topic in regional_sources:
-                    busy.add(upstream_key(tp.topic, tp.partition))
-                else:   # a clearance not yet re-keyed may reach any subject partition, and from there the stage
-                    busy.update(upstream_key("subjects", p) for p in range(cfg.partitions))
-        return sorted(busy)
+                behind.append(tp)
+        return behind
 
     @app.agent(regional_topic)
     async def regional(stream):

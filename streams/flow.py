@@ -42,7 +42,8 @@ class FlowCounter:
     subject partitions). So the counter keeps each source's largest event time (``source`` given to
     ``on_clearance``: topic and partition) and its watermark is the slowest source's, less the lateness; a
     source silent for ``idle_partition_seconds`` of wall-clock time stops holding it back, as in
-    ``streams.event_time``. Without sources it is the watermark passed in.
+    ``streams.event_time``, unless the worker still has records of it to read (``touch``). Without sources
+    it is the watermark passed in.
     """
 
     def __init__(self, rs, partitions: int = 1, clock=time.monotonic):
@@ -64,6 +65,13 @@ class FlowCounter:
         now = self._clock()
         active = [t for src, t in sources.items() if now - self._seen.get((partition, src), self._started) < self.idle_s]
         return min(watermark, min(active) - self.lateness_ms) if active else watermark
+
+    def touch(self, partition: int, sources) -> None:
+        """Sources whose records are still to be read (a backlog the re-key step has not reached): silent,
+        but not idle."""
+        now = self._clock()
+        for src in sources:
+            self._seen[(partition, src)] = now
 
     def on_clearance(self, state: dict, ev: dict, partition: int, watermark: int, source: str | None = None) -> list:
         if source is not None:

@@ -326,6 +326,24 @@ def test_flow_hour_waits_for_the_slowest_source_and_not_for_a_silent_one(rs):
     assert [p["hour"] for p in sent if p.get("progress")] == [13]
 
 
+def test_flow_source_the_worker_still_has_records_of_is_not_idle(rs):
+    clock = [0.0]
+    fc = FlowCounter(rs, clock=lambda: clock[0])
+    idle = float(rs["event_time"]["idle_partition_seconds"])
+    st = fc.new_state()
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 10 * HOUR + 5}, 0, 0, source="SH|0")
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR}, 0, 0, source="SH|1")
+    clock[0] = idle - 1
+    fc.touch(0, ["SH|0"])                 # the re-key step has not reached the rest of SH|0 yet
+    clock[0] = idle + 1                   # silent for longer than idle, but touched 2 s ago: holds hour 10 back
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR + 1}, 0, 0, source="SH|1")
+    assert [p for p in fc.on_watermark(st, 14 * HOUR, 0) if not p.get("progress")] == []
+    clock[0] = 2 * idle                   # no longer touched: idle
+    fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR + 2}, 0, 0, source="SH|1")
+    assert [(p["hour"], p["count"]) for p in fc.on_watermark(st, 14 * HOUR, 0) if not p.get("progress")] == [
+        (10, 1)]
+
+
 def test_watermark_is_the_slowest_partition_minus_lateness():
     clock = [0.0]
     wm = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])

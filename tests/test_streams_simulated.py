@@ -65,7 +65,7 @@ def test_a_simulated_week_of_baseline_traffic_raises_no_alert(kafka, workers):
     internal = [f"{prefix}streams.subjects", f"{prefix}streams.regional"]
     wait_for(lambda: committed_everything(kafka.bootstrap, f"{prefix}w", sources + internal), 300,
              "the week to be processed", w)
-    time.sleep(3)
+    time.sleep(15)   # what is judged once the upstreams go idle (global_idle_seconds) comes after the commit
     w.stop()
     alerts = read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS)
     assert [(a["kind"], a["summary"]) for a in alerts] == []

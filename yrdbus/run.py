@@ -113,6 +113,10 @@ def _yrdbus() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "yrdbus.cli"]
 
 
+# seconds without lag before a timed run stops: the regional stage's idle upstreams (10 s) and its tick (2 s)
+DRAIN_QUIET_S = 13
+
+
 def _plan(opts: RunOptions) -> tuple[float | None, float]:
     """(simulator wall seconds, drain budget) for a run of opts.duration seconds."""
     if opts.duration is None:
@@ -310,13 +314,14 @@ class BusRun:
                 if end is not None and now >= end:
                     break
                 time.sleep(1.0)
-            # Drain: let the worker and the sink catch up with what was published.
+            # Drain: let the worker and the sink catch up with what was published, and the regional stage see
+            # its upstreams fall idle (global_idle_seconds, 10 s) and judge the hours and hits that are due.
             drain_end = time.monotonic() + max(5.0, (end - time.monotonic()) if end else drain_s)
             quiet = 0
             while time.monotonic() < drain_end:
                 tick()
                 quiet = quiet + 1 if self._lag() == 0 else 0
-                if quiet >= 3:
+                if quiet >= DRAIN_QUIET_S:
                     break
                 time.sleep(1.0)
         except KeyboardInterrupt:
