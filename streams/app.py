@@ -45,8 +45,6 @@ log = logging.getLogger("yrdbus.streams")
 
 # the regional table's key of its upstreams' largest event times (the watermark's state)
 WATERMARK_KEY = "watermark"
-# a tick the regional stage reads this long after it was sent (seconds): the stage is behind on its own topic
-TICK_BEHIND_S = 5.0
 OUTPUT_KIND = {"derived_alert": "derived_alert", "trend": "trend", "risk": "risk"}
 
 
@@ -183,31 +181,35 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # the subject stage: flow partials and some clearances of every subject partition), each reading at its own
     # pace, and the re-key step reads a backlog a fetch at a time (a sparse alert partition's whole day before a
     # case partition's first hour). Its watermark is the slowest upstream's, each keyed by where it comes from;
-    # an upstream silent for global_idle_seconds stops holding it back.
+    # an upstream silent for global_idle_seconds stops holding it back. Silent is measured on the clock of the
+    # stage's own topic (its records' timestamps, a tick every 2 s), not the wall clock: a stage reading its
+    # topic behind must not take an upstream whose records wait in the unread part for an idle one.
     reg_wm = Watermark(rs.minutes_ms("event_time", "global_lateness_minutes"),
-                       int(float(rs["event_time"].get("global_idle_seconds", 10)) * 1000))
+                       int(float(rs["event_time"].get("global_idle_seconds", 10)) * 1000),
+                       clock=lambda: st["reg_clock"])
     lateness = rs.minutes_ms("event_time", "lateness_minutes")
 
     vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
     done: dict = {}   # source and subject partitions -> the offset this worker last processed of them
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
-          "reg_last_wm": None, "flow_dirty": {}, "regional": None, "reg_hold": False, "reg_wm_dirty": False}
+          "reg_last_wm": None, "flow_dirty": {}, "regional": None, "reg_clock": 0.0, "reg_expect": None,
+          "reg_wm_dirty": False}
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
         st["rescan"] = True
         st["regional"] = None
         st["has_regional"] = any(tp.topic == cfg.regional_topic for tp in assigned)
-        st["reg_hold"] = st["has_regional"]
         for tp in assigned:
             done.pop(tp, None)
         if st["has_regional"]:
-            # every upstream of the regional stage holds its watermark back until it has spoken (or gone idle)
+            # every upstream of the regional stage holds its watermark back until it has spoken (or gone idle),
+            # from the stage's first record on
             upstream = [upstream_key("subjects", p) for p in range(cfg.partitions)]
             for name in regional_sources:
                 n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
                 upstream += [upstream_key(name, p) for p in range(n)]
-            reg_wm.expect(upstream)
+            st["reg_expect"] = upstream
         log.debug("assigned %d partitions (regional stage here: %s)", len(assigned), st["has_regional"])
         for tp in assigned:
             if tp.topic == cfg.subject_topic:
@@ -413,6 +415,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # of a backlog, a quiet night), a tick through its own topic lets it see them go idle and judge what is due.
     # Every worker's tick also names the upstreams it still has records of to read (a restart's backlog): silent
     # so far, they are not idle, and must not let the regional stage judge hours whose events they hold.
+    # The ticks also keep the stage's clock (its records' timestamps) going when nothing else comes.
     @app.timer(interval=2.0)
     async def regional_tick():
         behind = backlogged()
@@ -464,6 +467,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
         source = headers.get("yrd-source", msg.topic)
+        st["reg_clock"] = max(st["reg_clock"], msg.timestamp or 0.0)
         if raw[:1] == b"{":
             ev = json.loads(raw)
         else:
@@ -475,10 +479,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             if ev["_kind"] == "control":
                 ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
         state = regional_state()
-        if st["reg_hold"] or (ev["_kind"] == "tick" and time.time() - (msg.timestamp or 0) > TICK_BEHIND_S):
-            # the stage has just been (re)started, or reads its own topic well behind the ticks' clock
-            st["reg_hold"] = False
-            reg_wm.hold()
+        if st["reg_expect"]:
+            reg_wm.expect(st["reg_expect"])
+            st["reg_expect"] = None
         if ev["_kind"] == "tick":
             reg_wm.touch(ev.get("busy") or ())
             await regional_watermark(state, [], set())

@@ -4,8 +4,10 @@ A derived alert matches a truth row when its kind is the row's
 ``expected_alert_kind``, its ``occurred_at`` lies in [window_start, window_end],
 the row's ``must_notify`` regions are all among its must_act ∪ inform, and every
 identifier the row gives (subjects, conveyance_id, pattern, port_code) agrees.
-A scenario is detected when every one of its rows is matched; recall =
-detected scenarios / scenarios; precision = matched alerts / all alerts.
+A scenario is detected when every one of its rows is matched, except rows marked
+``"optional": true`` (an alert the incident may cause, depending on the traffic
+around it: matched, it is not a false alert); recall = detected scenarios /
+scenarios; precision = matched alerts / all alerts.
 Detection delay = emitted_at minus the publication time of the evidence that
 completed the alert (reported, not scored).
 """
@@ -109,8 +111,8 @@ def score(truth: list[dict], alerts: list[dict]) -> dict:
             "scenario_id": row["scenario_id"], "scenario": row.get("scenario"), "detected": True, "rows": []})
         sc["rows"].append({"expected_alert_kind": row["expected_alert_kind"], "must_notify": row.get("must_notify"),
                            "matched": bool(hits), "alert_ids": sorted(a["alert_id"] for a in hits),
-                           "delay_s": delay})
-        sc["detected"] = sc["detected"] and bool(hits)
+                           "delay_s": delay, **({"optional": True} if row.get("optional") else {})})
+        sc["detected"] = sc["detected"] and (bool(hits) or bool(row.get("optional")))
     for sc in scenarios.values():
         delays = [r["delay_s"] for r in sc["rows"] if r["delay_s"] is not None]
         sc["delay_s"] = max(delays) if delays else None

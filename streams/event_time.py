@@ -7,7 +7,9 @@ backlog) must not fire the other's deadlines early. A partition silent for
 ``idle_ms`` of wall-clock time while the others move on stops holding the
 watermark back (it is "idle") until it speaks again. Silence counts only when
 nothing of the partition is waiting to be read: a reader with a backlog of it
-``touch``-es it, and a reader behind on its own input ``hold``-s every clock.
+``touch``-es it. The clock is any monotonic one: the wall clock, or the
+timestamps of the records a stage reads (so that a stage reading its input
+behind measures silence as it was when the records were written).
 """
 from __future__ import annotations
 
@@ -51,11 +53,6 @@ class Watermark:
         for p in partitions:
             self._max.setdefault(p, -(1 << 62))
             self._seen_at[p] = now
-
-    def hold(self) -> None:
-        """The stream's own reader is behind (a backlog, a restart): silence is not idleness yet, so every
-        partition's idle clock starts again."""
-        self.touch(list(self._max))
 
     def peak(self, partition) -> int | None:
         """The largest event time seen of ``partition`` (None: not known to the stream)."""

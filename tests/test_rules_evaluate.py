@@ -58,6 +58,25 @@ def test_scenario_needs_every_row_and_the_same_alert_twice_counts_once(truth):
     assert r["recall"] == 1.0
 
 
+def test_optional_row_matched_is_no_false_alert_and_missing_does_not_cost_the_scenario(truth):
+    surge = {**ROW, "expected_alert_kind": "FLOW_SURGE_SUPPORT", "subjects": [], "must_notify": ["ZJ"],
+             "port_code": "HGH", "optional": True}
+    rows = truth(ROW, surge)
+    r = score(rows, [alert()])
+    assert (r["recall"], r["precision"]) == (1.0, 1.0)
+    assert [row.get("optional", False) for row in r["scenarios"][0]["rows"]] == [False, True]
+    extra = alert(alert_id="B", kind="FLOW_SURGE_SUPPORT", subject=None, port_code="HGH", must_act=["JS"],
+                  inform=["ZJ"])
+    r = score(rows, [alert(), extra])
+    assert (r["recall"], r["precision"], r["false_alerts"]) == (1.0, 1.0, [])
+    # at another port it matches nothing: a false alert
+    r = score(rows, [alert(), {**extra, "port_code": "NGB"}])
+    assert r["precision"] == 0.5 and [f["port_code"] for f in r["false_alerts"]] == ["NGB"]
+    # a scenario of optional rows only asks for nothing
+    r = score(truth(ROW, {**surge, "scenario_id": "h-1"}), [])
+    assert [s["detected"] for s in r["scenarios"]] == [False, True] and r["recall"] == 0.5
+
+
 def test_truth_row_without_a_window_is_refused_with_its_line_and_field(tmp_path):
     p = tmp_path / "t.jsonl"
     bad = dict(ROW)

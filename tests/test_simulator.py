@@ -154,9 +154,11 @@ def test_scripted_incidents_hide_in_the_traffic_as_the_scenarios_document_says(t
     sim, events = run(seed=7, span_hours=30, scale=0.05, scenarios=["all"])
     start, end = sim.start, sim.end
     path = tmp_path / "t.jsonl"
-    assert sim.write_truth(path) == 14
+    assert sim.write_truth(path) == 15
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert all(list(r) == TRUTH_KEYS for r in rows)
+    assert all(list(r) == TRUTH_KEYS + (["optional"] if r.get("optional") else []) for r in rows)
+    assert [(r["scenario_id"], r["expected_alert_kind"], r["port_code"]) for r in rows if r.get("optional")] == [
+        ("h-1", "FLOW_SURGE_SUPPORT", "HGH")]
     by = defaultdict(list)
     for r in rows:
         by[r["scenario"]].append(r)
@@ -172,7 +174,8 @@ def test_scripted_incidents_hide_in_the_traffic_as_the_scenarios_document_says(t
         "transit_overstay": [("TRANSIT_OVERSTAY", ("JS", "SH", "ZJ"))],
         "transit_exit_to_origin": [("TRANSIT_EXIT_TO_ORIGIN", ("JS", "SH"))],
         "transit_out_of_area": [("TRANSIT_OUT_OF_AREA", ("AH", "SH"))],
-        "diverted_flight": [("CONVEYANCE_DIVERTED", ("SH", "ZJ")), ("CROSS_REGION_HIT", ("SH", "ZJ"))],
+        "diverted_flight": [("CONVEYANCE_DIVERTED", ("SH", "ZJ")), ("CROSS_REGION_HIT", ("SH", "ZJ")),
+                            ("FLOW_SURGE_SUPPORT", ("ZJ",))],
         "flow_surge": [("FLOW_SURGE_SUPPORT", ("AH", "JS", "SH", "ZJ"))],
         "heightened_mode": [("BROADCAST", ("AH", "JS", "SH", "ZJ")), ("HEIGHTENED_MODE", ("AH", "JS", "SH", "ZJ"))],
     }
@@ -295,7 +298,7 @@ def test_simulate_publishes_consumable_events_in_per_subject_order_with_the_trut
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout)
     assert summary["events"] == summary["delivered"] > 8000 and summary["failed"] == 0
-    assert summary["truth_rows"] == 14 and all(i["complete"] for i in summary["incidents"])
+    assert summary["truth_rows"] == 15 and all(i["complete"] for i in summary["incidents"])
 
     names = [prefix + topics.source(r, k) for r in reference.REGIONS for k in ("clearance", "alert", "case")]
     got = _consume_all(kafka.bootstrap, names + [prefix + topics.CONTROL])

@@ -272,6 +272,11 @@ class Planner:
                   ["SH", "ZJ"], times[0], times[-1] + self.margin(1), conveyance_id=conv.conveyance_id)
         self._row(inc, "CROSS_REGION_HIT", "watch-listed passenger of the diverted flight cleared in ZJ",
                   ["SH", "ZJ"], flagged_at, flagged_at + self.margin(1), subjects=[flagged.subject])
+        # a wide-body's passengers at an airport that did not expect them can be a surge of its hourly flow
+        # (two hours over its hour-of-week level, whether it is depends on the night's traffic around them)
+        self._row(inc, "FLOW_SURGE_SUPPORT", "the diverted flight's passengers surge HGH's hourly flow", ["ZJ"],
+                  times[0] // HOUR * HOUR, (times[-1] // HOUR + 2) * HOUR + self.margin(1), port_code="HGH",
+                  optional=True)
 
     def _i(self, inc: Incident) -> None:
         """An expo week at Ningbo airport (ZJ): four times the usual flow for several hours."""

@@ -21,6 +21,9 @@ class TruthRow:
     conveyance_id: str | None = None
     pattern: str | None = None
     port_code: str | None = None
+    # an alert the incident may cause, depending on the traffic around it: matched, it is no false alert;
+    # missing, the incident still counts as detected
+    optional: bool = False
 
     def as_json(self) -> dict:
         """The row in the file's format, keys in the order docs/scenarios.md shows them."""
@@ -29,6 +32,7 @@ class TruthRow:
             "expected_alert_kind": self.expected_alert_kind, "must_notify": sorted(set(self.must_notify)),
             "subjects": list(self.subjects), "conveyance_id": self.conveyance_id, "pattern": self.pattern,
             "port_code": self.port_code, "window_start": iso(self.window_start), "window_end": iso(self.window_end),
+            **({"optional": True} if self.optional else {}),
         }
 
 
