@@ -371,6 +371,7 @@ def test_an_expected_partition_holds_the_watermark_back_until_it_speaks_or_goes_
     wm.observe("b", 3_000)
     assert wm.current() == 2_900
 
+
 def test_a_partition_with_records_still_to_read_is_not_idle():
     clock = [0.0]
     wm = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])
