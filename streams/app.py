@@ -192,8 +192,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
     done: dict = {}   # source and subject partitions -> the offset this worker last processed of them
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
-          "reg_last_wm": None, "flow_dirty": {}, "regional": None, "reg_clock": 0.0, "reg_expect": None,
-          "reg_wm_dirty": False}
+          "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False, "reg_clock": 0.0,
+          "reg_expect": None, "reg_wm_dirty": False}
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
@@ -418,33 +418,31 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # The ticks also keep the stage's clock (its records' timestamps) going when nothing else comes.
     @app.timer(interval=2.0)
     async def regional_tick():
-        behind = backlogged()
         busy: set[str] = set()
-        for tp in behind:
+        clearance_sources = []
+        for tp in backlogged():
             if tp.topic == cfg.subject_topic:
                 busy.add(upstream_key("subjects", tp.partition))
             elif tp.topic in regional_sources:
                 busy.add(upstream_key(tp.topic, tp.partition))
             else:   # a clearance not yet re-keyed may reach any subject partition, and from there the stage
                 busy.update(upstream_key("subjects", p) for p in range(cfg.partitions))
+                clearance_sources.append(upstream_key(tp.topic, tp.partition))
         # the same for this worker's flow counters: a clearance source it has a backlog of is not idle
-        clearance_sources = [upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources
-                             and tp.topic not in regional_sources]
         if clearance_sources:
             for tp in app.consumer.assignment():
                 if tp.topic == cfg.subject_topic:
                     counter.touch(tp.partition, clearance_sources)
-        if busy or st.get("has_regional"):
+        if busy or st["has_regional"]:
             await regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": sorted(busy)})
                                       .encode(), headers=[("yrd-via", b"tick")])
 
     def backlogged() -> list:
         """The source and subject partitions of which this worker has records not yet processed."""
-        tps = [tp for tp in app.consumer.assignment() if tp.topic in sources or tp.topic == cfg.subject_topic]
-        if not tps:
-            return []
         behind = []
-        for tp in tps:
+        for tp in app.consumer.assignment():
+            if tp.topic not in sources and tp.topic != cfg.subject_topic:
+                continue
             try:   # the end offset the consumer last heard of (no request: the tick must not queue behind fetches)
                 hw = app.consumer.highwater(tp)
             except Exception:  # revoked meanwhile
@@ -496,7 +494,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             if reg_wm.peak(upstream) != before:
                 st["reg_wm_dirty"] = True
         first_hour = state["trend"]["first_hour"]
-        outs = rrules.on_event(state, ev, st["reg_last_wm"])
+        outs = rrules.on_event(state, ev)
         touched = set(rrules.touched(ev))
         if ev["_kind"] != "case" and state["trend"]["first_hour"] == first_hour:
             touched.discard("trend")

@@ -29,13 +29,13 @@ class FraudSpread:
 
     @staticmethod
     def new_state() -> dict:
-        # due: pattern -> the earliest time of its hits not yet judged
-        return {"hits": {}, "fired": {}, "due": {}}
+        # due: pattern -> the earliest time of its hits not yet judged; judged: the last watermark judged at
+        return {"hits": {}, "fired": {}, "due": {}, "judged": None}
 
-    def on_alert(self, state: dict, ev: dict, judged: int | None = None) -> list:
+    def on_alert(self, state: dict, ev: dict) -> list:
         """Record a hit. It is judged once the watermark has passed it (``on_watermark``), when every hit
-        before it has come in whatever order the regions' streams were read; a hit older than the time
-        already ``judged`` (a late one) is judged at once."""
+        before it has come in whatever order the regions' streams were read; a hit older than the watermark
+        already judged at (a late one) is judged at once."""
         pattern = pattern_of(ev)
         if pattern is None or ev.get("status") in ("RESOLVED", "DISMISSED"):
             return []
@@ -45,6 +45,7 @@ class FraudSpread:
         hits.append({"id": ev["event_id"], "region": ev["region"], "at": ev["occurred_at"],
                      "subject": ev.get("subject"), "pub": ev.get("published_at")})
         hits.sort(key=lambda h: (h["at"], h["id"]))
+        judged = state.get("judged")
         if judged is not None and ev["occurred_at"] <= judged:
             return self._judge(state, pattern, judged)
         due = state.setdefault("due", {})
@@ -52,6 +53,7 @@ class FraudSpread:
         return []
 
     def on_watermark(self, state: dict, watermark: int) -> list:
+        state["judged"] = watermark
         due = state.setdefault("due", {})
         outs: list = []
         for pattern in sorted(p for p, at in due.items() if at <= watermark):

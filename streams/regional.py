@@ -50,15 +50,14 @@ class RegionalRules:
             return ("flow",)
         return ()
 
-    def on_event(self, state: dict, ev: dict, judged: int | None = None) -> list:
-        """``judged``: the watermark the stage last judged at (a hit of fraud spread older than it is late)."""
+    def on_event(self, state: dict, ev: dict) -> list:
         kind = ev["_kind"]
         outs: list = []
         if kind != "flow_partial":
             self.trend.note_time(state["trend"], ev["occurred_at"])
         if kind == "alert":
             outs += self.heightened.on_alert(state["heightened"], ev)
-            outs += self.fraud.on_alert(state["fraud"], ev, judged)
+            outs += self.fraud.on_alert(state["fraud"], ev)
             outs += self.conveyance.on_alert(state["conveyance"], ev)
             outs += self.vessel.on_alert(state["vessel"], ev)
         elif kind == "case":

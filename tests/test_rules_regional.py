@@ -85,7 +85,7 @@ def test_fraud_spread_hit_behind_the_judged_watermark_is_judged_at_once(rules):
     state = rules.new_state()
     rules.on_event(state, plain("alert", s.events[0][3]))
     rules.on_watermark(state, T0 + DAY)                          # judged: one region only
-    outs = rules.on_event(state, plain("alert", late), T0 + DAY)  # a late hit: no later watermark needed
+    outs = rules.on_event(state, plain("alert", late))           # a late hit: no later watermark needed
     assert [(r["kind"], r["occurred_at"]) for k, r in outs if k == "derived_alert"] == [
         ("DOCUMENT_FRAUD_SPREAD", late["occurred_at"])]
 

@@ -113,8 +113,13 @@ def _yrdbus() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "yrdbus.cli"]
 
 
-# seconds without lag before a timed run stops: the regional stage's idle upstreams (10 s) and its tick (2 s)
-DRAIN_QUIET_S = 13
+def _drain_quiet_s() -> float:
+    """Seconds without lag before a timed run stops: long enough for the regional stage to see its upstreams
+    go idle (the worker's rule set: global_idle_seconds) and read a tick (2 s) after that."""
+    from streams import ruleset
+
+    rs = ruleset.load(os.environ.get("YRDBUS_RULES") or None)
+    return float(rs["event_time"].get("global_idle_seconds", 10)) + 3
 
 
 def _plan(opts: RunOptions) -> tuple[float | None, float]:
@@ -317,11 +322,11 @@ class BusRun:
             # Drain: let the worker and the sink catch up with what was published, and the regional stage see
             # its upstreams fall idle (global_idle_seconds, 10 s) and judge the hours and hits that are due.
             drain_end = time.monotonic() + max(5.0, (end - time.monotonic()) if end else drain_s)
-            quiet = 0
+            quiet, quiet_s = 0, _drain_quiet_s()
             while time.monotonic() < drain_end:
                 tick()
                 quiet = quiet + 1 if self._lag() == 0 else 0
-                if quiet >= DRAIN_QUIET_S:
+                if quiet >= quiet_s:
                     break
                 time.sleep(1.0)
         except KeyboardInterrupt:
