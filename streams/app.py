@@ -34,7 +34,7 @@ from schemas.codec import get_codec
 from schemas.deadletter import headers_for
 from schemas.errors import EventError
 from streams import derived, metrics, ruleset, subject as subject_rules
-from streams.event_time import Watermark
+from streams.event_time import RecordClock, Watermark
 from streams.decoding import PlainDecoder
 from streams.events import for_avro
 from streams.flow import FlowCounter
@@ -139,6 +139,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         # until a metadata refresh notices the topics and rebalances: aiokafka's default is 5 minutes. 10 s
         # bounds that stall (and lets partitions added by `yrdbus topics apply` be picked up as soon).
         consumer_metadata_max_age_ms=10_000,
+        # no timer or agent runs on the leader only: no leader-election topic to create and assign
+        topic_disable_leader=True,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -175,8 +177,16 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     srules = subject_rules.SubjectRules(rs)
     rrules = RegionalRules(rs)
     counter = FlowCounter(rs, cfg.partitions)
+    # The subject stage's watermark is the slowest of its own partitions (one read ahead of another must not fire
+    # the other's deadlines) and of the source partitions the re-key step forwards from (a source partition
+    # whose backlog is not re-keyed yet, after a restart or while a worker that joined takes it over, may hold
+    # a traveller's exit: the transit deadline must wait for it). Silence is measured on the clock of the
+    # stage's own topic (its records' timestamps; every worker's tick reaches every subject partition), and a
+    # partition with records still to read, here or at another worker's re-key step, is not silent.
+    sub_clock, reg_clock = RecordClock(), RecordClock()
     sub_wm = Watermark(rs.minutes_ms("event_time", "lateness_minutes"),
-                       int(float(rs["event_time"]["idle_partition_seconds"]) * 1000))
+                       int(float(rs["event_time"]["idle_partition_seconds"]) * 1000),
+                       clock=sub_clock)
     # The regional stage is fed by two forwarders (the re-key step: alerts and cases of every source partition;
     # the subject stage: flow partials and some clearances of every subject partition), each reading at its own
     # pace, and the re-key step reads a backlog a fetch at a time (a sparse alert partition's whole day before a
@@ -186,14 +196,15 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # topic behind must not take an upstream whose records wait in the unread part for an idle one.
     reg_wm = Watermark(rs.minutes_ms("event_time", "global_lateness_minutes"),
                        int(float(rs["event_time"].get("global_idle_seconds", 10)) * 1000),
-                       clock=lambda: st["reg_clock"])
+                       clock=reg_clock)
     lateness = rs.minutes_ms("event_time", "lateness_minutes")
 
     vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
     done: dict = {}   # source and subject partitions -> the offset this worker last processed of them
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
-          "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False, "reg_clock": 0.0,
-          "reg_expect": None, "reg_wm_dirty": False}
+          "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
+          "reg_expect": None, "reg_wm_dirty": False,
+          "sub_expect": None}
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
@@ -211,9 +222,18 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 upstream += [upstream_key(name, p) for p in range(n)]
             st["reg_expect"] = upstream
         log.debug("assigned %d partitions (regional stage here: %s)", len(assigned), st["has_regional"])
-        for tp in assigned:
-            if tp.topic == cfg.subject_topic:
-                sub_wm.forget(tp.partition)
+        mine = [tp.partition for tp in assigned if tp.topic == cfg.subject_topic]
+        for p in list(sub_wm.maxima()):
+            if isinstance(p, int) and p not in mine:
+                sub_wm.forget(p)
+        if mine:
+            # the sources hold the stage back from its next record on, until they speak or go silent; those
+            # already known count as just heard from (the rebalance itself was a silence of nobody's making)
+            upstream = list(mine)
+            for name in sources:
+                n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
+                upstream += [upstream_key(name, p) for p in range(n)]
+            st["sub_expect"] = upstream
 
     # ------------------------------------------------------------------ output
     async def dead_letter(source: str, raw: bytes, key, error, partition=None, offset=None) -> None:
@@ -336,9 +356,24 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
         kind, source = headers.get("yrd-kind", "clearance"), headers.get("yrd-source", msg.topic)
         raw, key = event.value, event.key
-        metrics.EVENTS_IN.labels(source, "subjects").inc()
+        sub_clock.advance(msg.timestamp)
+        if st["sub_expect"]:
+            sub_wm.touch(sub_wm.maxima())
+            sub_wm.expect(st["sub_expect"])
+            st["sub_expect"] = None
         if st["rescan"]:
             rescan()
+        part = str(msg.partition)
+        if kind == "tick":
+            sub_wm.touch(json.loads(raw).get("busy") or ())
+            outs: list = []
+            writes: dict = {}
+            fstate = flow_table.get(part) or FlowCounter.new_state()
+            await subject_watermark(msg.partition, fstate, outs, writes)
+            keep_flow(part, fstate)
+            await subject_outputs(outs, writes)
+            return
+        metrics.EVENTS_IN.labels(source, "subjects").inc()
         try:
             ev = decoder.decode(raw, kind)
         except EventError as exc:
@@ -347,12 +382,13 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         s = key.decode() if key else (ev.get("subject") or "")
         if sub_wm.observe(msg.partition, ev["occurred_at"]):
             metrics.LATE.labels("subjects").inc()
+        if "yrd-source-partition" in headers:
+            sub_wm.observe(_source_of(headers, source), ev["occurred_at"])
         outs: list = []
         writes: dict = {}   # subject -> its new state (None: delete), written once the outputs are sent
         state = load_subject(s)
         outs += srules.on_event(state, ev, s)
         store_subject(s, state, ev["occurred_at"], writes)
-        part = str(msg.partition)
         via = vias.get(part) or vias.setdefault(part, [("yrd-via", upstream_key("subjects", part).encode())])
         fstate = flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
@@ -364,6 +400,23 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 await regional_topic.send(key=b"regional", value=raw, headers=[
                     ("yrd-kind", b"clearance"), ("yrd-source", source.encode()), *via])
             st["flow_dirty"][part] = st["flow_dirty"].get(part, 0) + 1
+        await subject_watermark(msg.partition, fstate, outs, writes)
+        keep_flow(part, fstate)
+        await subject_outputs(outs, writes)
+
+    def keep_flow(part: str, fstate: dict) -> None:
+        """The partition's flow counts go to its changelog every so often, not on every clearance."""
+        if st["flow_dirty"].get(part, 0) >= 200:
+            flow_table[part] = fstate
+            st["flow_dirty"][part] = 0
+        elif part not in flow_table:
+            flow_table[part] = fstate
+
+    async def subject_watermark(partition: int, fstate: dict, outs: list, writes: dict) -> None:
+        """Judge what the subject stage's watermark has passed: transit deadlines, forgotten crossings, flow
+        buckets of ``partition``."""
+        part = str(partition)
+        via = vias.get(part) or vias.setdefault(part, [("yrd-via", upstream_key("subjects", part).encode())])
         wm = sub_wm.current()
         metrics.WATERMARK.labels("subjects").set(max(0, wm) / 1000)
         if st["sub_last_wm"] is None or wm > st["sub_last_wm"]:
@@ -381,15 +434,11 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 e = st["ephemeral"].get(es)
                 if e is not None and all(c["at"] < wm - lateness for c in e["crossings"]):
                     del st["ephemeral"][es]
-            for p in counter.on_watermark(fstate, wm, msg.partition):
+            for p in counter.on_watermark(fstate, wm, partition):
                 await regional_topic.send(key=b"regional", value=json.dumps(p).encode(), headers=via)
                 st["flow_dirty"][part] = 1 << 30
-        # the partition's flow counts go to its changelog every so often, not on every clearance
-        if st["flow_dirty"].get(part, 0) >= 200:
-            flow_table[part] = fstate
-            st["flow_dirty"][part] = 0
-        elif part not in flow_table:
-            flow_table[part] = fstate
+
+    async def subject_outputs(outs: list, writes: dict) -> None:
         await emit(outs)
         for ws, wstate in writes.items():
             if wstate is not None:
@@ -416,11 +465,19 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # Every worker's tick also names the upstreams it still has records of to read (a restart's backlog): silent
     # so far, they are not idle, and must not let the regional stage judge hours whose events they hold.
     # The ticks also keep the stage's clock (its records' timestamps) going when nothing else comes.
+    # The subject stage gets the same: every worker's tick reaches each subject partition, naming the source
+    # partitions it has a backlog of; its own subject partitions with records still to read it touches here.
     @app.timer(interval=2.0)
     async def regional_tick():
         busy: set[str] = set()
         clearance_sources = []
-        for tp in backlogged():
+        behind = backlogged()
+        sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources)
+        sub_wm.touch(tp.partition for tp in behind if tp.topic == cfg.subject_topic)
+        tick = json.dumps({"_kind": "tick", "busy": sources_behind}).encode()
+        for p in range(app.consumer.topic_partitions(cfg.subject_topic) or cfg.partitions):
+            await subject_topic.send(value=tick, partition=p, headers=[("yrd-kind", b"tick")])
+        for tp in behind:
             if tp.topic == cfg.subject_topic:
                 busy.add(upstream_key("subjects", tp.partition))
             elif tp.topic in regional_sources:
@@ -465,7 +522,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
         source = headers.get("yrd-source", msg.topic)
-        st["reg_clock"] = max(st["reg_clock"], msg.timestamp or 0.0)
+        reg_clock.advance(msg.timestamp)
         if raw[:1] == b"{":
             ev = json.loads(raw)
         else:
@@ -530,25 +587,33 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     return app
 
 
-def ensure_topics(cfg: StreamsConfig) -> None:
-    """The topics the stream layer reads and writes exist before the worker subscribes."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+def worker_topics(app: faust.App) -> list[topics.TopicSpec]:
+    """The worker's own topics: the two internal stage topics and the changelog of each table.
 
-    apply = getattr(topics, "apply", None)
-    if apply is not None:
-        apply(cfg.bootstrap, prefix=cfg.prefix)
-        return
-    admin = AdminClient({"bootstrap.servers": cfg.bootstrap})
-    have = set(admin.list_topics(timeout=30).topics)
-    names = [cfg.t(topics.source(r, k)) for r in ("SH", "JS", "ZJ", "AH") for k in ("clearance", "alert", "case")]
-    names += [cfg.t(n) for n in (topics.CONTROL, topics.DERIVED_ALERTS, topics.TRENDS, topics.RISK_SCORES)]
-    names += [cfg.t(topics.routed_alerts(r)) for r in ("SH", "JS", "ZJ", "AH")]
-    new = [NewTopic(n, num_partitions=1 if n.endswith(topics.CONTROL) else 4, replication_factor=cfg.replication)
-           for n in names if n not in have]
-    if new:
-        for name, fut in admin.create_topics(new).items():
-            try:
-                fut.result(30)
-            except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
+    Faust would create them itself as the worker starts, just before it joins its group; on a busy or
+    multi-broker cluster they may then be missing from the metadata the group is assigned from (and the
+    internal topics are left out of the assignment, or auto-created by a metadata request with the broker's
+    default partitions). Created with the bus's topics first, they are there, as Faust would declare them.
+    """
+    cfg: StreamsConfig = app.yrd_config
+    rf = cfg.replication
+    kept = 30 * topics.DAY_MS     # as long as the source topics: a worker away that long loses nothing unread
+    out = [topics.TopicSpec(cfg.subject_topic, cfg.partitions, kept, "delete",
+                            "stream layer: events re-keyed by subject", replication=rf, fixed_partitions=True),
+           topics.TopicSpec(cfg.regional_topic, 1, kept, "delete",
+                            "stream layer: events and ticks of the regional stage", replication=rf,
+                            fixed_partitions=True)]
+    for table in app.tables.values():
+        out.append(topics.TopicSpec(table.changelog_topic.get_topic_name(), table.partitions, -1, "compact",
+                                    f"changelog of the stream layer's {table.name} table", replication=rf,
+                                    fixed_partitions=True))
+    return out
+
+
+def ensure_topics(cfg: StreamsConfig, app: faust.App | None = None) -> None:
+    """The topics the stream layer reads and writes exist before the worker subscribes: the bus's topics
+    (``yrdbus.topics``; on a secured cluster only admin applies them) and, given the worker's ``app``, its
+    own (``worker_topics``, which its principal owns)."""
+    topics.ensure(cfg.bootstrap, prefix=cfg.prefix, timeout=60)
+    if app is not None:
+        topics.apply(cfg.bootstrap, timeout=60, specs=worker_topics(app))

@@ -83,3 +83,31 @@ class Watermark:
         active = [m for p, m in self._max.items() if (now - self._seen_at[p]) * 1000 < self.idle_ms]
         lowest = min(active) if active else max(self._max.values())
         return lowest - self.lateness_ms
+
+
+class RecordClock:
+    """The clock of a stage's own topic: the timestamps of the records it reads, for ``Watermark``'s idleness.
+
+    Silence measured on it is silence as it was when the records were written, however far behind the stage
+    reads. Every live worker writes a tick to the topic every few seconds, so a longer gap between the records'
+    timestamps is a time when no worker was writing at all (a restart, a stop): nobody's silence, and it counts
+    for at most ``max_step_s``. The clock is the largest timestamp seen less the gaps left out.
+    """
+
+    def __init__(self, max_step_s: float = 5.0):
+        self.max_step_s = max_step_s
+        self._last: float | None = None     # the largest record timestamp seen
+        self.now = 0.0
+
+    def advance(self, timestamp: float | None) -> float:
+        """Take the timestamp (seconds) of a record read; return the clock."""
+        if timestamp:
+            if self._last is None:
+                self._last = timestamp
+            elif timestamp > self._last:
+                self.now += min(timestamp - self._last, self.max_step_s)
+                self._last = timestamp
+        return self.now
+
+    def __call__(self) -> float:
+        return self.now

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.reference import ports
 from streams import ruleset
-from streams.event_time import Watermark
+from streams.event_time import RecordClock, Watermark
 from streams.events import plain
 from streams.flow import FlowCounter, FlowSurge
 from streams.regional import RegionalRules
@@ -389,6 +389,25 @@ def test_a_partition_with_records_still_to_read_is_not_idle():
     wm.observe("a", 11_000)
     wm.observe("c", 5_000)
     assert wm.current() == 4_900
+
+
+def test_the_record_clock_leaves_out_gaps_no_worker_was_writing_in():
+    clock = RecordClock(max_step_s=5.0)
+    wm = Watermark(lateness_ms=100, idle_ms=10_000, clock=clock)
+    clock.advance(1_000.0)
+    wm.observe("a", 50_000)
+    wm.observe("b", 2_000)
+    for t in (1_002.0, 1_004.0, 1_003.0):        # ticks every 2 s; a partition read behind: an older one
+        clock.advance(t)
+        wm.observe("a", 60_000)
+    assert clock() == 4.0 and wm.current() == 1_900               # b silent 4 s: still holds it back
+    clock.advance(1_064.0)                        # a minute with no record: the workers were down
+    assert clock() == 9.0
+    wm.observe("a", 70_000)
+    assert wm.current() == 1_900                  # b was not silent while nobody wrote: not idle
+    clock.advance(1_066.0)
+    wm.observe("a", 71_000)
+    assert clock() == 11.0 and wm.current() == 70_900                # now b is
 
 
 def test_watermark_kept_with_the_state_comes_back_after_a_restart():

@@ -89,3 +89,32 @@ def test_apply_adds_partitions_and_puts_drifted_configs_back(kafka, unique):
     assert cfg["retention.ms"].value == "2592000000"
     assert cfg["segment.ms"].value == "600000"      # a config the table does not manage is left alone
     assert topics.apply(kafka.bootstrap, prefix=prefix) == []
+
+
+def test_a_workers_own_topics_are_created_before_it_joins_and_their_partitions_never_grow(kafka, unique):
+    from streams.app import StreamsConfig, build_app, ensure_topics, worker_topics
+
+    prefix = f"{unique}."
+    cfg = StreamsConfig(bootstrap=kafka.bootstrap, prefix=prefix, app_id=f"{unique}-w", partitions=3)
+    app = build_app(cfg)
+    # the internal subject topic exists already with fewer partitions (made by an older worker)
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(cfg.subject_topic, num_partitions=2, replication_factor=1)])[
+        cfg.subject_topic].result(timeout=30)
+    _until(lambda: cfg.subject_topic in admin.list_topics(timeout=10).topics)
+
+    ensure_topics(cfg, app)
+    md = admin.list_topics(timeout=10)
+    changelogs = {f"{unique}-w-{t}-changelog": n for t, n in (("subjects", 3), ("flowcounts", 3), ("regional", 1))}
+    for name, partitions in {**changelogs, cfg.regional_topic: 1}.items():
+        assert len(md.topics[name].partitions) == partitions, name
+    assert len(md.topics[cfg.subject_topic].partitions) == 2      # kept: a key's partition is state
+    described = {s.name: s for s in worker_topics(app)}
+    assert {described[n].cleanup_policy for n in changelogs} == {"compact"}
+    res = admin.describe_configs([ConfigResource(ResourceType.TOPIC, n) for n in changelogs])
+    assert {f.result(timeout=30)["cleanup.policy"].value for f in res.values()} == {"compact"}
+    # Faust's leader-election topic is not used, so not made
+    assert not any("__assignor" in t for t in md.topics if t.startswith(unique))
+    # a second worker starting: nothing to change, the short topic reported kept
+    again = topics.apply(kafka.bootstrap, specs=worker_topics(app))
+    assert [(c.topic, c.action) for c in again] == [(cfg.subject_topic, "kept")]

@@ -56,9 +56,10 @@ def worker(
     except KafkaSecurityError as exc:
         _fail(str(exc))
     try:
-        ensure_topics(cfg)
+        ensure_topics(cfg, fapp)
     except Exception as exc:  # the admin client's errors name the topic and the broker's reason
-        # On a secured cluster only admin creates the bus's topics; the worker's own come from Faust.
+        # On a secured cluster only admin creates the bus's topics; a principal without rights on the worker's
+        # own topics is told so by Faust as it declares them.
         if not (secured(settings) and "AUTHORIZATION_FAILED" in str(exc)):
             _fail(f"cannot prepare the topics at {cfg.bootstrap}: {exc}")
     metrics.serve(metrics_port)

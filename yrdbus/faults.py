@@ -144,6 +144,8 @@ def _dt(ms: int) -> datetime:
 # =========================================================================== stations
 #: how far (event time) the stations may run ahead of what the stream layer has re-keyed
 RUN_AHEAD_MS = 30 * 60 * 1000
+#: held that long with nothing more re-keyed, the stations give up: the stream layer has stalled
+STALL_S = 180.0
 
 
 class RekeyTracker:
@@ -256,11 +258,17 @@ class Stations:
             for i, (kind, rec) in enumerate(self.wl.records):
                 if self.tracker is not None:
                     limit = rec["occurred_at"].timestamp() * 1000 - RUN_AHEAD_MS
+                    moved = time.monotonic()
                     while j < len(tracked) and tracked[j][0].timestamp() * 1000 < limit:
                         if tracked[j][1] in self.tracker.seen:
                             j += 1
+                            moved = time.monotonic()
                             continue
                         waited = time.monotonic()
+                        if waited - moved > STALL_S:
+                            raise FaultError(f"the stream layer re-keyed nothing for {STALL_S:.0f} s: the stations "
+                                             f"wait at {i}/{n} for event {tracked[j][1]} (of "
+                                             f"{tracked[j][0].isoformat()}) to show in {self.tracker.topic}")
                         self.publisher.poll(0.02)
                         self.held_s += time.monotonic() - waited
                 due = t0 + self.seconds * i / n
@@ -284,6 +292,9 @@ class Stations:
             time.sleep(0.05)
         if self.error:
             raise self.error
+        if self.fraction < fraction and self._thread.is_alive():
+            raise FaultError(f"the stations handed over {self.sent}/{len(self.wl.records)} events in "
+                             f"{timeout:.0f} s, not the {fraction:.0%} awaited")
 
     def join(self, timeout: float = 600.0) -> dict:
         self._thread.join(timeout)

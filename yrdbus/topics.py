@@ -58,6 +58,8 @@ class TopicSpec:
     purpose: str
     replication: int = WANTED_REPLICATION
     extra: dict = field(default_factory=dict)
+    #: partitions fixed once created (a key's partition is part of the stream layer's state): never grown
+    fixed_partitions: bool = False
 
     def replication_for(self, brokers: int) -> int:
         return max(1, min(self.replication, brokers))
@@ -187,8 +189,10 @@ def describe(bootstrap: str, prefix: str = "", timeout: float = 30.0) -> list[di
     return rows
 
 
-def apply(bootstrap: str, prefix: str = "", timeout: float = 30.0, dry_run: bool = False) -> list[Change]:
-    """Make the cluster at ``bootstrap`` match ``definitions(prefix)``; return what was changed (empty: nothing).
+def apply(bootstrap: str, prefix: str = "", timeout: float = 30.0, dry_run: bool = False,
+          specs: list[TopicSpec] | None = None) -> list[Change]:
+    """Make the cluster at ``bootstrap`` match ``definitions(prefix)`` (or ``specs``: a stream worker's own
+    topics); return what was changed (empty: nothing).
 
     Missing topics are created; a topic with fewer partitions than defined gets more (never fewer: Kafka
     cannot remove partitions, which is reported as ``kept``); topic configs that differ are set with
@@ -201,7 +205,7 @@ def apply(bootstrap: str, prefix: str = "", timeout: float = 30.0, dry_run: bool
     admin = _admin(bootstrap)
     md = admin.list_topics(timeout=timeout)
     brokers = max(1, len(md.brokers))
-    specs = definitions(prefix)
+    specs = definitions(prefix) if specs is None else specs
     changes: list[Change] = []
 
     missing = [s for s in specs if s.name not in md.topics or md.topics[s.name].error]
@@ -228,7 +232,10 @@ def apply(bootstrap: str, prefix: str = "", timeout: float = 30.0, dry_run: bool
     for s in existing:
         t = md.topics[s.name]
         have = len(t.partitions)
-        if have < s.partitions:
+        if have < s.partitions and s.fixed_partitions:
+            changes.append(Change(s.name, "kept", f"has {have} partitions, defined {s.partitions}: fixed once "
+                                  "created (the partition of a key is part of the state kept)"))
+        elif have < s.partitions:
             grow.append(NewPartitions(s.name, s.partitions))
             changes.append(Change(s.name, "add_partitions", f"{have} -> {s.partitions}"))
         elif have > s.partitions:
@@ -279,7 +286,7 @@ def _settle(admin, specs: list[TopicSpec], brokers: int, timeout: float) -> None
     while True:
         md = admin.list_topics(timeout=timeout)
         ready = all(s.name in md.topics and not md.topics[s.name].error
-                    and len(md.topics[s.name].partitions) >= s.partitions for s in specs)
+                    and (s.fixed_partitions or len(md.topics[s.name].partitions) >= s.partitions) for s in specs)
         if ready:
             try:
                 res = _wait(admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in specs]),

@@ -45,9 +45,17 @@ def record():
     return keep
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def buses(tmp_path):
-    """Make ``Bus`` objects (a private copy of the bus); their processes are stopped at the end of the test."""
+def buses(tmp_path, request):
+    """Make ``Bus`` objects (a private copy of the bus); their processes are stopped at the end of the test,
+    and the last lines of their logs printed when it failed (CI keeps no temporary folder)."""
     made: list[faults.Bus] = []
 
     def make(bootstrap: str, name: str, **kwargs) -> faults.Bus:
@@ -55,7 +63,11 @@ def buses(tmp_path):
         made.append(bus)
         return bus
     yield make
+    failed = getattr(getattr(request.node, "report_call", None), "failed", False)
     for bus in made:
+        if failed:
+            for p in (bus.worker, bus.sink):
+                print(f"--- {bus.prefix} {p.name}, last lines:\n{p.tail(60)}")
         bus.close()
 
 
