@@ -12,9 +12,9 @@ The re-key step forwards the value's bytes untouched (only alerts and cases,
 which are few, are decoded to find their subjects). State lives in tables with
 compacted changelog topics and is recovered after a restart.
 
-Event time: the subject stage's watermark is the smallest of its partitions'
-(largest event time minus ``lateness_minutes``; a partition idle for
-``idle_partition_seconds`` stops holding it back); the regional stage has one
+Event time: the subject stage's watermark is the smallest of its partitions' and
+its source partitions' (largest event time minus ``lateness_minutes``; one idle
+for ``idle_partition_seconds`` stops holding it back); the regional stage has one
 partition and its own, wider lateness. Deadlines fire on watermarks only.
 """
 from __future__ import annotations

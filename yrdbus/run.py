@@ -119,7 +119,7 @@ def _drain_quiet_s() -> float:
     from streams import ruleset
 
     et = ruleset.load(os.environ.get("YRDBUS_RULES") or None)["event_time"]
-    return max(float(et.get("global_idle_seconds", 10)), float(et.get("idle_partition_seconds", 30))) + 3
+    return max(float(et.get("global_idle_seconds", 10)), float(et.get("idle_partition_seconds", 10))) + 3
 
 
 def _plan(opts: RunOptions) -> tuple[float | None, float]:
