@@ -181,7 +181,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # the other's deadlines) and of the source partitions the re-key step forwards from (a source partition
     # whose backlog is not re-keyed yet, after a restart or while a worker that joined takes it over, may hold
     # a traveller's exit: the transit deadline must wait for it). Silence is measured on the clock of the
-    # stage's own topic (its records' timestamps; every worker's tick reaches every subject partition), and a
+    # stage's own topic (its records' timestamps: see RecordClock), and a
     # partition with records still to read, here or at another worker's re-key step, is not silent.
     sub_clock, reg_clock = RecordClock(), RecordClock()
     sub_wm = Watermark(rs.minutes_ms("event_time", "lateness_minutes"),
@@ -465,8 +465,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # Every worker's tick also names the upstreams it still has records of to read (a restart's backlog): silent
     # so far, they are not idle, and must not let the regional stage judge hours whose events they hold.
     # The ticks also keep the stage's clock (its records' timestamps) going when nothing else comes.
-    # The subject stage gets the same: every worker's tick reaches each subject partition, naming the source
-    # partitions it has a backlog of; its own subject partitions with records still to read it touches here.
+    # The subject stage gets the same while a worker has a backlog of source partitions: its tick reaches each
+    # subject partition, naming them; its own subject partitions with records still to read it touches here.
     @app.timer(interval=2.0)
     async def regional_tick():
         busy: set[str] = set()
@@ -474,9 +474,10 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         behind = backlogged()
         sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources)
         sub_wm.touch(tp.partition for tp in behind if tp.topic == cfg.subject_topic)
-        tick = json.dumps({"_kind": "tick", "busy": sources_behind}).encode()
-        for p in range(app.consumer.topic_partitions(cfg.subject_topic) or cfg.partitions):
-            await subject_topic.send(value=tick, partition=p, headers=[("yrd-kind", b"tick")])
+        if sources_behind:   # only then: a quiet bus's internal topics stay quiet (and fully committed)
+            tick = json.dumps({"_kind": "tick", "busy": sources_behind}).encode()
+            for p in range(app.consumer.topic_partitions(cfg.subject_topic) or cfg.partitions):
+                await subject_topic.send(value=tick, partition=p, headers=[("yrd-kind", b"tick")])
         for tp in behind:
             if tp.topic == cfg.subject_topic:
                 busy.add(upstream_key("subjects", tp.partition))

@@ -89,9 +89,10 @@ class RecordClock:
     """The clock of a stage's own topic: the timestamps of the records it reads, for ``Watermark``'s idleness.
 
     Silence measured on it is silence as it was when the records were written, however far behind the stage
-    reads. Every live worker writes a tick to the topic every few seconds, so a longer gap between the records'
-    timestamps is a time when no worker was writing at all (a restart, a stop): nobody's silence, and it counts
-    for at most ``max_step_s``. The clock is the largest timestamp seen less the gaps left out.
+    reads. A gap between the records' timestamps longer than ``max_step_s`` is a time nobody wrote in (the
+    workers restarting, or a quiet bus) and counts for ``max_step_s`` only: a restart is nobody's silence, and
+    silence under-counted only makes the watermark wait longer, never judge early. The clock is the largest
+    timestamp seen less the gaps left out.
     """
 
     def __init__(self, max_step_s: float = 5.0):
