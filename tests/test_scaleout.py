@@ -130,7 +130,9 @@ def wait_until(predicate, timeout: float, what: str, workers: list[Worker]):
             if not w.alive():
                 pytest.fail(f"worker {w.name} exited while waiting for {what}:\n{w.tail()}")
         time.sleep(1.0)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n" + "\n".join(w.tail() for w in workers))
+    detail = getattr(predicate, "detail", None)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}" + (f" ({detail()})" if detail else "")
+                + ":\n" + "\n".join(w.tail() for w in workers))
 
 
 def finished(bootstrap: str, prefix: str) -> bool:
@@ -156,6 +158,14 @@ def settled(bootstrap: str, prefix: str, quiet: float = 15.0):
             last.update(count=count, since=time.monotonic())
             return False
         return time.monotonic() - last["since"] >= quiet
+
+    def detail() -> str:
+        out = []
+        for what, names in (("sources", [prefix + t for t in topics.source_topics()] + [prefix + topics.CONTROL]),
+                            ("internal", [prefix + "streams.subjects", prefix + "streams.regional"])):
+            out.append(f"{what} committed/end {group_offsets(bootstrap, prefix + 'streams', names)}")
+        return "; ".join(out) + f"; derived alerts {last['count']}, unchanged for {time.monotonic() - last['since']:.0f} s"
+    check.detail = detail
     return check
 
 
@@ -281,11 +291,6 @@ def test_a_worker_joining_mid_stream_takes_a_share_of_every_stage(scaled):
         assert {p for t, p in mine if ".border." in t}, "a worker holds no source partition"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open defect (issue 5): the subject stage's watermark does not wait for a source partition the re-key "
-    "step has not reached, so while a worker that joined reads its backlog a transit deadline can pass before the "
-    "traveller's exit is re-keyed (the same false TRANSIT_OVERSTAY as the baseline week's); the two-worker run "
-    "then has a subject-stage alert the one-worker run has not. Seen once in 5 runs under load"))
 def test_rebalance_loses_and_doubles_no_subject_stage_alert(scaled):
     one, two = scaled["alerts"]
     assert len({x["alert_id"] for x in one}) == len(one) >= 10
@@ -306,11 +311,6 @@ def test_rebalance_changes_no_stored_row(scaled):
         assert not missing, f"derived alerts of the one-worker run not stored: {missing}"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open (issue 5): passed in 6 of 7 runs; in one fresh-clone run under load the two-worker run had no "
-    "regional-stage alert at all (the one-worker run 7): the first worker's log said its streams.regional was "
-    "not in the cluster's metadata when the group was assigned (Faust creates the internal topics itself; "
-    "ensure_topics does not yet)"))
 def test_regional_stage_alerts_are_the_same_with_a_second_worker(scaled):
     one, two = scaled["alerts"]
     what = lambda alerts: sorted({x["alert_id"]: (x["kind"], x.get("pattern") or "", x.get("conveyance_id") or "")  # noqa: E731
