@@ -184,9 +184,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # stage's own topic (its records' timestamps: see RecordClock), and a
     # partition with records still to read, here or at another worker's re-key step, is not silent.
     sub_clock, reg_clock = RecordClock(), RecordClock()
+    sub_idle_s = float(rs["event_time"]["idle_partition_seconds"])
     sub_wm = Watermark(rs.minutes_ms("event_time", "lateness_minutes"),
-                       int(float(rs["event_time"]["idle_partition_seconds"]) * 1000),
-                       clock=sub_clock)
+                       int(sub_idle_s * 1000), clock=sub_clock)
     # The regional stage is fed by two forwarders (the re-key step: alerts and cases of every source partition;
     # the subject stage: flow partials and some clearances of every subject partition), each reading at its own
     # pace, and the re-key step reads a backlog a fetch at a time (a sparse alert partition's whole day before a
@@ -204,7 +204,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
           "reg_expect": None, "reg_wm_dirty": False,
-          "sub_expect": None}
+          "sub_expect": None, "active_at": 0.0}
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
@@ -286,6 +286,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         async for event in stream.events():
             msg = event.message
             done[msg.tp] = msg.offset
+            st["active_at"] = time.monotonic()
             kind = _kind_of_source(msg.topic, cfg.prefix)
             raw, key = event.value, event.key
             metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
@@ -373,6 +374,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             keep_flow(part, fstate)
             await subject_outputs(outs, writes)
             return
+        st["active_at"] = time.monotonic()
         metrics.EVENTS_IN.labels(source, "subjects").inc()
         try:
             ev = decoder.decode(raw, kind)
@@ -465,8 +467,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # Every worker's tick also names the upstreams it still has records of to read (a restart's backlog): silent
     # so far, they are not idle, and must not let the regional stage judge hours whose events they hold.
     # The ticks also keep the stage's clock (its records' timestamps) going when nothing else comes.
-    # The subject stage gets the same while a worker has a backlog of source partitions: its tick reaches each
-    # subject partition, naming them; its own subject partitions with records still to read it touches here.
+    # The subject stage gets the same: a worker's tick reaches each subject partition, naming the source
+    # partitions it has a backlog of; its own subject partitions with records still to read it touches here.
     @app.timer(interval=2.0)
     async def regional_tick():
         busy: set[str] = set()
@@ -474,7 +476,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         behind = backlogged()
         sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources)
         sub_wm.touch(tp.partition for tp in behind if tp.topic == cfg.subject_topic)
-        if sources_behind:   # only then: a quiet bus's internal topics stay quiet (and fully committed)
+        # while it has a backlog, and for a while after the last record it re-keyed or judged: long enough for the
+        # subject stages to see silent sources go idle and judge what is due; then a quiet bus's topics stay quiet
+        if sources_behind or time.monotonic() - st["active_at"] < sub_idle_s + 5:
             tick = json.dumps({"_kind": "tick", "busy": sources_behind}).encode()
             for p in range(app.consumer.topic_partitions(cfg.subject_topic) or cfg.partitions):
                 await subject_topic.send(value=tick, partition=p, headers=[("yrd-kind", b"tick")])
