@@ -319,7 +319,7 @@ def test_flow_hour_waits_for_the_slowest_source_and_not_for_a_silent_one(rs):
     assert [(p["port"], p["hour"], p["count"]) for p in sent if not p.get("progress")] == [("PVG", 10, 2)]
     assert [p["hour"] for p in sent if p.get("progress")] == [10]
     # SH|0 falls silent (wall clock) while SH|1 goes on: it no longer holds the hours back
-    clock[0] = float(rs["event_time"]["flow_idle_seconds"]) + 1
+    clock[0] = float(rs["event_time"]["idle_partition_seconds"]) + 1
     fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR + 1}, 0, 0, source="SH|1")
     sent = fc.on_watermark(st, 14 * HOUR, 0)
     assert [(p["hour"], p["count"]) for p in sent if not p.get("progress")] == [(11, 1)]
@@ -329,7 +329,7 @@ def test_flow_hour_waits_for_the_slowest_source_and_not_for_a_silent_one(rs):
 def test_flow_source_the_worker_still_has_records_of_is_not_idle(rs):
     clock = [0.0]
     fc = FlowCounter(rs, clock=lambda: clock[0])
-    idle = float(rs["event_time"]["flow_idle_seconds"])
+    idle = float(rs["event_time"]["idle_partition_seconds"])
     st = fc.new_state()
     fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 10 * HOUR + 5}, 0, 0, source="SH|0")
     fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR}, 0, 0, source="SH|1")
