@@ -529,6 +529,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         rrules.vessel.dirty.clear()
 
     app.yrd_config = cfg
+    app.yrd_stage_topics = (subject_topic, regional_topic)
     app.yrd_rules = rs
     return app
 
@@ -541,19 +542,14 @@ def worker_topics(app: faust.App) -> list[topics.TopicSpec]:
     internal topics are left out of the assignment, or auto-created by a metadata request with the broker's
     default partitions). Created with the bus's topics first, they are there, as Faust would declare them.
     """
-    cfg: StreamsConfig = app.yrd_config
-    rf = cfg.replication
     kept = 30 * topics.DAY_MS     # as long as the source topics: a worker away that long loses nothing unread
-    out = [topics.TopicSpec(cfg.subject_topic, cfg.partitions, kept, "delete",
-                            "stream layer: events re-keyed by subject", replication=rf, fixed_partitions=True),
-           topics.TopicSpec(cfg.regional_topic, 1, kept, "delete",
-                            "stream layer: events and ticks of the regional stage", replication=rf,
-                            fixed_partitions=True)]
-    for table in app.tables.values():
-        out.append(topics.TopicSpec(table.changelog_topic.get_topic_name(), table.partitions, -1, "compact",
-                                    f"changelog of the stream layer's {table.name} table", replication=rf,
-                                    fixed_partitions=True))
-    return out
+    declared = [(t, "stream layer stage topic") for t in app.yrd_stage_topics]
+    declared += [(table.changelog_topic, f"changelog of the stream layer's {table.name} table")
+                 for table in app.tables.values()]
+    return [topics.TopicSpec(t.get_topic_name(), t.partitions, -1 if t.compacting else kept,
+                             "compact" if t.compacting else "delete", purpose,
+                             replication=app.yrd_config.replication, fixed_partitions=True)
+            for t, purpose in declared]
 
 
 def ensure_topics(cfg: StreamsConfig, app: faust.App | None = None) -> None:

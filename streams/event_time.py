@@ -100,15 +100,14 @@ class RecordClock:
         self._last: float | None = None     # the largest record timestamp seen
         self.now = 0.0
 
-    def advance(self, timestamp: float | None) -> float:
-        """Take the timestamp (seconds) of a record read; return the clock."""
+    def advance(self, timestamp: float | None) -> None:
+        """Take the timestamp (seconds) of a record read."""
         if timestamp:
             if self._last is None:
                 self._last = timestamp
             elif timestamp > self._last:
                 self.now += min(timestamp - self._last, self.max_step_s)
                 self._last = timestamp
-        return self.now
 
     def __call__(self) -> float:
         return self.now

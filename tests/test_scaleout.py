@@ -135,11 +135,15 @@ def wait_until(predicate, timeout: float, what: str, workers: list[Worker]):
                 + ":\n" + "\n".join(w.tail() for w in workers))
 
 
+def stage_inputs(prefix: str) -> dict[str, list[str]]:
+    """What the stream workers read: the source topics and control, and their internal stage topics."""
+    return {"sources": [prefix + t for t in topics.source_topics()] + [prefix + topics.CONTROL],
+            "internal": [prefix + "streams.subjects", prefix + "streams.regional"]}
+
+
 def finished(bootstrap: str, prefix: str) -> bool:
-    sources = [prefix + t for t in topics.source_topics()] + [prefix + topics.CONTROL]
-    internal = [prefix + "streams.subjects", prefix + "streams.regional"]
     done = True
-    for names in (sources, internal):
+    for names in stage_inputs(prefix).values():
         committed, end = group_offsets(bootstrap, prefix + "streams", names)
         done = done and end > 0 and committed >= end
     return done
@@ -160,10 +164,8 @@ def settled(bootstrap: str, prefix: str, quiet: float = 15.0):
         return time.monotonic() - last["since"] >= quiet
 
     def detail() -> str:
-        out = []
-        for what, names in (("sources", [prefix + t for t in topics.source_topics()] + [prefix + topics.CONTROL]),
-                            ("internal", [prefix + "streams.subjects", prefix + "streams.regional"])):
-            out.append(f"{what} committed/end {group_offsets(bootstrap, prefix + 'streams', names)}")
+        out = [f"{what} committed/end {group_offsets(bootstrap, prefix + 'streams', names)}"
+               for what, names in stage_inputs(prefix).items()]
         return "; ".join(out) + f"; derived alerts {last['count']}, unchanged for {time.monotonic() - last['since']:.0f} s"
     check.detail = detail
     return check
