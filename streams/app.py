@@ -23,6 +23,7 @@ import asyncio
 import heapq
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +34,13 @@ from aiokafka.partitioner import murmur2
 from schemas.codec import get_codec
 from schemas.deadletter import headers_for
 from schemas.errors import EventError
-from streams import derived, metrics, ruleset, subject as subject_rules
+from streams import catchup, derived, metrics, ruleset, subject as subject_rules
 from streams.event_time import RecordClock, Watermark
 from streams.decoding import PlainDecoder
 from streams.events import for_avro
 from streams.flow import FlowCounter
 from streams.regional import SECTIONS, RegionalRules
-from yrdbus import topics
+from yrdbus import kafka_config, topics
 
 log = logging.getLogger("yrdbus.streams")
 
@@ -193,10 +194,11 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     lateness = rs.minutes_ms("event_time", "lateness_minutes")
 
     vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
-    done: dict = {}   # source and subject partitions -> the offset this worker last processed of them
+    done: dict = {}   # the stages' partitions -> the offset this worker last processed of them
+    catchup_conf = kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap})
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
-          "reg_expect": None, "reg_wm_dirty": False}
+          "reg_expect": None, "reg_wm_dirty": False, "undelivered": {}}
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
@@ -263,33 +265,59 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                               ProcessingError(f"{stage} stage failed on this event: {type(exc).__name__}: {exc}"),
                               event.message.partition, event.message.offset)
 
+    async def in_turn(event, handler) -> None:
+        """``handler(event)``, after the records of its partition the consumer skipped (``streams.catchup``):
+        the record before this one processed here is not the one before it in the partition."""
+        msg = event.message
+        last = done.get(msg.tp)
+        if last is None:    # the first record of the partition here: it should be the committed one
+            last = (app.consumer._committed_offset.get(msg.tp) or 0) - 1
+        if last >= 0 and msg.offset > last + 1:
+            first, end = last + 1, msg.offset
+            log.warning("%s[%d]: records %d..%d were not delivered before %d; reading them again", msg.topic,
+                      msg.partition, first, end - 1, end)
+            metrics.UNDELIVERED.labels(msg.topic).inc(end - first)
+            try:
+                missed = await asyncio.to_thread(catchup.read_range, catchup_conf, msg.tp, first, end)
+            except catchup.CatchUpError as exc:
+                # going on would lose them (and Faust would commit past them): the worker stops, and a restart
+                # reads the partition again from its committed offset
+                log.critical("cannot read the skipped records, stopping the worker: %s", exc)
+                os._exit(75)
+            for e in missed:
+                await handler(e)
+        await handler(event)
+
     # ------------------------------------------------------------------ re-key
     @app.agent(source_topic)
     async def rekey(stream):
         async for event in stream.events():
-            msg = event.message
-            done[msg.tp] = msg.offset
-            kind = _kind_of_source(msg.topic, cfg.prefix)
-            raw, key = event.value, event.key
-            metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
-            headers = [("yrd-kind", kind.encode()), ("yrd-source", msg.topic.encode()),
-                       ("yrd-source-partition", str(msg.partition).encode())]
-            try:
-                if kind == "clearance" and key:
-                    await subject_topic.send(key=key, value=raw, headers=headers)
-                    continue
-                rec = decoder.decode(raw, kind)
-                if kind == "clearance":
-                    await subject_topic.send(key=rec["subject"].encode(), value=raw, headers=headers)
-                    continue
-                if kind == "alert" and rec.get("subject"):
-                    await subject_topic.send(key=rec["subject"].encode(), value=raw, headers=headers)
-                elif kind == "case":
-                    for s in sorted(set(rec.get("subjects") or [])):
-                        await subject_topic.send(key=s.encode(), value=raw, headers=headers)
-                await regional_topic.send(key=b"regional", value=raw, headers=headers)
-            except EventError as exc:
-                await dead_letter(msg.topic, raw, key, exc, msg.partition, msg.offset)
+            await in_turn(event, rekey_event)
+
+    async def rekey_event(event) -> None:
+        msg = event.message
+        done[msg.tp] = msg.offset
+        kind = _kind_of_source(msg.topic, cfg.prefix)
+        raw, key = event.value, event.key
+        metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
+        headers = [("yrd-kind", kind.encode()), ("yrd-source", msg.topic.encode()),
+                   ("yrd-source-partition", str(msg.partition).encode())]
+        try:
+            if kind == "clearance" and key:
+                await subject_topic.send(key=key, value=raw, headers=headers)
+                return
+            rec = decoder.decode(raw, kind)
+            if kind == "clearance":
+                await subject_topic.send(key=rec["subject"].encode(), value=raw, headers=headers)
+                return
+            if kind == "alert" and rec.get("subject"):
+                await subject_topic.send(key=rec["subject"].encode(), value=raw, headers=headers)
+            elif kind == "case":
+                for s in sorted(set(rec.get("subjects") or [])):
+                    await subject_topic.send(key=s.encode(), value=raw, headers=headers)
+            await regional_topic.send(key=b"regional", value=raw, headers=headers)
+        except EventError as exc:
+            await dead_letter(msg.topic, raw, key, exc, msg.partition, msg.offset)
 
     # ------------------------------------------------------------------ subject stage
     def rescan() -> None:
@@ -330,7 +358,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     @app.agent(subject_topic)
     async def subjects(stream):
         async for event in stream.events():
-            await guarded("subjects", event, subject_event)
+            await in_turn(event, lambda e: guarded("subjects", e, subject_event))
 
     async def subject_event(event) -> None:
         msg = event.message
@@ -421,6 +449,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # The ticks also keep the stage's clock (its records' timestamps) going when nothing else comes.
     @app.timer(interval=2.0)
     async def regional_tick():
+        await undelivered()
         busy: set[str] = set()
         clearance_sources = []
         for tp in backlogged():
@@ -439,6 +468,32 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if busy or st["has_regional"]:
             await regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": sorted(busy)})
                                       .encode(), headers=[("yrd-via", b"tick")])
+
+    async def undelivered() -> None:
+        """The same skip as ``in_turn`` catches, when nothing follows it: a partition none of whose records has
+        been processed here, though the consumer's position is past its committed offset for two ticks in a
+        row, had them dropped; it is sought back to its committed offset and read again."""
+        suspects = {}
+        for tp in app.consumer.assignment():
+            if tp in done or (tp.topic not in sources and tp.topic not in (cfg.subject_topic, cfg.regional_topic)):
+                continue
+            committed = app.consumer._committed_offset.get(tp)
+            if committed is None:
+                continue
+            try:
+                position = await app.consumer.position(tp)
+            except Exception:  # revoked meanwhile
+                continue
+            if position is not None and position > committed:
+                suspects[tp] = (committed, position)
+        again = {tp: cp for tp, cp in suspects.items() if st["undelivered"].get(tp) == cp}
+        st["undelivered"] = suspects
+        if again:
+            for tp, (c, pos) in again.items():
+                log.warning("%s[%d]: read to %d but nothing processed from its committed offset %d: reading it "
+                            "again from there", tp.topic, tp.partition, pos, c)
+                metrics.UNDELIVERED.labels(tp.topic).inc(pos - c)
+            await app.consumer.seek_wait({tp: c for tp, (c, _) in again.items()})
 
     def backlogged() -> list:
         """The source and subject partitions of which this worker has records not yet processed."""
@@ -460,10 +515,11 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     @app.agent(regional_topic)
     async def regional(stream):
         async for event in stream.events():
-            await guarded("regional", event, regional_event)
+            await in_turn(event, lambda e: guarded("regional", e, regional_event))
 
     async def regional_event(event) -> None:
         msg = event.message
+        done[msg.tp] = msg.offset
         raw = event.value
         headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}

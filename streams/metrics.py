@@ -12,6 +12,9 @@ OUTPUTS = Counter("yrdbus_streams_outputs_total", "Records emitted, per output k
 EMIT_LAG = Histogram("yrdbus_streams_emit_lag_seconds",
                      "Wall-clock emission time minus the event time of the evidence that completed the output.",
                      ["kind"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400, float("inf")))
+UNDELIVERED = Counter("yrdbus_streams_undelivered_records_total",
+                      "Records the consumer skipped after a rebalance, read again by the worker (streams.catchup).",
+                      ["topic"])
 LATE = Counter("yrdbus_streams_late_events_total", "Events older than the watermark when they arrived.", ["stage"])
 DEAD = Counter("yrdbus_streams_dead_letters_total", "Records sent to a dead-letter topic.", ["topic", "reason"])
 TABLE = Gauge("yrdbus_streams_table_entries", "Entries in the worker's state, per table.", ["table"])

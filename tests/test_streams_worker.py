@@ -253,3 +253,30 @@ def test_worker_killed_mid_stream_recovers_its_state_and_loses_or_doubles_no_ale
     # a record re-read after a kill may be derived again: it carries the same id, never a new one
     assert len(distinct) == len({(a["kind"], tuple(a["must_act"]), a["subject"], a["pattern"], a["occurred_at"])
                                  for a in alerts})
+
+
+def test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_headers(kafka):
+    """streams.catchup: what the stages read when Faust delivers a partition's records from past a run."""
+    from faust.types import TP
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams import catchup
+
+    topic = f"c{uuid.uuid4().hex[:6]}.streams.subjects"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+    p = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
+    for i in range(10):
+        p.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=1,
+                  headers=[("yrd-kind", b"clearance"), ("yrd-source", f"s{i}".encode())])
+    p.produce(topic, key=b"other", value=b"other", partition=0)
+    assert p.flush(30) == 0
+
+    got = catchup.read_range({"bootstrap.servers": kafka.bootstrap}, TP(topic, 1), 3, 7, timeout=30)
+    assert [e.message.offset for e in got] == [3, 4, 5, 6]
+    assert [(e.key, e.value) for e in got] == [(f"k{i}".encode(), f"v{i}".encode()) for i in range(3, 7)]
+    assert got[0].headers == [("yrd-kind", b"clearance"), ("yrd-source", b"s3")]
+    assert got[0].message.tp == TP(topic, 1) and got[0].message.partition == 1 and got[0].message.timestamp > 1e9
+    # records that are not there (yet) are not waited for forever: the worker stops instead of skipping them
+    with pytest.raises(catchup.CatchUpError, match=r"records 8\.\.11"):
+        catchup.read_range({"bootstrap.servers": kafka.bootstrap}, TP(topic, 1), 8, 12, timeout=3)
