@@ -265,17 +265,19 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                               ProcessingError(f"{stage} stage failed on this event: {type(exc).__name__}: {exc}"),
                               event.message.partition, event.message.offset)
 
+    def next_offset(tp):
+        """The next offset of ``tp`` to process: after the last one processed here, or (none yet) the committed
+        one; not the consumer's read offset, which runs ahead into its buffers. None when not known."""
+        return done[tp] + 1 if tp in done else app.consumer._committed_offset.get(tp)
+
     async def in_turn(event, handler) -> None:
-        """``handler(event)``, after the records of its partition the consumer skipped (``streams.catchup``):
-        the record before this one processed here is not the one before it in the partition."""
+        """``handler(event)``, after the records of its partition the consumer skipped (``streams.catchup``) when
+        the record is past the next offset to process. Each record handled is noted in ``done``."""
         msg = event.message
-        last = done.get(msg.tp)
-        if last is None:    # the first record of the partition here: it should be the committed one
-            last = (app.consumer._committed_offset.get(msg.tp) or 0) - 1
-        if last >= 0 and msg.offset > last + 1:
-            first, end = last + 1, msg.offset
+        first, end = next_offset(msg.tp), msg.offset
+        if first and end > first:
             log.warning("%s[%d]: records %d..%d were not delivered before %d; reading them again", msg.topic,
-                      msg.partition, first, end - 1, end)
+                        msg.partition, first, end - 1, end)
             metrics.UNDELIVERED.labels(msg.topic).inc(end - first)
             try:
                 missed = await asyncio.to_thread(catchup.read_range, catchup_conf, msg.tp, first, end)
@@ -285,7 +287,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 log.critical("cannot read the skipped records, stopping the worker: %s", exc)
                 os._exit(75)
             for e in missed:
+                done[msg.tp] = e.message.offset
                 await handler(e)
+        done[msg.tp] = msg.offset
         await handler(event)
 
     # ------------------------------------------------------------------ re-key
@@ -296,7 +300,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     async def rekey_event(event) -> None:
         msg = event.message
-        done[msg.tp] = msg.offset
         kind = _kind_of_source(msg.topic, cfg.prefix)
         raw, key = event.value, event.key
         metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
@@ -362,7 +365,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     async def subject_event(event) -> None:
         msg = event.message
-        done[msg.tp] = msg.offset
         headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
         kind, source = headers.get("yrd-kind", "clearance"), headers.get("yrd-source", msg.topic)
@@ -449,10 +451,11 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # The ticks also keep the stage's clock (its records' timestamps) going when nothing else comes.
     @app.timer(interval=2.0)
     async def regional_tick():
-        await undelivered()
+        behind = backlogged()
+        await undelivered([tp for tp in behind if tp not in done])
         busy: set[str] = set()
         clearance_sources = []
-        for tp in backlogged():
+        for tp in behind:
             if tp.topic == cfg.subject_topic:
                 busy.add(upstream_key("subjects", tp.partition))
             elif tp.topic in regional_sources:
@@ -469,14 +472,14 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             await regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": sorted(busy)})
                                       .encode(), headers=[("yrd-via", b"tick")])
 
-    async def undelivered() -> None:
-        """The same skip as ``in_turn`` catches, when nothing follows it: a partition none of whose records has
-        been processed here, though the consumer's position is past its committed offset for two ticks in a
-        row, had them dropped; it is sought back to its committed offset and read again."""
+    async def undelivered(untouched: list) -> None:
+        """The same skip as ``in_turn`` catches, when nothing follows it: a partition with records to process
+        none of which has been processed here (``untouched``), though the consumer's position is past its
+        committed offset for two ticks in a row, had them dropped; it is sought back to its committed offset and
+        read again. (The regional partition needs no such check: a tick follows every 2 s.) The positions are
+        asked of the consumer's thread only for these partitions, which are none once a worker has caught up."""
         suspects = {}
-        for tp in app.consumer.assignment():
-            if tp in done or (tp.topic not in sources and tp.topic not in (cfg.subject_topic, cfg.regional_topic)):
-                continue
+        for tp in untouched:
             committed = app.consumer._committed_offset.get(tp)
             if committed is None:
                 continue
@@ -505,9 +508,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 hw = app.consumer.highwater(tp)
             except Exception:  # revoked meanwhile
                 continue
-            # the next offset to process: after the last one processed, or (none processed yet) the committed one;
-            # not the consumer's read offset, which runs ahead into its buffers
-            nxt = done[tp] + 1 if tp in done else app.consumer._committed_offset.get(tp)
+            nxt = next_offset(tp)
             if hw is None or (hw > 0 and (nxt is None or nxt < hw)):
                 behind.append(tp)
         return behind
@@ -519,7 +520,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     async def regional_event(event) -> None:
         msg = event.message
-        done[msg.tp] = msg.offset
         raw = event.value
         headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
