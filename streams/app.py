@@ -194,8 +194,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     lateness = rs.minutes_ms("event_time", "lateness_minutes")
 
     vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
-    done: dict = {}   # the stages' partitions -> the offset this worker last processed of them
-    catchup_conf = kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap})
+    # every stage's records in their partition's order, a run Faust skipped read again first
+    in_turn = catchup.Turns(lambda: app.consumer, kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap}),
+                            on_skip=lambda topic, n: metrics.UNDELIVERED.labels(topic).inc(n))
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
           "reg_expect": None, "reg_wm_dirty": False, "undelivered": {}}
@@ -205,8 +206,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         st["rescan"] = True
         st["regional"] = None
         st["has_regional"] = any(tp.topic == cfg.regional_topic for tp in assigned)
-        for tp in assigned:
-            done.pop(tp, None)
+        in_turn.forget(assigned)
         if st["has_regional"]:
             # every upstream of the regional stage holds its watermark back until it has spoken (or gone idle),
             # from the stage's first record on
@@ -264,33 +264,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             await dead_letter(event.message.topic, event.value, event.key,
                               ProcessingError(f"{stage} stage failed on this event: {type(exc).__name__}: {exc}"),
                               event.message.partition, event.message.offset)
-
-    def next_offset(tp):
-        """The next offset of ``tp`` to process: after the last one processed here, or (none yet) the committed
-        one; not the consumer's read offset, which runs ahead into its buffers. None when not known."""
-        return done[tp] + 1 if tp in done else app.consumer._committed_offset.get(tp)
-
-    async def in_turn(event, handler) -> None:
-        """``handler(event)``, after the records of its partition the consumer skipped (``streams.catchup``) when
-        the record is past the next offset to process. Each record handled is noted in ``done``."""
-        msg = event.message
-        first, end = next_offset(msg.tp), msg.offset
-        if first and end > first:
-            log.warning("%s[%d]: records %d..%d were not delivered before %d; reading them again", msg.topic,
-                        msg.partition, first, end - 1, end)
-            metrics.UNDELIVERED.labels(msg.topic).inc(end - first)
-            try:
-                missed = await asyncio.to_thread(catchup.read_range, catchup_conf, msg.tp, first, end)
-            except catchup.CatchUpError as exc:
-                # going on would lose them (and Faust would commit past them): the worker stops, and a restart
-                # reads the partition again from its committed offset
-                log.critical("cannot read the skipped records, stopping the worker: %s", exc)
-                os._exit(75)
-            for e in missed:
-                done[msg.tp] = e.message.offset
-                await handler(e)
-        done[msg.tp] = msg.offset
-        await handler(event)
 
     # ------------------------------------------------------------------ re-key
     @app.agent(source_topic)
@@ -452,7 +425,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     @app.timer(interval=2.0)
     async def regional_tick():
         behind = backlogged()
-        await undelivered([tp for tp in behind if tp not in done])
+        await undelivered([tp for tp in behind if tp not in in_turn.done])
         busy: set[str] = set()
         clearance_sources = []
         for tp in behind:
@@ -497,6 +470,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                             "again from there", tp.topic, tp.partition, pos, c)
                 metrics.UNDELIVERED.labels(tp.topic).inc(pos - c)
             await app.consumer.seek_wait({tp: c for tp, (c, _) in again.items()})
+            for tp, (c, _) in again.items():
+                # Faust drops a record below its read offset as one already delivered: read from here again
+                app.consumer._read_offset[tp] = c
 
     def backlogged() -> list:
         """The source and subject partitions of which this worker has records not yet processed."""
@@ -508,7 +484,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 hw = app.consumer.highwater(tp)
             except Exception:  # revoked meanwhile
                 continue
-            nxt = next_offset(tp)
+            nxt = in_turn.next_offset(tp)
             if hw is None or (hw > 0 and (nxt is None or nxt < hw)):
                 behind.append(tp)
         return behind

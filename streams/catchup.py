@@ -9,15 +9,25 @@ stays past the records emptied. Faust takes the jump for a gap (as in a compacte
 after it is processed, counts the records in between as processed: they are never read, and their offsets
 are committed.
 
+When the dropped records had already passed Faust's read offset, Faust sees no jump at all: the record after
+them is acknowledged, but its commit logic (``Consumer._new_offset``) will not commit past offsets that were
+neither acknowledged nor a known gap, and the partition's committed offset never moves again (a stall of the
+stage's commits, not of its processing).
+
 The stages' topics have no gaps (not compacted, no transactions), so a jump is records not delivered. The
-agents notice it (the record after the one last processed is not the next offset), read the missing records
-here with a plain consumer, and process them before the record that came: the outputs are those of a run
-without the skip, and Faust's commit past them is then right.
+agents notice it (the record after the one last processed is not the next offset, ``Turns``), read the
+missing records here with a plain consumer, process them before the record that came, and tell Faust's
+consumer that their offsets are done: the outputs are those of a run without the skip, and the commit goes
+past them, whether or not Faust saw the jump.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import time
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -43,6 +53,9 @@ class Event:
 
 class CatchUpError(RuntimeError):
     pass
+
+
+log = logging.getLogger(__name__)
 
 
 def read_range(conf: dict, tp, first: int, end: int, timeout: float = 60.0) -> list[Event]:
@@ -78,3 +91,57 @@ def read_range(conf: dict, tp, first: int, end: int, timeout: float = 60.0) -> l
     finally:
         consumer.close()
     return out
+
+
+class Turns:
+    """The stages' partitions' next offsets to process, and the catch-up of the runs the consumer skipped.
+
+    ``consumer()``: the worker's Faust consumer (its committed offsets, and its gaps: the offsets it may commit
+    past; asked for when needed, as the app makes it once running); ``conf``: librdkafka settings for
+    ``read_range``; ``on_skip(topic, n)``: told of every skipped run (a metric); ``read``: ``read_range`` or a
+    stand-in with its signature."""
+
+    def __init__(self, consumer: Callable[[], object], conf: dict,
+                 on_skip: Callable[[str, int], None] = lambda topic, n: None,
+                 read: Callable[..., list] = read_range):
+        self.consumer, self.conf, self.on_skip, self.read = consumer, conf, on_skip, read
+        self.done: dict = {}   # partition -> the offset last processed here
+
+    def forget(self, tps) -> None:
+        """Partitions (re)assigned: their next offset is the committed one again."""
+        for tp in tps:
+            self.done.pop(tp, None)
+
+    def next_offset(self, tp):
+        """The next offset of ``tp`` to process: after the last one processed here, or (none yet) the committed
+        one; not the consumer's read offset, which runs ahead into its buffers. None when not known."""
+        return self.done[tp] + 1 if tp in self.done else self.consumer()._committed_offset.get(tp)
+
+    async def __call__(self, event, handler: Callable[[object], Awaitable[None]]) -> None:
+        """``handler(event)``, after the records of its partition the consumer skipped when the record is past
+        the next offset to process, and not at all when it is before it; each record handled is noted. If the
+        skipped records cannot be read, the worker exits (75): going on would lose them, and a restart reads the
+        partition from its committed offset."""
+        msg = event.message
+        first, end = self.next_offset(msg.tp), msg.offset
+        if first is not None and end < first:
+            # delivered again (a seek back): processed here already, or committed; twice would double its outputs
+            log.info("%s[%d]: record %d was processed before; not again", msg.topic, msg.partition, end)
+            return
+        if first is not None and end > first:
+            log.warning("%s[%d]: records %d..%d were not delivered before %d; reading them again", msg.topic,
+                        msg.partition, first, end - 1, end)
+            self.on_skip(msg.topic, end - first)
+            try:
+                missed = await asyncio.to_thread(self.read, self.conf, msg.tp, first, end)
+            except CatchUpError as exc:
+                log.critical("cannot read the skipped records, stopping the worker: %s", exc)
+                os._exit(75)
+            for e in missed:
+                self.done[msg.tp] = e.message.offset
+                await handler(e)
+            # Faust may not know these offsets were skipped (they passed its read offset before being dropped):
+            # a gap is what its commit counts as done without an acknowledgement
+            await self.consumer()._add_gap(msg.tp, first, end - 1)
+        self.done[msg.tp] = msg.offset
+        await handler(event)

@@ -30,7 +30,7 @@ def worker(
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="YRDBUS_WORKER_METRICS_PORT",
                                                help="Serve Prometheus /metrics on this port (default: none)."),
     replication: int = typer.Option(1, "--replication", min=1, help="Replication factor of internal topics."),
-    loglevel: str = typer.Option("warning", "--loglevel", help="Faust log level (debug, info, warning, error)."),
+    loglevel: str = typer.Option("warning", "--loglevel", envvar="YRDBUS_WORKER_LOGLEVEL", help="Faust log level (debug, info, warning, error)."),
 ) -> None:
     """Run one stream-processing worker (Faust). Start several with the same --app-id to share the partitions."""
     import sys

@@ -1,0 +1,132 @@
+"""streams.catchup.Turns against Faust's own consumer: records skipped after a rebalance are processed in their
+turn, counted as done by Faust's commit logic, and a record delivered twice is not processed twice.
+
+The consumer is Faust's real (aiokafka) consumer object, not started: its commit bookkeeping (`_acked`,
+`_gap`, `_committed_offset`, `_new_offset`) is plain code and needs no broker. Reading the skipped records
+from a real broker is `test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_headers`
+(tests/test_streams_worker.py); here the reader is a stand-in with the same signature."""
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import pytest
+from faust.types import TP
+
+from streams import catchup
+
+TOPIC = "t.streams.subjects"
+TP1 = TP(TOPIC, 1)
+
+
+def event(offset: int, tp=TP1) -> catchup.Event:
+    return catchup.Event(catchup.Message(tp.topic, tp.partition, offset, 1.5e9, tp), f"k{offset}".encode(),
+                         f"v{offset}".encode())
+
+
+def faust_consumer():
+    return faust.App(f"catchup-test-{id(object())}", broker="kafka://127.0.0.1:1", store="memory://").consumer
+
+
+def acked_by_faust(consumer, *offsets: int, tp=TP1) -> None:
+    """What Faust's stream does once an agent is done with a record it delivered (Consumer.ack)."""
+    for o in offsets:
+        consumer._acked_index[tp].add(o)
+        consumer._acked[tp].append(o)
+
+
+class Reader:
+    """Stands in for read_range: the records asked for, from a partition's contents; notes each call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, conf, tp, first, end):
+        self.calls.append((tp, first, end))
+        return [event(o, tp) for o in range(first, end)]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_run_faust_skipped_without_noticing_is_processed_first_and_lets_the_commit_move_on():
+    consumer, reader, seen = faust_consumer(), Reader(), []
+    consumer._committed_offset[TP1] = 98      # what perform_seek found after the rebalance
+    turns = catchup.Turns(lambda: consumer, {"bootstrap.servers": "-"}, read=reader)
+
+    async def handler(e):
+        seen.append(e.message.offset)
+
+    # 98..101 went into an agent's queue and were dropped when the flow resumed; 102 is the first delivered
+    run(turns(event(102), handler))
+    assert seen == [98, 99, 100, 101, 102]
+    assert reader.calls == [(TP1, 98, 102)]
+    acked_by_faust(consumer, 102)
+    assert consumer._new_offset(TP1) == 103
+
+    # the same acknowledgements without the catch-up: Faust never commits this partition again
+    bare = faust_consumer()
+    bare._committed_offset[TP1] = 98
+    acked_by_faust(bare, 102, 103, 104)
+    assert bare._new_offset(TP1) is None
+
+
+def test_records_in_order_need_no_reading_and_a_record_delivered_again_is_not_processed_twice():
+    consumer, reader, seen = faust_consumer(), Reader(), []
+    consumer._committed_offset[TP1] = 10
+    turns = catchup.Turns(lambda: consumer, {}, read=reader)
+
+    async def handler(e):
+        seen.append(e.message.offset)
+
+    async def go():
+        for o in (10, 11, 12, 11, 9, 13):
+            await turns(event(o), handler)
+    run(go())
+    assert seen == [10, 11, 12, 13]
+    assert reader.calls == []
+    assert turns.next_offset(TP1) == 14
+
+    # a partition assigned again starts from its committed offset, whatever was processed of it before
+    consumer._committed_offset[TP1] = 20
+    turns.forget([TP1])
+    assert turns.next_offset(TP1) == 20
+    run(turns(event(22), handler))
+    assert seen[-3:] == [20, 21, 22] and reader.calls == [(TP1, 20, 22)]
+
+
+def test_a_partition_whose_committed_offset_is_not_known_yet_is_taken_as_it_comes():
+    consumer, reader, seen = faust_consumer(), Reader(), []
+    turns = catchup.Turns(lambda: consumer, {}, read=reader)
+
+    async def handler(e):
+        seen.append(e.message.offset)
+
+    run(turns(event(40), handler))
+    run(turns(event(41), handler))
+    assert seen == [40, 41] and reader.calls == []
+
+
+def test_skipped_records_that_cannot_be_read_stop_the_worker_rather_than_being_lost(monkeypatch):
+    consumer, seen, skipped = faust_consumer(), [], []
+    consumer._committed_offset[TP1] = 5
+
+    def unreadable(conf, tp, first, end):
+        raise catchup.CatchUpError(f"{tp.topic}[{tp.partition}]: read 0 of the {end - first} records")
+
+    exits = []
+
+    def exit_(code):
+        exits.append(code)
+        raise SystemExit(code)
+    monkeypatch.setattr(catchup.os, "_exit", exit_)
+    turns = catchup.Turns(lambda: consumer, {}, on_skip=lambda topic, n: skipped.append((topic, n)),
+                          read=unreadable)
+
+    async def handler(e):
+        seen.append(e.message.offset)
+
+    with pytest.raises(SystemExit):
+        run(turns(event(9), handler))
+    assert exits == [75] and seen == [] and skipped == [(TOPIC, 4)]
