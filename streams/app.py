@@ -12,9 +12,9 @@ The re-key step forwards the value's bytes untouched (only alerts and cases,
 which are few, are decoded to find their subjects). State lives in tables with
 compacted changelog topics and is recovered after a restart.
 
-Event time: the subject stage's watermark is the smallest of its partitions'
-(largest event time minus ``lateness_minutes``; a partition idle for
-``idle_partition_seconds`` stops holding it back); the regional stage has one
+Event time: the subject stage's watermark is the smallest of its partitions' and
+its source partitions' (largest event time minus ``lateness_minutes``; one idle
+for ``idle_partition_seconds`` stops holding it back); the regional stage has one
 partition and its own, wider lateness. Deadlines fire on watermarks only.
 """
 from __future__ import annotations
@@ -178,8 +178,16 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     srules = subject_rules.SubjectRules(rs)
     rrules = RegionalRules(rs)
     counter = FlowCounter(rs, cfg.partitions)
+    # The subject stage's watermark is the slowest of its own partitions (one read ahead of another must not fire
+    # the other's deadlines) and of the source partitions the re-key step forwards from (a source partition
+    # whose backlog is not re-keyed yet, after a restart or while a worker that joined takes it over, may hold
+    # a traveller's exit: the transit deadline must wait for it). Silence is measured on the clock of the
+    # stage's own topic (its records' timestamps: see RecordClock), and a
+    # partition with records still to read, here or at another worker's re-key step, is not silent.
+    sub_clock, reg_clock = RecordClock(), RecordClock()
+    sub_idle_s = float(rs["event_time"]["idle_partition_seconds"])
     sub_wm = Watermark(rs.minutes_ms("event_time", "lateness_minutes"),
-                       int(float(rs["event_time"]["idle_partition_seconds"]) * 1000))
+                       int(sub_idle_s * 1000), clock=sub_clock)
     # The regional stage is fed by two forwarders (the re-key step: alerts and cases of every source partition;
     # the subject stage: flow partials and some clearances of every subject partition), each reading at its own
     # pace, and the re-key step reads a backlog a fetch at a time (a sparse alert partition's whole day before a
@@ -187,7 +195,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # an upstream silent for global_idle_seconds stops holding it back. Silent is measured on the clock of the
     # stage's own topic (its records' timestamps, a tick every 2 s), not the wall clock: a stage reading its
     # topic behind must not take an upstream whose records wait in the unread part for an idle one.
-    reg_clock = RecordClock()
     reg_wm = Watermark(rs.minutes_ms("event_time", "global_lateness_minutes"),
                        int(float(rs["event_time"].get("global_idle_seconds", 10)) * 1000),
                        clock=reg_clock)
@@ -199,7 +206,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                             on_skip=lambda topic, n: metrics.UNDELIVERED.labels(topic).inc(n))
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
-          "reg_expect": None, "reg_wm_dirty": False, "undelivered": {}}
+          "reg_expect": None, "reg_wm_dirty": False, "undelivered": {},
+          "sub_expect": None, "active_at": 0.0, "sub_parts": [], "sub_sources": [], "flow_wm": {}}
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
@@ -216,9 +224,24 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 upstream += [upstream_key(name, p) for p in range(n)]
             st["reg_expect"] = upstream
         log.debug("assigned %d partitions (regional stage here: %s)", len(assigned), st["has_regional"])
-        for tp in assigned:
-            if tp.topic == cfg.subject_topic:
-                sub_wm.forget(tp.partition)
+        mine = [tp.partition for tp in assigned if tp.topic == cfg.subject_topic]
+        for k in list(sub_wm.maxima()):
+            if (k if isinstance(k, int) else k[0]) not in mine:
+                sub_wm.forget(k)
+        st["sub_parts"] = mine
+        if mine:
+            # ticks for a while, whether or not there is anything to re-key: the stage's clock must move on for
+            # its silent upstreams to go idle, or a restart with nothing new would judge nothing
+            st["active_at"] = time.monotonic()
+            # every (subject partition, source partition) pair holds the stage back from its next record on,
+            # until it speaks or goes silent; those already known count as just heard from (the rebalance
+            # itself was a silence of nobody's making)
+            every = []
+            for name in sources:
+                n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
+                every += [upstream_key(name, p) for p in range(n)]
+            st["sub_sources"] = every
+            st["sub_expect"] = [(p, s) for p in mine for s in every]
 
     # ------------------------------------------------------------------ output
     async def dead_letter(source: str, raw: bytes, key, error, partition=None, offset=None) -> None:
@@ -273,6 +296,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     async def rekey_event(event) -> None:
         msg = event.message
+        st["active_at"] = time.monotonic()
         kind = _kind_of_source(msg.topic, cfg.prefix)
         raw, key = event.value, event.key
         metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
@@ -342,23 +366,48 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
         kind, source = headers.get("yrd-kind", "clearance"), headers.get("yrd-source", msg.topic)
         raw, key = event.value, event.key
-        metrics.EVENTS_IN.labels(source, "subjects").inc()
+        sub_clock.advance(msg.timestamp)
+        if st["sub_expect"]:
+            sub_wm.touch(sub_wm.maxima())
+            # what the partitions' upstreams had given before a restart (kept with their flow counts): the
+            # stage must not fall back behind it, or a restart at the end of a stream would judge nothing more
+            for p in st["sub_parts"]:
+                kept = (flow_table.get(str(p)) or {}).get("wm") or {}
+                sub_wm.restore({(p, src): m for src, m in kept.items()})
+            sub_wm.expect(st["sub_expect"])
+            st["sub_expect"] = None
         if st["rescan"]:
             rescan()
+        part = str(msg.partition)
+        if kind == "tick":
+            busy = json.loads(raw).get("busy") or ()
+            sub_wm.touch((p, s) for p in st["sub_parts"] for s in busy)
+            outs: list = []
+            writes: dict = {}
+            fstate = flow_table.get(part) or FlowCounter.new_state()
+            await subject_watermark(msg.partition, fstate, outs, writes)
+            keep_flow(part, fstate)
+            await subject_outputs(outs, writes)
+            return
+        st["active_at"] = time.monotonic()
+        metrics.EVENTS_IN.labels(source, "subjects").inc()
         try:
             ev = decoder.decode(raw, kind)
         except EventError as exc:
             await dead_letter(source, raw, key, exc, msg.partition, msg.offset)
             return
         s = key.decode() if key else (ev.get("subject") or "")
-        if sub_wm.observe(msg.partition, ev["occurred_at"]):
+        # a subject partition is a merge of the source partitions in the order they were re-keyed, not in event
+        # time: what it holds of one source partition is in that partition's order, so each pair is a stream
+        upstream = (msg.partition, _source_of(headers, source)) if "yrd-source-partition" in headers \
+            else msg.partition
+        if sub_wm.observe(upstream, ev["occurred_at"]):
             metrics.LATE.labels("subjects").inc()
         outs: list = []
         writes: dict = {}   # subject -> its new state (None: delete), written once the outputs are sent
         state = load_subject(s)
         outs += srules.on_event(state, ev, s)
         store_subject(s, state, ev["occurred_at"], writes)
-        part = str(msg.partition)
         via = vias.get(part) or vias.setdefault(part, [("yrd-via", upstream_key("subjects", part).encode())])
         fstate = flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
@@ -370,6 +419,24 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 await regional_topic.send(key=b"regional", value=raw, headers=[
                     ("yrd-kind", b"clearance"), ("yrd-source", source.encode()), *via])
             st["flow_dirty"][part] = st["flow_dirty"].get(part, 0) + 1
+        await subject_watermark(msg.partition, fstate, outs, writes)
+        keep_flow(part, fstate)
+        await subject_outputs(outs, writes)
+
+    def keep_flow(part: str, fstate: dict) -> None:
+        """The partition's flow counts go to its changelog every so often, not on every clearance, with the
+        largest event time each of its upstreams has given so far (restored after a restart)."""
+        if st["flow_dirty"].get(part, 0) >= 200 or part not in flow_table:
+            p = int(part)
+            fstate["wm"] = {k[1]: m for k, m in sub_wm.maxima().items() if isinstance(k, tuple) and k[0] == p}
+            flow_table[part] = fstate
+            st["flow_dirty"][part] = 0
+
+    async def subject_watermark(partition: int, fstate: dict, outs: list, writes: dict) -> None:
+        """Judge what the subject stage's watermark has passed: transit deadlines, forgotten crossings, flow
+        buckets of ``partition``."""
+        part = str(partition)
+        via = vias.get(part) or vias.setdefault(part, [("yrd-via", upstream_key("subjects", part).encode())])
         wm = sub_wm.current()
         metrics.WATERMARK.labels("subjects").set(max(0, wm) / 1000)
         if st["sub_last_wm"] is None or wm > st["sub_last_wm"]:
@@ -387,15 +454,15 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 e = st["ephemeral"].get(es)
                 if e is not None and all(c["at"] < wm - lateness for c in e["crossings"]):
                     del st["ephemeral"][es]
-            for p in counter.on_watermark(fstate, wm, msg.partition):
+        # each partition's flow counts are judged on the watermark it has last seen: a rise seen while another
+        # partition's record is processed must still reach this one's (the last rise may come on one tick)
+        if wm > st["flow_wm"].get(part, -(1 << 62)):
+            st["flow_wm"][part] = wm
+            for p in counter.on_watermark(fstate, wm, partition):
                 await regional_topic.send(key=b"regional", value=json.dumps(p).encode(), headers=via)
                 st["flow_dirty"][part] = 1 << 30
-        # the partition's flow counts go to its changelog every so often, not on every clearance
-        if st["flow_dirty"].get(part, 0) >= 200:
-            flow_table[part] = fstate
-            st["flow_dirty"][part] = 0
-        elif part not in flow_table:
-            flow_table[part] = fstate
+
+    async def subject_outputs(outs: list, writes: dict) -> None:
         await emit(outs)
         for ws, wstate in writes.items():
             if wstate is not None:
@@ -422,12 +489,22 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # Every worker's tick also names the upstreams it still has records of to read (a restart's backlog): silent
     # so far, they are not idle, and must not let the regional stage judge hours whose events they hold.
     # The ticks also keep the stage's clock (its records' timestamps) going when nothing else comes.
+    # The subject stage gets the same: a worker's tick reaches each subject partition, naming the source
+    # partitions it has a backlog of; its own subject partitions with records still to read it touches here.
     @app.timer(interval=2.0)
     async def regional_tick():
         behind = backlogged()
         await undelivered([tp for tp in behind if tp not in in_turn.done])
         busy: set[str] = set()
         clearance_sources = []
+        sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources)
+        sub_wm.touch((tp.partition, s) for tp in behind if tp.topic == cfg.subject_topic for s in st["sub_sources"])
+        # while it has a backlog, and for a while after the last record it re-keyed or judged: long enough for the
+        # subject stages to see silent sources go idle and judge what is due; then a quiet bus's topics stay quiet
+        if sources_behind or time.monotonic() - st["active_at"] < sub_idle_s + 5:
+            tick = json.dumps({"_kind": "tick", "busy": sources_behind}).encode()
+            for p in range(app.consumer.topic_partitions(cfg.subject_topic) or cfg.partitions):
+                await subject_topic.send(value=tick, partition=p, headers=[("yrd-kind", b"tick")])
         for tp in behind:
             if tp.topic == cfg.subject_topic:
                 busy.add(upstream_key("subjects", tp.partition))

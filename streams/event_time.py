@@ -25,21 +25,38 @@ class Watermark:
         self._max: dict[object, int] = {}       # partition -> largest event time seen
         self._seen_at: dict[object, float] = {}  # partition -> wall clock of its last event
         self.late = 0
+        # current() is asked on every event, of a stream with up to hundreds of upstreams: its last answer is
+        # kept while nothing it depends on changed (None: to work out again). _lowest: the smallest maximum
+        # of the partitions active then (None: none was); _oldest: the earliest of their last events, whose
+        # going idle is the first change time alone can make.
+        self._cached: int | None = None
+        self._lowest: int | None = None
+        self._oldest = 0.0
 
     def observe(self, partition, event_ms: int) -> bool:
         """Record one event; True when it is late (older than the watermark before it came)."""
         late = event_ms < self.current()
         if late:
             self.late += 1
-        if event_ms > self._max.get(partition, -(1 << 62)):
+        old = self._max.get(partition, -(1 << 62))
+        now = self._clock()
+        if self._cached is not None:
+            seen = self._seen_at.get(partition)
+            was_active = seen is not None and (now - seen) * 1000 < self.idle_ms
+            # still the same answer unless the partition comes back from idle (or is new), or it was the
+            # slowest one and moves on
+            if not was_active or self._lowest is None or (event_ms > old and old <= self._lowest):
+                self._cached = None
+        if event_ms > old:
             self._max[partition] = event_ms
-        self._seen_at[partition] = self._clock()
+        self._seen_at[partition] = now
         return late
 
     def expect(self, partitions) -> None:
         """Partitions that will feed the stream and have not spoken yet hold the watermark back from now on
         (until they speak, or for ``idle_ms``): a stream restarted on a backlog must not run ahead of a
         partition it has not read from yet."""
+        self._cached = None
         now = self._clock()
         for p in partitions:
             if p not in self._max:
@@ -49,6 +66,7 @@ class Watermark:
     def touch(self, partitions) -> None:
         """Partitions whose reader still has records of them to read: they hold the watermark back (at what
         they have given so far) for another ``idle_ms``, though they have said nothing new."""
+        self._cached = None
         now = self._clock()
         for p in partitions:
             self._max.setdefault(p, -(1 << 62))
@@ -66,6 +84,7 @@ class Watermark:
         """Maxima kept before a restart: events processed then are not read again, and the watermark must
         not fall back behind them (a stream that ends, a night without traffic, would judge nothing more).
         The partitions count as just heard from."""
+        self._cached = None
         now = self._clock()
         for p, m in maxima.items():
             if m > self._max.get(p, -(1 << 62)):
@@ -73,6 +92,7 @@ class Watermark:
             self._seen_at[p] = now
 
     def forget(self, partition) -> None:
+        self._cached = None
         self._max.pop(partition, None)
         self._seen_at.pop(partition, None)
 
@@ -80,9 +100,18 @@ class Watermark:
         if not self._max:
             return -(1 << 62)
         now = self._clock()
-        active = [m for p, m in self._max.items() if (now - self._seen_at[p]) * 1000 < self.idle_ms]
-        lowest = min(active) if active else max(self._max.values())
-        return lowest - self.lateness_ms
+        if self._cached is not None and (self._lowest is None or (now - self._oldest) * 1000 < self.idle_ms):
+            return self._cached
+        seen_at, idle_ms = self._seen_at, self.idle_ms
+        active = [(m, seen_at[p]) for p, m in self._max.items() if (now - seen_at[p]) * 1000 < idle_ms]
+        if active:
+            self._lowest = min(m for m, _ in active)
+            self._oldest = min(t for _, t in active)
+            self._cached = self._lowest - self.lateness_ms
+        else:
+            self._lowest = None
+            self._cached = max(self._max.values()) - self.lateness_ms
+        return self._cached
 
 
 class RecordClock:

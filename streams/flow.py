@@ -41,14 +41,14 @@ class FlowCounter:
     hours ahead of another in the same subject partition (and of the stage's watermark, which only sees the
     subject partitions). So the counter keeps each source's largest event time (``source`` given to
     ``on_clearance``: topic and partition) and its watermark is the slowest source's, less the lateness; a
-    source silent for ``idle_partition_seconds`` of wall-clock time stops holding it back, as in
+    source silent for ``flow_idle_seconds`` of wall-clock time stops holding it back, as in
     ``streams.event_time``, unless the worker still has records of it to read (``touch``). Without sources
     it is the watermark passed in.
     """
 
     def __init__(self, rs, partitions: int = 1, clock=time.monotonic):
         self.lateness_ms = rs.minutes_ms("event_time", "lateness_minutes")
-        self.idle_s = float(rs["event_time"]["idle_partition_seconds"])
+        self.idle_s = float(rs["event_time"].get("flow_idle_seconds", rs["event_time"]["idle_partition_seconds"]))
         self.keep_ms = self.lateness_ms + 6 * HOUR
         self.partitions = partitions
         self._clock = clock

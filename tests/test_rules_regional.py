@@ -319,7 +319,7 @@ def test_flow_hour_waits_for_the_slowest_source_and_not_for_a_silent_one(rs):
     assert [(p["port"], p["hour"], p["count"]) for p in sent if not p.get("progress")] == [("PVG", 10, 2)]
     assert [p["hour"] for p in sent if p.get("progress")] == [10]
     # SH|0 falls silent (wall clock) while SH|1 goes on: it no longer holds the hours back
-    clock[0] = float(rs["event_time"]["idle_partition_seconds"]) + 1
+    clock[0] = float(rs["event_time"]["flow_idle_seconds"]) + 1
     fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR + 1}, 0, 0, source="SH|1")
     sent = fc.on_watermark(st, 14 * HOUR, 0)
     assert [(p["hour"], p["count"]) for p in sent if not p.get("progress")] == [(11, 1)]
@@ -329,7 +329,7 @@ def test_flow_hour_waits_for_the_slowest_source_and_not_for_a_silent_one(rs):
 def test_flow_source_the_worker_still_has_records_of_is_not_idle(rs):
     clock = [0.0]
     fc = FlowCounter(rs, clock=lambda: clock[0])
-    idle = float(rs["event_time"]["idle_partition_seconds"])
+    idle = float(rs["event_time"]["flow_idle_seconds"])
     st = fc.new_state()
     fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 10 * HOUR + 5}, 0, 0, source="SH|0")
     fc.on_clearance(st, {"port_code": "PVG", "occurred_at": 15 * HOUR}, 0, 0, source="SH|1")
@@ -355,6 +355,41 @@ def test_watermark_is_the_slowest_partition_minus_lateness():
     clock[0] = 10.0                                            # partition 1 idle for 10 s, 0 just spoke
     wm.observe(0, 11_000)
     assert wm.current() == 10_900
+
+
+def _watermark_from_scratch(wm: Watermark, now: float) -> int:
+    """The definition, worked out from the partitions' maxima and last events (what current() keeps)."""
+    if not wm._max:
+        return -(1 << 62)
+    active = [m for p, m in wm._max.items() if (now - wm._seen_at[p]) * 1000 < wm.idle_ms]
+    return (min(active) if active else max(wm._max.values())) - wm.lateness_ms
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_watermark_kept_between_events_is_the_one_worked_out_from_scratch(seed):
+    """current() keeps its answer while nothing it depends on changes: after any mix of events, time passing,
+    partitions expected, touched, restored and forgotten, it equals the definition."""
+    rnd = random.Random(seed)
+    clock = [0.0]
+    wm = Watermark(lateness_ms=100, idle_ms=3_000, clock=lambda: clock[0])
+    parts = [f"p{i}" for i in range(6)]
+    for _ in range(3000):
+        op = rnd.random()
+        if op < 0.55:
+            late = rnd.random() < 0.2
+            wm.observe(rnd.choice(parts), rnd.randrange(0, 5_000) if late else int(clock[0] * 1000) + rnd.randrange(
+                0, 20_000))
+        elif op < 0.75:
+            clock[0] += rnd.choice([0.0, 0.1, 0.5, 1.0, 2.9, 3.0, 3.1, 7.0])
+        elif op < 0.82:
+            wm.touch(rnd.sample(parts, rnd.randrange(1, 3)))
+        elif op < 0.87:
+            wm.expect(rnd.sample(parts + ["q1", "q2"], 2))
+        elif op < 0.92:
+            wm.restore({rnd.choice(parts): rnd.randrange(0, 40_000)})
+        elif op < 0.95:
+            wm.forget(rnd.choice(parts + ["q1", "q2"]))
+        assert wm.current() == _watermark_from_scratch(wm, clock[0])
 
 
 def test_an_expected_partition_holds_the_watermark_back_until_it_speaks_or_goes_idle():

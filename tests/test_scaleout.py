@@ -293,11 +293,6 @@ def test_a_worker_joining_mid_stream_takes_a_share_of_every_stage(scaled):
         assert {p for t, p in mine if ".border." in t}, "a worker holds no source partition"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open defect (issue 5): the subject stage's watermark does not wait for a source partition the re-key "
-    "step has not reached, so while a worker that joined reads its backlog a transit deadline can pass before the "
-    "traveller's exit is re-keyed (the same false TRANSIT_OVERSTAY as the baseline week's); the two-worker run "
-    "then has a subject-stage alert the one-worker run has not. Seen once in 5 runs under load"))
 def test_rebalance_loses_and_doubles_no_subject_stage_alert(scaled):
     one, two = scaled["alerts"]
     assert len({x["alert_id"] for x in one}) == len(one) >= 10

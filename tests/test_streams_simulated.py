@@ -51,12 +51,6 @@ def test_simulated_incidents_a_to_j_are_all_detected_with_precision(kafka, worke
     assert result["precision"] >= 0.95, result["false_alerts"]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known open defect (issue 5): on a loaded machine a false alert can come while the worker reads a backlog: "
-    "FLOW_SURGE_SUPPORT from an early scale estimate (seen before the flow counters learnt of backlogged "
-    "sources), TRANSIT_OVERSTAY when the subject stage's watermark passes a deadline while the traveller's exit "
-    "still waits in a source partition the re-key step has not reached (seen once in 7 runs under load); "
-    "passes on an idle machine"))
 def test_a_simulated_week_of_baseline_traffic_raises_no_alert(kafka, workers):
     prefix = f"b{uuid.uuid4().hex[:6]}."
     w = workers(prefix, f"{prefix}w")

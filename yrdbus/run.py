@@ -114,12 +114,12 @@ def _yrdbus() -> list[str]:
 
 
 def _drain_quiet_s() -> float:
-    """Seconds without lag before a timed run stops: long enough for the regional stage to see its upstreams
-    go idle (the worker's rule set: global_idle_seconds) and read a tick (2 s) after that."""
+    """Seconds without lag before a timed run stops: long enough for both stages to see their upstreams go
+    idle (the worker's rule set: idle_partition_seconds, global_idle_seconds) and read a tick (2 s) after."""
     from streams import ruleset
 
-    rs = ruleset.load(os.environ.get("YRDBUS_RULES") or None)
-    return float(rs["event_time"].get("global_idle_seconds", 10)) + 3
+    et = ruleset.load(os.environ.get("YRDBUS_RULES") or None)["event_time"]
+    return max(float(et.get("global_idle_seconds", 10)), float(et.get("idle_partition_seconds", 10))) + 3
 
 
 def _plan(opts: RunOptions) -> tuple[float | None, float]:
