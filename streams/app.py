@@ -207,7 +207,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
           "reg_expect": None, "reg_wm_dirty": False, "undelivered": {},
-          "sub_expect": None, "active_at": 0.0, "sub_parts": [], "sub_sources": [], "flow_wm": {}}
+          "sub_expect": None, "active_at": 0.0, "sub_parts": [], "flow_wm": {},
+          "part_max": {}}
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
@@ -225,6 +226,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             st["reg_expect"] = upstream
         log.debug("assigned %d partitions (regional stage here: %s)", len(assigned), st["has_regional"])
         mine = [tp.partition for tp in assigned if tp.topic == cfg.subject_topic]
+        st["part_max"] = {p: m for p, m in st["part_max"].items() if p in mine}
         for k in list(sub_wm.maxima()):
             if (k if isinstance(k, int) else k[0]) not in mine:
                 sub_wm.forget(k)
@@ -240,7 +242,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             for name in sources:
                 n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
                 every += [upstream_key(name, p) for p in range(n)]
-            st["sub_sources"] = every
             st["sub_expect"] = [(p, s) for p in mine for s in every]
 
     # ------------------------------------------------------------------ output
@@ -374,6 +375,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             for p in st["sub_parts"]:
                 kept = (flow_table.get(str(p)) or {}).get("wm") or {}
                 sub_wm.restore({(p, src): m for src, m in kept.items()})
+                if kept:
+                    st["part_max"][p] = max(st["part_max"].get(p, -(1 << 62)), *kept.values())
             sub_wm.expect(st["sub_expect"])
             st["sub_expect"] = None
         if st["rescan"]:
@@ -403,6 +406,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             else msg.partition
         if sub_wm.observe(upstream, ev["occurred_at"]):
             metrics.LATE.labels("subjects").inc()
+        if ev["occurred_at"] > st["part_max"].get(msg.partition, -(1 << 62)):
+            st["part_max"][msg.partition] = ev["occurred_at"]
         outs: list = []
         writes: dict = {}   # subject -> its new state (None: delete), written once the outputs are sent
         state = load_subject(s)
@@ -454,11 +459,14 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 e = st["ephemeral"].get(es)
                 if e is not None and all(c["at"] < wm - lateness for c in e["crossings"]):
                     del st["ephemeral"][es]
-        # each partition's flow counts are judged on the watermark it has last seen: a rise seen while another
-        # partition's record is processed must still reach this one's (the last rise may come on one tick)
-        if wm > st["flow_wm"].get(part, -(1 << 62)):
-            st["flow_wm"][part] = wm
-            for p in counter.on_watermark(fstate, wm, partition):
+        # A partition's flow counts wait only for the clearance sources it counts (FlowCounter holds them back by
+        # the slowest one still active), not for the stage's watermark: that one also waits for sparse alert and
+        # case sources, and the regional stage, which hears nothing from a partition until it sends an hour, would
+        # judge the hours without it. Each partition's counts are judged on the largest event time it has read.
+        fwm = st["part_max"].get(partition, -(1 << 62)) - lateness
+        if fwm > st["flow_wm"].get(part, -(1 << 62)):
+            st["flow_wm"][part] = fwm
+            for p in counter.on_watermark(fstate, fwm, partition):
                 await regional_topic.send(key=b"regional", value=json.dumps(p).encode(), headers=via)
                 st["flow_dirty"][part] = 1 << 30
 
@@ -498,7 +506,14 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         busy: set[str] = set()
         clearance_sources = []
         sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources)
-        sub_wm.touch((tp.partition, s) for tp in behind if tp.topic == cfg.subject_topic for s in st["sub_sources"])
+        # a subject partition with records still to read: the upstreams it has heard from are not idle (one that
+        # never spoke goes idle as usual, or it would hold the stage at minus infinity while any backlog lasts),
+        # nor are its flow counters' sources
+        behind_parts = {tp.partition for tp in behind if tp.topic == cfg.subject_topic}
+        if behind_parts:
+            sub_wm.touch(k for k in sub_wm.maxima() if isinstance(k, tuple) and k[0] in behind_parts)
+            for bp in behind_parts:
+                counter.touch(bp, ((flow_table.get(str(bp)) or {}).get("sources") or {}))
         # while it has a backlog, and for a while after the last record it re-keyed or judged: long enough for the
         # subject stages to see silent sources go idle and judge what is due; then a quiet bus's topics stay quiet
         if sources_behind or time.monotonic() - st["active_at"] < sub_idle_s + 5:
