@@ -75,7 +75,7 @@ class SubjectRules:
         outs: list = []
         c = {"id": ev["event_id"], "region": ev["region"], "at": ev["occurred_at"], "port": ev["port_code"],
              "station": ev["station_id"], "direction": ev["direction"], "conveyance": ev.get("conveyance_id"),
-             "pub": ev.get("published_at")}
+             "pub": ev.get("published_at"), "dest": ev.get("destination_country")}
         if not any(x["id"] == c["id"] for x in state["crossings"]):
             state["crossings"].append(c)
             state["crossings"].sort(key=lambda x: (x["at"], x["id"]))
@@ -175,28 +175,39 @@ class SubjectRules:
         outs: list = []
         if ev.get("entry_basis") == "TRANSIT_144H" and ev["direction"] == "ENTRY":
             if not any(s["entry"] == c["id"] for s in state["stays"]):
-                state["stays"].append({
+                stay = {
                     "entry": c["id"], "region": c["region"], "port": c["port"], "at": c["at"],
                     "deadline": c["at"] + self.transit_ms, "origin": ev.get("origin_country"),
                     "nationality": ev.get("nationality"), "exit": None, "overstay": False,
                     "eligible": ev.get("nationality") in self.transit_nat and c["port"] in self.transit_ports,
-                })
+                }
+                state["stays"].append(stay)
                 state["stays"].sort(key=lambda s: (s["at"], s["entry"]))
+                # the re-key step merges the regions' streams in its own order: the stay's later crossings may
+                # have come first (an exit read from one region's topic before the entry from another's)
+                for later in [x for x in state["crossings"] if x["at"] > c["at"]]:
+                    outs += self._on_stay(state, stay, later, subject)
             return outs
         for stay in state["stays"]:
-            if c["at"] <= stay["at"] or c["id"] == stay["entry"]:
-                continue
-            if stay.get("exit") is not None and c["at"] > stay["exit"]["at"]:
-                continue
-            if c["region"] not in self.permitted:
-                outs += self._out_of_area(state, stay, c, subject)
-            if c["direction"] == "EXIT" and stay.get("exit") is None:
-                stay["exit"] = {"id": c["id"], "at": c["at"], "region": c["region"]}
-                if c["at"] > stay["deadline"]:
-                    outs += self._overstay(state, stay, subject)
-                dest = ev.get("destination_country")
-                if dest and stay.get("origin") and dest == stay["origin"]:
-                    outs += self._exit_to_origin(state, stay, c, dest, subject)
+            outs += self._on_stay(state, stay, c, subject)
+        return outs
+
+    def _on_stay(self, state, stay, c, subject) -> list:
+        """A crossing ``c`` judged against one transit stay: out of the area, its exit (late, to the origin)."""
+        outs: list = []
+        if c["at"] <= stay["at"] or c["id"] == stay["entry"]:
+            return outs
+        if stay.get("exit") is not None and c["at"] > stay["exit"]["at"]:
+            return outs
+        if c["region"] not in self.permitted:
+            outs += self._out_of_area(state, stay, c, subject)
+        if c["direction"] == "EXIT" and stay.get("exit") is None:
+            stay["exit"] = {"id": c["id"], "at": c["at"], "region": c["region"]}
+            if c["at"] > stay["deadline"]:
+                outs += self._overstay(state, stay, subject)
+            dest = c.get("dest")
+            if dest and stay.get("origin") and dest == stay["origin"]:
+                outs += self._exit_to_origin(state, stay, c, dest, subject)
         return outs
 
     def _stay_details(self, stay) -> dict:

@@ -187,6 +187,26 @@ def test_transit_traveller_at_a_port_outside_the_permitted_area(rules):
     assert [(a["kind"], a["must_act"], a["inform"]) for a in alerts] == [("TRANSIT_OUT_OF_AREA", ["AH"], ["SH"])]
 
 
+@pytest.mark.parametrize("later", [
+    ("PVG", 40, "KOR"),     # an exit toward the country of origin
+    ("HFE", 30, "JPN"),     # an exit outside the permitted area
+    ("NKG", 150, "USA"),    # an exit after the deadline
+])
+def test_a_transit_stays_alerts_are_the_same_when_its_exit_arrives_before_its_entry(rules, later):
+    """The re-key step merges the regions' topics in its own order: an exit read from one region's topic can
+    reach the subject stage before the entry read from another's."""
+    port, hours, dest = later
+    s = Script()
+    t = token("x")
+    transit_entry(s, t, T0, port="NKG", origin="KOR")
+    s.clearance(port, T0 + hours * HOUR, t, "EXIT", destination=dest)
+    in_order, _, _ = run(rules, s.events)
+    reversed_, _, states = run(rules, list(reversed(s.events)))
+    assert len(in_order) == 1
+    assert [a["alert_id"] for a in reversed_] == [a["alert_id"] for a in in_order]
+    assert subject.next_deadline(states[t]) is None      # the stay is closed: no overstay to come
+
+
 def test_replaying_the_same_events_gives_identical_alerts(rules):
     s = Script(3)
     for i in range(5):
