@@ -206,9 +206,14 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                             on_skip=lambda topic, n: metrics.UNDELIVERED.labels(topic).inc(n))
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
-          "reg_expect": None, "reg_wm_dirty": False, "undelivered": {},
+          "reg_expect": None, "reg_wm_dirty": False,
           "sub_expect": None, "active_at": 0.0, "sub_parts": [], "flow_wm": {},
           "part_max": {}}
+
+    def partitions_of(names) -> list[str]:
+        """The upstream keys of every partition of these topics."""
+        return [upstream_key(name, p) for name in names
+                for p in range(app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS)]
 
     @app.on_partitions_assigned.connect
     async def _assigned(app_, assigned, **kwargs):  # noqa: ARG001
@@ -219,11 +224,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if st["has_regional"]:
             # every upstream of the regional stage holds its watermark back until it has spoken (or gone idle),
             # from the stage's first record on
-            upstream = [upstream_key("subjects", p) for p in range(cfg.partitions)]
-            for name in regional_sources:
-                n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
-                upstream += [upstream_key(name, p) for p in range(n)]
-            st["reg_expect"] = upstream
+            st["reg_expect"] = [upstream_key("subjects", p) for p in range(cfg.partitions)] \
+                + partitions_of(regional_sources)
         log.debug("assigned %d partitions (regional stage here: %s)", len(assigned), st["has_regional"])
         mine = [tp.partition for tp in assigned if tp.topic == cfg.subject_topic]
         st["part_max"] = {p: m for p, m in st["part_max"].items() if p in mine}
@@ -238,10 +240,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             # every (subject partition, source partition) pair holds the stage back from its next record on,
             # until it speaks or goes silent; those already known count as just heard from (the rebalance
             # itself was a silence of nobody's making)
-            every = []
-            for name in sources:
-                n = app.consumer.topic_partitions(name) or topics.DEFAULT_PARTITIONS
-                every += [upstream_key(name, p) for p in range(n)]
+            every = partitions_of(sources)
             st["sub_expect"] = [(p, s) for p in mine for s in every]
 
     # ------------------------------------------------------------------ output
@@ -385,12 +384,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if kind == "tick":
             busy = json.loads(raw).get("busy") or ()
             sub_wm.touch((p, s) for p in st["sub_parts"] for s in busy)
-            outs: list = []
-            writes: dict = {}
-            fstate = flow_table.get(part) or FlowCounter.new_state()
-            await subject_watermark(msg.partition, fstate, outs, writes)
-            keep_flow(part, fstate)
-            await subject_outputs(outs, writes)
+            await subject_close(msg.partition, flow_table.get(part) or FlowCounter.new_state(), [], {})
             return
         st["active_at"] = time.monotonic()
         metrics.EVENTS_IN.labels(source, "subjects").inc()
@@ -402,8 +396,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         s = key.decode() if key else (ev.get("subject") or "")
         # a subject partition is a merge of the source partitions in the order they were re-keyed, not in event
         # time: what it holds of one source partition is in that partition's order, so each pair is a stream
-        upstream = (msg.partition, _source_of(headers, source)) if "yrd-source-partition" in headers \
-            else msg.partition
+        src = _source_of(headers, source)
+        upstream = (msg.partition, src) if "yrd-source-partition" in headers else msg.partition
         if sub_wm.observe(upstream, ev["occurred_at"]):
             metrics.LATE.labels("subjects").inc()
         if ev["occurred_at"] > st["part_max"].get(msg.partition, -(1 << 62)):
@@ -413,19 +407,27 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         state = load_subject(s)
         outs += srules.on_event(state, ev, s)
         store_subject(s, state, ev["occurred_at"], writes)
-        via = vias.get(part) or vias.setdefault(part, [("yrd-via", upstream_key("subjects", part).encode())])
+        via = via_of(part)
         fstate = flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
             wm = sub_wm.current()
-            for p in counter.on_clearance(fstate, ev, msg.partition, wm,
-                                          source=_source_of(headers, source)):
+            for p in counter.on_clearance(fstate, ev, msg.partition, wm, source=src):
                 await regional_topic.send(key=b"regional", value=json.dumps(p).encode(), headers=via)
             if ev.get("scheduled_port") or rrules.vessel.wants(ev):
                 await regional_topic.send(key=b"regional", value=raw, headers=[
                     ("yrd-kind", b"clearance"), ("yrd-source", source.encode()), *via])
             st["flow_dirty"][part] = st["flow_dirty"].get(part, 0) + 1
-        await subject_watermark(msg.partition, fstate, outs, writes)
-        keep_flow(part, fstate)
+        await subject_close(msg.partition, fstate, outs, writes)
+
+    def via_of(part: str) -> list:
+        """The header naming subject partition ``part`` as the regional stage's upstream."""
+        return vias.get(part) or vias.setdefault(part, [("yrd-via", upstream_key("subjects", part).encode())])
+
+    async def subject_close(partition: int, fstate: dict, outs: list, writes: dict) -> None:
+        """The end of a subject-stage step (an event or a tick): what the watermark has passed, the flow
+        counts kept, the outputs sent and then the states written."""
+        await subject_watermark(partition, fstate, outs, writes)
+        keep_flow(str(partition), fstate)
         await subject_outputs(outs, writes)
 
     def keep_flow(part: str, fstate: dict) -> None:
@@ -441,7 +443,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         """Judge what the subject stage's watermark has passed: transit deadlines, forgotten crossings, flow
         buckets of ``partition``."""
         part = str(partition)
-        via = vias.get(part) or vias.setdefault(part, [("yrd-via", upstream_key("subjects", part).encode())])
+        via = via_of(part)
         wm = sub_wm.current()
         metrics.WATERMARK.labels("subjects").set(max(0, wm) / 1000)
         if st["sub_last_wm"] is None or wm > st["sub_last_wm"]:
@@ -500,9 +502,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     # The subject stage gets the same: a worker's tick reaches each subject partition, naming the source
     # partitions it has a backlog of; its own subject partitions with records still to read it touches here.
     @app.timer(interval=2.0)
-    async def regional_tick():
+    async def ticks():
         behind = backlogged()
-        await undelivered([tp for tp in behind if tp not in in_turn.done])
+        await in_turn.reread_untouched(behind)
         busy: set[str] = set()
         clearance_sources = []
         sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources)
@@ -536,35 +538,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         if busy or st["has_regional"]:
             await regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": sorted(busy)})
                                       .encode(), headers=[("yrd-via", b"tick")])
-
-    async def undelivered(untouched: list) -> None:
-        """The same skip as ``in_turn`` catches, when nothing follows it: a partition with records to process
-        none of which has been processed here (``untouched``), though the consumer's position is past its
-        committed offset for two ticks in a row, had them dropped; it is sought back to its committed offset and
-        read again. (The regional partition needs no such check: a tick follows every 2 s.) The positions are
-        asked of the consumer's thread only for these partitions, which are none once a worker has caught up."""
-        suspects = {}
-        for tp in untouched:
-            committed = app.consumer._committed_offset.get(tp)
-            if committed is None:
-                continue
-            try:
-                position = await app.consumer.position(tp)
-            except Exception:  # revoked meanwhile
-                continue
-            if position is not None and position > committed:
-                suspects[tp] = (committed, position)
-        again = {tp: cp for tp, cp in suspects.items() if st["undelivered"].get(tp) == cp}
-        st["undelivered"] = suspects
-        if again:
-            for tp, (c, pos) in again.items():
-                log.warning("%s[%d]: read to %d but nothing processed from its committed offset %d: reading it "
-                            "again from there", tp.topic, tp.partition, pos, c)
-                metrics.UNDELIVERED.labels(tp.topic).inc(pos - c)
-            await app.consumer.seek_wait({tp: c for tp, (c, _) in again.items()})
-            for tp, (c, _) in again.items():
-                # Faust drops a record below its read offset as one already delivered: read from here again
-                app.consumer._read_offset[tp] = c
 
     def backlogged() -> list:
         """The source and subject partitions of which this worker has records not yet processed."""

@@ -106,6 +106,7 @@ class Turns:
                  read: Callable[..., list] = read_range):
         self.consumer, self.conf, self.on_skip, self.read = consumer, conf, on_skip, read
         self.done: dict = {}   # partition -> the offset last processed here
+        self._suspects: dict = {}   # partition -> (committed, position) at the last reread_untouched()
 
     def forget(self, tps) -> None:
         """Partitions (re)assigned: their next offset is the committed one again."""
@@ -145,3 +146,36 @@ class Turns:
             await self.consumer()._add_gap(msg.tp, first, end - 1)
         self.done[msg.tp] = msg.offset
         await handler(event)
+
+    async def reread_untouched(self, behind) -> None:
+        """The same skip as ``__call__`` catches, when nothing follows it: a partition with records to process
+        (``behind``) none of which has been processed here, though the consumer's position is past its committed
+        offset at two calls in a row (the worker's 2 s tick), had them dropped; it is sought back to its
+        committed offset and read again. (The regional partition needs no such check: a tick follows every
+        2 s.) The positions are asked of the consumer's thread only for these partitions, which are none once
+        a worker has caught up."""
+        consumer = self.consumer()
+        suspects = {}
+        for tp in behind:
+            if tp in self.done:
+                continue
+            committed = consumer._committed_offset.get(tp)
+            if committed is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except Exception:  # revoked meanwhile
+                continue
+            if position is not None and position > committed:
+                suspects[tp] = (committed, position)
+        again = {tp: cp for tp, cp in suspects.items() if self._suspects.get(tp) == cp}
+        self._suspects = suspects
+        if again:
+            for tp, (c, pos) in again.items():
+                log.warning("%s[%d]: read to %d but nothing processed from its committed offset %d: reading it "
+                            "again from there", tp.topic, tp.partition, pos, c)
+                self.on_skip(tp.topic, pos - c)
+            await consumer.seek_wait({tp: c for tp, (c, _) in again.items()})
+            for tp, (c, _) in again.items():
+                # Faust drops a record below its read offset as one already delivered: read from here again
+                consumer._read_offset[tp] = c

@@ -38,12 +38,13 @@ class FlowCounter:
 
     An hour is complete in a partition only when every source partition that feeds it has moved past the
     hour: the re-key step reads its sources a fetch at a time, so while a backlog is read one source can be
-    hours ahead of another in the same subject partition. So the counter keeps each source's largest event time (``source`` given to
-    ``on_clearance``: topic and partition) and its watermark is the slowest source's, less the lateness; a
-    source silent for ``flow_idle_seconds`` of wall-clock time stops holding it back, as in
-    ``streams.event_time``, unless the worker still has records of it to read (``touch``). Without sources
-    it is the watermark passed in (the subject stage passes the partition's largest event time less the
-    lateness: the sources of alerts and cases, which hold the stage's own watermark, count no clearances).
+    hours ahead of another in the same subject partition. So the counter keeps each source's largest event
+    time (``source`` given to ``on_clearance``: topic and partition) and its watermark is the slowest
+    source's, less the lateness; a source silent for ``flow_idle_seconds`` of wall-clock time stops holding
+    it back, as in ``streams.event_time``, unless the worker still has records of it to read (``touch``).
+    Without sources it is the watermark passed in (the subject stage passes the partition's largest event
+    time less the lateness: the sources of alerts and cases, which hold the stage's own watermark, count no
+    clearances).
     """
 
     def __init__(self, rs, partitions: int = 1, clock=time.monotonic):
