@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from schemas.reference import REGIONS
@@ -55,6 +56,12 @@ def test_apply_creates_every_topic_then_a_second_run_changes_nothing(kafka, uniq
     md = AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=10)
     for s in specs:
         assert len(md.topics[s.name].partitions) == s.partitions
+    # apply returns once every partition's leader serves it: the first query of each answers, no "not leader"
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": unique})
+    ends = {(s.name, p): c.get_watermark_offsets(TopicPartition(s.name, p), timeout=10)
+            for s in specs for p in range(s.partitions)}
+    c.close()
+    assert set(ends.values()) == {(0, 0)}
     described = {r["topic"]: r for r in topics.describe(kafka.bootstrap, prefix=prefix)}
     for s in specs:
         assert described[s.name]["configs"] == s.configs(1), s.name

@@ -158,6 +158,24 @@ def _wait(futures: dict, what: str, timeout: float = 30.0) -> dict:
     return out
 
 
+def _leaders_serve(admin, partitions: list[tuple[str, int]], timeout: float) -> bool:
+    """Whether the leader of every one of ``partitions`` answers a query of its end offset (it answers
+    "not leader" until it has created the partition)."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    if not partitions:
+        return True
+    futures = admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions},
+                                 request_timeout=timeout)
+    for fut in futures.values():
+        try:
+            fut.result(timeout=timeout)
+        except Exception:
+            return False
+    return True
+
+
 def describe(bootstrap: str, prefix: str = "", timeout: float = 30.0) -> list[dict]:
     """Each defined topic as the cluster has it now: partitions, replication, the configs we manage."""
     from confluent_kafka.admin import ConfigResource, ResourceType
@@ -279,7 +297,14 @@ def apply(bootstrap: str, prefix: str = "", timeout: float = 30.0, dry_run: bool
 
 def _settle(admin, specs: list[TopicSpec], brokers: int, timeout: float) -> None:
     """Wait until the brokers' metadata and configs show every change (they follow the controller a moment
-    later), so that whoever looks next, a second ``apply`` included, sees the topics as defined."""
+    later), so that whoever looks next, a second ``apply`` included, sees the topics as defined, and until
+    every partition's leader serves it.
+
+    The metadata names a new partition's leader before that broker has created the partition's log; a
+    produce meanwhile is refused (not leader) and retried. With several batches of one partition in flight
+    those retries have been seen to lose records the idempotent producer had reported delivered (librdkafka
+    2.16 against Kafka 4.4, under load; tests/test_topics.py). So ``apply`` returns only once the leaders
+    answer."""
     from confluent_kafka.admin import ConfigResource, ResourceType
 
     deadline = time.monotonic() + timeout
@@ -287,6 +312,9 @@ def _settle(admin, specs: list[TopicSpec], brokers: int, timeout: float) -> None
         md = admin.list_topics(timeout=timeout)
         ready = all(s.name in md.topics and not md.topics[s.name].error
                     and (s.fixed_partitions or len(md.topics[s.name].partitions) >= s.partitions) for s in specs)
+        if ready:
+            ready = _leaders_serve(admin, [(s.name, p) for s in specs for p in md.topics[s.name].partitions],
+                                   timeout)
         if ready:
             try:
                 res = _wait(admin.describe_configs([ConfigResource(ResourceType.TOPIC, s.name) for s in specs]),
