@@ -155,6 +155,26 @@ def test_subject_history_lists_every_kind_of_event_of_the_subject_in_every_regio
     assert [r[1] for r in windowed] == ["alert"]
 
 
+def test_subject_history_lists_a_re_emitted_derived_alert_once_as_last_emitted(seeded):
+    client, db = seeded
+    again = derived("d1", S1, "2017-06-03 12:00:01", ["ZJ", "SH"])
+    again.update(emitted_at=at("2017-06-03 12:05:00"), summary="CROSS_REGION_HIT d1, re-emitted")
+    insert(client, db, "derived_alerts", [again])
+    got = [r for r in rows(client, "subject_history", subject=S1) if r[1] == "derived_alert"]
+    assert [(r[2], r[5], r[6]) for r in got] == [("ZJ,SH", "CROSS_REGION_HIT d1, re-emitted", "d1")]
+
+
+def test_subject_history_includes_rows_stored_before_its_table_existed(seeded):
+    """Migration 0006 copies what the four event tables held before its views existed (-- backfill)."""
+    client, db = seeded
+    before = rows(client, "subject_history", subject=S1)
+    client.command(f"TRUNCATE TABLE {db}.subject_events")
+    client.command(f"ALTER TABLE {db}.schema_migrations DELETE WHERE version = 6", settings={"mutations_sync": 2})
+    assert rows(client, "subject_history", subject=S1) == []
+    assert migrate(client, Target(database=db)).applied == ["0006_subject_events"]
+    assert rows(client, "subject_history", subject=S1) == before
+
+
 def test_cross_region_hits_count_clearances_elsewhere_after_the_flag_by_region_pair_and_day(seeded):
     client, _ = seeded
     assert rows(client, "cross_region_hits") == [

@@ -88,6 +88,10 @@ def test_cluster_variant_is_generated_parses_on_the_engine_and_names_every_table
         else:
             assert f"'/clickhouse/tables/all/yrdbus/{table}'" in text, table
     assert "FROM yrdbus.clearances_local" in text  # materialized views read the shard's own rows
+    # a backfilled view's copy of the rows already stored reads and writes the whole (Distributed) tables, once
+    copies = [s for s in statements if s.startswith("INSERT INTO yrdbus.subject_events\n")]
+    assert len(copies) == 4 and all("_local" not in s for s in copies)
+    assert any(re.search(r"FROM yrdbus\.clearances$", s, re.MULTILINE) for s in copies)
     assert not re.search(r"ENGINE = (?!Replicated|Distributed)\w*MergeTree", text)
     assert all("ON CLUSTER yrd" in s for s in statements if s.startswith("CREATE"))
     assert "{{" not in render_script(Target(database="yrdbus", cluster="yrd"))

@@ -68,6 +68,19 @@ def count_sql(kind: str, db: str | None = None) -> str:
     return f"SELECT count(), uniqExact({KEYS[kind]}) FROM {table}"
 
 
+def subject_events_check(client, db: str | None = None) -> tuple[dict, dict]:
+    """Rows of subject_events by kind (no FINAL: a replay must not have written any twice), and what the
+    four event tables say there should be: one a clearance, one an alert or derived alert with a subject,
+    one a case event per distinct subject of the case."""
+    p = f"{db}." if db else ""
+    got = dict(client.query(f"SELECT toString(kind), count() FROM {p}subject_events GROUP BY kind").result_rows)
+    want = dict(zip(["clearance", "alert", "case", "derived_alert"], client.query(
+        f"SELECT (SELECT count() FROM {p}clearances), (SELECT count() FROM {p}alerts WHERE subject IS NOT NULL), "
+        f"(SELECT sum(length(arrayDistinct(subjects))) FROM {p}cases), "
+        f"(SELECT uniqExact(alert_id) FROM {p}derived_alerts WHERE subject IS NOT NULL)").result_rows[0]))
+    return got, {k: v for k, v in want.items() if v}
+
+
 def test_every_published_event_and_derived_output_lands_once_and_bad_records_are_dead_lettered(kafka, ch, unique):
     client, db = ch
     migrate(client, Target(database=db))
@@ -88,6 +101,8 @@ def test_every_published_event_and_derived_output_lands_once_and_bad_records_are
     # Materialized views saw each clearance and case event once
     assert client.query(f"SELECT sum(crossings) FROM {db}.flow_hourly").result_rows[0][0] == sent["clearance"]
     assert client.query(f"SELECT sum(events) FROM {db}.cases_daily").result_rows[0][0] == sent["case"]
+    got, want = subject_events_check(client, db)
+    assert got == want and got["clearance"] == sent["clearance"]
 
 
 def test_sink_waits_while_clickhouse_refuses_inserts_and_catches_up_without_loss(kafka, ch, unique):
@@ -171,6 +186,8 @@ def test_sink_killed_mid_batch_and_restarted_stores_everything_exactly_once(kafk
             assert (n, distinct) == (sent[kind], sent[kind]), kind
         assert client.query("SELECT sum(crossings) FROM flow_hourly").result_rows[0][0] == sent["clearance"]
         assert client.query("SELECT sum(events) FROM cases_daily").result_rows[0][0] == sent["case"]
+        got, want = subject_events_check(client)
+        assert got == want and got["clearance"] == sent["clearance"]
 
         # While the bus runs, `yrdbus sql` goes through the endpoint and answers what the HTTP client answers.
         sql = "SELECT port_code, direction, count() AS n FROM clearances GROUP BY ALL ORDER BY ALL"

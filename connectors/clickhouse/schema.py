@@ -11,7 +11,9 @@
 
 A comment line ``-- distribute: <sharding key>`` before a ``CREATE TABLE`` makes the table sharded on a
 cluster; ``-- everywhere`` makes it replicated to every node unsharded (reference data, the sink's batch
-log). Applied migrations are recorded in ``db.schema_migrations`` with the checksum of their file.
+log). ``-- backfill`` before a ``CREATE MATERIALIZED VIEW ... TO {{table:T}} AS SELECT ...`` also runs its
+SELECT over the rows already stored (``INSERT INTO db.T SELECT ...``, through the Distributed tables on a
+cluster): a view sees only what is inserted after it. Applied migrations are recorded in ``db.schema_migrations`` with the checksum of their file.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)(?::([^}]*))?\s*\}\}")
 _TABLE_REF = re.compile(r"\{\{\s*table:([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _DISTRIBUTE = re.compile(r"^--\s*distribute:\s*(.+?)\s*$", re.MULTILINE)
 _EVERYWHERE = re.compile(r"^--\s*everywhere\s*$", re.MULTILINE)
+_BACKFILL = re.compile(r"^--\s*backfill\s*$", re.MULTILINE)
+_VIEW_TO = re.compile(r"\s*CREATE\s+MATERIALIZED\s+VIEW\s+.*?\s+TO\s+\{\{\s*table:(\w+)\s*\}\}\s+AS\s+(.*)$",
+                      re.IGNORECASE | re.DOTALL)
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
 
 
@@ -43,6 +48,7 @@ class Statement:
     text: str                       # template text with placeholders
     distribute: str | None = None   # sharding key when the CREATE TABLE is sharded on a cluster
     everywhere: bool = False        # replicated to every node, unsharded
+    backfill: bool = False          # a materialized view whose SELECT also runs over the rows already stored
 
     @property
     def created_table(self) -> str | None:
@@ -107,7 +113,11 @@ def _split(text: str) -> list[Statement]:
         if not _strip_comments(chunk).strip():
             continue
         dist = _DISTRIBUTE.search(chunk)
-        statements.append(Statement(chunk.strip(), dist.group(1) if dist else None, bool(_EVERYWHERE.search(chunk))))
+        st = Statement(chunk.strip(), dist.group(1) if dist else None, bool(_EVERYWHERE.search(chunk)),
+                       bool(_BACKFILL.search(chunk)))
+        if st.backfill and not _VIEW_TO.match(_strip_comments(st.text)):
+            raise MigrationError("-- backfill: expected CREATE MATERIALIZED VIEW ... TO {{table:T}} AS SELECT ...")
+        statements.append(st)
     if _strip_comments(text[pos:]).strip():
         raise MigrationError("the last statement of a migration file must end with ';'")
     return statements
@@ -162,12 +172,22 @@ def render_statement(st: Statement, target: Target, layout: dict[str, str]) -> l
             return f"Replicated{em.group(1)}({args})"
         raise MigrationError(f"unknown placeholder {m.group(0)}")
 
-    sql = _PLACEHOLDER.sub(replace, st.text)
-    sql = "\n".join(line.rstrip() for line in sql.splitlines() if line.strip())
-    out = [sql]
+    def tidy(sql: str) -> str:
+        return "\n".join(line.rstrip() for line in sql.splitlines() if line.strip())
+
+    out = [tidy(_PLACEHOLDER.sub(replace, st.text))]
     if cluster and created and layout.get(created) == "sharded":
         out.append(f"CREATE TABLE IF NOT EXISTS {db}.{created} ON CLUSTER {cluster} AS {db}.{created}_local\n"
                    f"ENGINE = Distributed({cluster}, {db}, {created}_local, {st.distribute})")
+    if st.backfill:
+        view = _VIEW_TO.match(_strip_comments(st.text))
+        whole = {t: f"{{{{db}}}}.{t}" for t in (view.group(1), *_TABLE_REF.findall(view.group(2)))}
+        for t in whole:
+            if t not in layout:
+                raise MigrationError(f"{{{{table:{t}}}}}: no migration creates table {t!r}")
+        # the whole tables (the Distributed ones on a cluster), not one node's shard
+        select = _TABLE_REF.sub(lambda m: whole[m.group(1)], view.group(2))
+        out.append(tidy(_PLACEHOLDER.sub(replace, f"INSERT INTO {whole[view.group(1)]}\n{select}")))
     return out
 
 
