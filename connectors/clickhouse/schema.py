@@ -13,7 +13,8 @@ A comment line ``-- distribute: <sharding key>`` before a ``CREATE TABLE`` makes
 cluster; ``-- everywhere`` makes it replicated to every node unsharded (reference data, the sink's batch
 log). ``-- backfill`` before a ``CREATE MATERIALIZED VIEW ... TO {{table:T}} AS SELECT ...`` also runs its
 SELECT over the rows already stored (``INSERT INTO db.T SELECT ...``, through the Distributed tables on a
-cluster): a view sees only what is inserted after it. Applied migrations are recorded in ``db.schema_migrations`` with the checksum of their file.
+cluster): a view sees only what is inserted after it. Applied migrations are recorded in
+``db.schema_migrations`` with the checksum of their file.
 """
 from __future__ import annotations
 
