@@ -381,13 +381,7 @@ class Sink:
             if known is None:
                 self._place(batch, route, m, topic)
             else:
-                key = (topic, m.partition())
-                span = batch.ranges.get(key)
-                if span is None:
-                    offset = m.offset()
-                    batch.ranges[key] = [offset, offset]
-                else:
-                    span[1] = m.offset()
+                batch.note(topic, m.partition(), m.offset())
                 known.append(m)
                 batch.rows += 1
             if batch.rows >= batch_rows:
@@ -636,7 +630,7 @@ class Sink:
                         continue
                     if m.offset() > todo[key]:
                         continue
-                    self._place(batch, T.route_for(m.topic(), self.prefix), m, m.topic())
+                    self._place(batch, route, m, key[0])
                     if m.offset() >= todo[key]:
                         del todo[key]
             if todo:

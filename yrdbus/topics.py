@@ -164,15 +164,11 @@ def _leaders_serve(admin, partitions: list[tuple[str, int]], timeout: float) -> 
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
-    if not partitions:
-        return True
-    futures = admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions},
-                                 request_timeout=timeout)
-    for fut in futures.values():
-        try:
-            fut.result(timeout=timeout)
-        except Exception:
-            return False
+    try:
+        _wait(admin.list_offsets({TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions},
+                                 request_timeout=timeout), "list offsets of", timeout)
+    except TopicsError:
+        return False
     return True
 
 

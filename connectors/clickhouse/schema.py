@@ -145,7 +145,9 @@ def render_statement(st: Statement, target: Target, layout: dict[str, str]) -> l
             return f"{name}_local"
         return name
 
-    def replace(m: re.Match) -> str:
+    def replace(m: re.Match, whole: bool = False) -> str:
+        """One placeholder's text; ``whole``: a table is named as a whole (its Distributed table on a cluster),
+        not as one node's storage."""
         key, arg = m.group(1), (m.group(2) or "").strip()
         if key == "db":
             return db
@@ -154,7 +156,7 @@ def render_statement(st: Statement, target: Target, layout: dict[str, str]) -> l
         if key == "table":
             if arg not in layout:
                 raise MigrationError(f"{{{{table:{arg}}}}}: no migration creates table {arg!r}")
-            return f"{db}.{storage_name(arg)}"
+            return f"{db}.{arg if whole else storage_name(arg)}"
         if key == "ttl":
             if not target.ttl_days:
                 return ""
@@ -181,14 +183,10 @@ def render_statement(st: Statement, target: Target, layout: dict[str, str]) -> l
         out.append(f"CREATE TABLE IF NOT EXISTS {db}.{created} ON CLUSTER {cluster} AS {db}.{created}_local\n"
                    f"ENGINE = Distributed({cluster}, {db}, {created}_local, {st.distribute})")
     if st.backfill:
+        # the view's SELECT over the rows already stored: all of them, not one node's shard
         view = _VIEW_TO.match(_strip_comments(st.text))
-        whole = {t: f"{{{{db}}}}.{t}" for t in (view.group(1), *_TABLE_REF.findall(view.group(2)))}
-        for t in whole:
-            if t not in layout:
-                raise MigrationError(f"{{{{table:{t}}}}}: no migration creates table {t!r}")
-        # the whole tables (the Distributed ones on a cluster), not one node's shard
-        select = _TABLE_REF.sub(lambda m: whole[m.group(1)], view.group(2))
-        out.append(tidy(_PLACEHOLDER.sub(replace, f"INSERT INTO {whole[view.group(1)]}\n{select}")))
+        copy = f"INSERT INTO {{{{table:{view.group(1)}}}}}\n{view.group(2)}"
+        out.append(tidy(_PLACEHOLDER.sub(lambda m: replace(m, whole=True), copy)))
     return out
 
 
