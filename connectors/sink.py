@@ -20,9 +20,7 @@ unavailable, and the sink pauses its partitions and retries with exponential bac
 
 **Fast path.** Records are not decoded in Python (about 13-18 us each with fastavro): the sink checks the
 framing and the schema id (a dict look-up) and hands ClickHouse the Avro bodies in one container block
-(``connectors/clickhouse/tables.py``). One writer thread inserts a full batch while the main thread consumes
-the next one (chdb and the HTTP client release the GIL while ClickHouse works); at most one batch is in
-flight, and its offsets are committed by the main thread once its insert returned.
+(``connectors/clickhouse/tables.py``).
 """
 from __future__ import annotations
 
@@ -34,7 +32,6 @@ import signal
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -275,8 +272,6 @@ class Sink:
         self._batches: dict[str, Batch] = {}
         self._routes: dict[str, T.Route | None] = {}   # topic -> where its records go (route_for, once a topic)
         self._backlog: list = []
-        self._writer: ThreadPoolExecutor | None = None   # the one thread inserting (_flush), and its batch
-        self._inflight: tuple[Batch, Future] | None = None
         self._paused = False
         self._assigned = False
         self._last_record = time.monotonic()
@@ -347,18 +342,12 @@ class Sink:
                         self.first_record_at = self._last_record
                 self._add_all(msgs)
                 self._flush_due()
-                self._settle(wait=False)
-                if idle_exit_s is not None and self._assigned and not self._batches and self._inflight is None \
+                if idle_exit_s is not None and self._assigned and not self._batches \
                         and time.monotonic() - self._last_record >= idle_exit_s:
                     break
             self._flush_all()
         finally:
             try:
-                if self._inflight is not None:  # an exception left a write in flight: let it end before closing
-                    self._inflight[1].exception()
-                if self._writer is not None:
-                    self._writer.shutdown(wait=True)
-                    self._writer = None
                 self.consumer.close()
             finally:
                 self.producer.flush(10)
@@ -437,7 +426,6 @@ class Sink:
     def _flush_all(self) -> None:
         for table in list(self._batches):
             self._flush(self._batches.pop(table))
-        self._settle()
 
     # ------------------------------------------------------------------ writing
     def _write(self, batch: Batch, *, log_batch: bool = True) -> int:
@@ -459,64 +447,30 @@ class Sink:
             INSERT_SECONDS.labels(batch.table).observe(time.perf_counter() - t0)
         return written
 
-    def _flush(self, batch: Batch) -> None:
-        """Hand ``batch`` to the writer thread; the write before it is settled first (one write in flight).
-
-        The insert runs in ClickHouse's threads with the GIL released, so the next batch is consumed while
-        this one is written; its offsets are committed, from this thread, only once it is written."""
-        self._settle()
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sink-insert")
-        self._inflight = (batch, self._writer.submit(self._write, batch))
-
-    def _settle(self, *, wait: bool = True) -> None:
-        """Finish the write in flight: commit it, or retry it here until it is written."""
-        if self._inflight is None:
-            return
-        batch, future = self._inflight
-        if not wait and not future.done():
-            return
-        self._inflight = None
-        try:
-            written = future.result()
-        except Exception as exc:
-            self._write_now(batch, error=exc)
-        else:
-            self._written(batch, written)
-
-    def _write_now(self, batch: Batch, *, log_batch: bool = True, error: Exception | None = None) -> None:
-        """Write ``batch`` in this thread, retrying with backoff until it is stored, then commit it.
-        ``error``: the failure of a first attempt already made."""
+    def _flush(self, batch: Batch, *, log_batch: bool = True) -> None:
         attempt = 0
         while True:
-            if error is None:
-                try:
-                    written = self._write(batch, log_batch=log_batch)
-                    break
-                except Exception as exc:  # the store refused or is unreachable: find out which, then wait or split
-                    error = exc
-            INSERT_FAILURES.labels(batch.table).inc()
-            self.stats["failures"] += 1
-            self.last_error = f"{type(error).__name__}: {error}"
-            message, error = str(error), None
-            if batch.avro and not batch.validated:
-                batch.validated = True
-                if self._validate(batch):
-                    continue  # bad records set aside: insert the rest at once
-            if self._stop.is_set() and attempt >= 2:
-                log.error("stopping with an unwritten %s batch (%d rows); it is replayed on the next start: %s",
-                          batch.table, batch.rows, self.last_error)
-                return
-            attempt += 1
-            delay = min(_MAX_BACKOFF_S, 0.25 * 2 ** attempt)
-            log.warning("insert into %s failed (attempt %d), retrying in %.1f s: %s",
-                        batch.table, attempt, delay, message.splitlines()[0][:300] if message else "")
-            self._pause()
-            self._wait(delay)
-        self._written(batch, written)
-
-    def _written(self, batch: Batch, written: int) -> None:
-        """After the insert: dead letters out, metrics, then the offsets committed."""
+            try:
+                written = self._write(batch, log_batch=log_batch)
+                break
+            except Exception as exc:  # the store refused or is unreachable: find out which, then wait or split
+                INSERT_FAILURES.labels(batch.table).inc()
+                self.stats["failures"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if batch.avro and not batch.validated:
+                    batch.validated = True
+                    if self._validate(batch):
+                        continue  # bad records set aside: insert the rest at once
+                if self._stop.is_set() and attempt >= 2:
+                    log.error("stopping with an unwritten %s batch (%d rows); it is replayed on the next start: %s",
+                              batch.table, batch.rows, self.last_error)
+                    return
+                attempt += 1
+                delay = min(_MAX_BACKOFF_S, 0.25 * 2 ** attempt)
+                log.warning("insert into %s failed (attempt %d), retrying in %.1f s: %s",
+                            batch.table, attempt, delay, str(exc).splitlines()[0][:300])
+                self._pause()
+                self._wait(delay)
         self._inserts += 1
         if self._crash_after is not None and self._inserts >= self._crash_after:
             os.kill(os.getpid(), signal.SIGKILL)  # fault injection for tests: die after an insert, before the commit
@@ -606,11 +560,10 @@ class Sink:
     # ------------------------------------------------------------------ rebalancing and replay
     def _on_revoke(self, consumer, partitions) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
-        self._settle()
         for table in [t for t, b in self._batches.items() if revoked & set(b.ranges)]:
             batch = self._batches.pop(table)
             try:
-                self._write_now(batch)
+                self._flush(batch)
             except Exception as exc:  # the next owner replays it from the batch log
                 log.warning("revoked with an unwritten %s batch: %s", table, exc)
         self._backlog = [m for m in self._backlog if (m.topic(), m.partition()) not in revoked]
@@ -619,7 +572,6 @@ class Sink:
         """Before reading a newly assigned partition, re-insert any logged batch that may not be committed."""
         self._last_record = time.monotonic()  # idle time counts from the assignment, not from the start
         self._assigned = True
-        self._settle()  # its commit first, and the store's client is this thread's alone from here
         try:
             committed = consumer.committed(partitions, timeout=30)
         except Exception as exc:
@@ -639,7 +591,7 @@ class Sink:
             except Exception as exc:
                 log.error("cannot replay logged batch %s: %s", token, exc)
                 continue
-            self._write_now(batch, log_batch=False)
+            self._flush(batch, log_batch=False)
             REPLAYED.inc()
             self.stats["replayed"] += 1
             for topic, partition, first, last in ranges:
