@@ -382,6 +382,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             rescan()
         part = str(msg.partition)
         if kind == "tick":
+            metrics.TICKS.labels("subjects").inc()
             busy = json.loads(raw).get("busy") or ()
             sub_wm.touch((p, s) for p in st["sub_parts"] for s in busy)
             await subject_close(msg.partition, flow_table.get(part) or FlowCounter.new_state(), [], {})
@@ -581,6 +582,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             reg_wm.expect(st["reg_expect"])
             st["reg_expect"] = None
         if ev["_kind"] == "tick":
+            metrics.TICKS.labels("regional").inc()
             reg_wm.touch(ev.get("busy") or ())
             await regional_watermark(state, [], set())
             return

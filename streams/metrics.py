@@ -15,6 +15,8 @@ EMIT_LAG = Histogram("yrdbus_streams_emit_lag_seconds",
 UNDELIVERED = Counter("yrdbus_streams_undelivered_records_total",
                       "Records the consumer skipped after a rebalance, read again by the worker (streams.catchup).",
                       ["topic"])
+TICKS = Counter("yrdbus_streams_ticks_total", "Tick records a stage read (its clock and its upstreams' idleness, "
+                "not events): with events_in, every record of the stage's topic.", ["stage"])
 LATE = Counter("yrdbus_streams_late_events_total", "Events older than the watermark when they arrived.", ["stage"])
 DEAD = Counter("yrdbus_streams_dead_letters_total", "Records sent to a dead-letter topic.", ["topic", "reason"])
 TABLE = Gauge("yrdbus_streams_table_entries", "Entries in the worker's state, per table.", ["table"])
