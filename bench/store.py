@@ -76,14 +76,14 @@ def bench_sink(client, bootstrap: str, n: int) -> dict:
     # clearance, and its merges), interleaved so that both see the same machine.
     rates: dict[str, list[float]] = {"as migrated": [], "without subject_events views": []}
     for run in range(SINK_RUNS):
-        for variant, got in rates.items():
+        for vi, (variant, got) in enumerate(rates.items()):
             db = f"bench_sink_{run}"
             client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
             migrate(client, Target(database=db), load_reference=True)
             if variant != "as migrated":
                 for view in SUBJECT_EVENT_VIEWS:
                     client.command(f"DROP VIEW {db}.{view}")
-            sink = Sink(bootstrap=bootstrap, client=client, database=db, group=f"{prefix}g{run}{variant[0]}",
+            sink = Sink(bootstrap=bootstrap, client=client, database=db, group=f"{prefix}g{run}v{vi}",
                         prefix=prefix, batch_rows=50_000, batch_age_s=1.0)
             sink.run(idle_exit_s=3, duration=600)
             stored = client.query(f"SELECT count() FROM {db}.clearances").result_rows[0][0]
@@ -261,12 +261,23 @@ earlier revision; 19.5 and 25.7 ms on a quiet machine at 10 million). Measured s
 of 10 million clearances (200 subjects, same session): the clearances alone, monthly parts, p50 15 ms and
 p95 20 ms; `subject_events` 5 and 7 ms.
 The price is on the write side: every clearance is written, sorted and merged twice, and kept twice (the
-on-disk column). The sink's two rows give it: the views take about a quarter of the sink's throughput, most in
+on-disk column). The sink's two rows give it: the views take a quarter to a third of the sink's throughput, most in
 ClickHouse's background merges, which share the two cores with the sink's inserts and the broker (thread
 CPU over one 300,000-row run without and with the views: merges 1.3 -> 1.7 s, inserts 0.5 -> 0.9 s, the
 sink's Python thread 0.9 s either way). Narrower rows (typed columns instead of the detail text), an
 integer hash leading the sorting key, parallel view processing and larger batches were tried and moved
-the sink by less than the noise; they were not kept."""
+the sink by less than the noise; they were not kept.
+The sink is CPU-bound: its process uses both cores for the whole run (about 4 s of CPU over 2 s for 300,000
+rows; per 1.2 million rows, merges 7.5 s, inserts 5 s, the Python thread 2.4 s), so consuming the next batch
+while ClickHouse inserts one (a writer thread; chdb releases the GIL) does not help: 151k against 162k
+rows/s, medians of 8 runs each in alternating order, the pairs differing by -37k to +25k. Two schema changes
+were measured on 1.2 million rows (2 or 3 interleaved runs, medians): `clearances` with 8,192-row granules
+instead of 256 (its subject lookups now go to `subject_events`), 143-145k -> 149-152k rows/s (its merges
+alone, 24 parts of 50,000 rows: 6.7 s -> 3.2 s; sorting it by port and time instead is the same);
+`subject_events` narrower (the subject as its 32 bytes, the event id as a UUID, no detail text), 143k ->
+161-166k. Without the views the same runs give 189-203k. Neither change was kept: each needs its table
+rebuilt by a migration, and together they would still leave the sink under 200,000 rows/s with a second
+sorted copy of every clearance."""
 
 
 def _chdb_version() -> str:
