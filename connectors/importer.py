@@ -216,8 +216,9 @@ def _csv_value(name: str, cell: str, types: dict[str, str]):
         if cell.lower() in ("false", "0", "no"):
             return False
         raise ValidationError(f"expected true or false, got {cell!r}", field=name)
-    if name in ("occurred_at", "published_at", "starts_at", "ends_at") and cell.isdigit():
-        return int(cell)   # epoch milliseconds
+    # epoch milliseconds; isdigit() alone also takes digits int() refuses (superscripts such as '²')
+    if name in ("occurred_at", "published_at", "starts_at", "ends_at") and cell.isascii() and cell.isdigit():
+        return int(cell)
     return cell
 
 
