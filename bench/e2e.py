@@ -72,25 +72,24 @@ def _metrics(port: int, name: str, label: str) -> dict[str, float]:
     return out
 
 
-def worker_counts(port: int) -> dict[str, float]:
+def _counts(port: int, name: str, label: str) -> dict[str, float]:
+    """``_metrics``, or nothing while the page cannot be read (the process starting, or gone)."""
     try:
-        return _metrics(port, "yrdbus_streams_events_in_total", "stage")
+        return _metrics(port, name, label)
     except Exception:
         return {}
+
+
+def worker_counts(port: int) -> dict[str, float]:
+    return _counts(port, "yrdbus_streams_events_in_total", "stage")
 
 
 def worker_ticks(port: int) -> dict[str, float]:
-    try:
-        return _metrics(port, "yrdbus_streams_ticks_total", "stage")
-    except Exception:
-        return {}
+    return _counts(port, "yrdbus_streams_ticks_total", "stage")
 
 
 def sink_rows(port: int) -> dict[str, float]:
-    try:
-        return _metrics(port, "yrdbus_sink_rows_written_total", "table")
-    except Exception:
-        return {}
+    return _counts(port, "yrdbus_sink_rows_written_total", "table")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -49,7 +49,7 @@ class Statement:
     text: str                       # template text with placeholders
     distribute: str | None = None   # sharding key when the CREATE TABLE is sharded on a cluster
     everywhere: bool = False        # replicated to every node, unsharded
-    backfill: bool = False          # a materialized view whose SELECT also runs over the rows already stored
+    backfill: str | None = None     # ``-- backfill``: the view's SELECT as an INSERT over the rows already stored
 
     @property
     def created_table(self) -> str | None:
@@ -114,11 +114,14 @@ def _split(text: str) -> list[Statement]:
         if not _strip_comments(chunk).strip():
             continue
         dist = _DISTRIBUTE.search(chunk)
-        st = Statement(chunk.strip(), dist.group(1) if dist else None, bool(_EVERYWHERE.search(chunk)),
-                       bool(_BACKFILL.search(chunk)))
-        if st.backfill and not _VIEW_TO.match(_strip_comments(st.text)):
-            raise MigrationError("-- backfill: expected CREATE MATERIALIZED VIEW ... TO {{table:T}} AS SELECT ...")
-        statements.append(st)
+        copy = None
+        if _BACKFILL.search(chunk):
+            view = _VIEW_TO.match(_strip_comments(chunk))
+            if view is None:
+                raise MigrationError("-- backfill: expected CREATE MATERIALIZED VIEW ... TO {{table:T}} AS SELECT ...")
+            copy = f"INSERT INTO {{{{table:{view.group(1)}}}}}\n{view.group(2)}"
+        statements.append(Statement(chunk.strip(), dist.group(1) if dist else None, bool(_EVERYWHERE.search(chunk)),
+                                    copy))
     if _strip_comments(text[pos:]).strip():
         raise MigrationError("the last statement of a migration file must end with ';'")
     return statements
@@ -184,9 +187,7 @@ def render_statement(st: Statement, target: Target, layout: dict[str, str]) -> l
                    f"ENGINE = Distributed({cluster}, {db}, {created}_local, {st.distribute})")
     if st.backfill:
         # the view's SELECT over the rows already stored: all of them, not one node's shard
-        view = _VIEW_TO.match(_strip_comments(st.text))
-        copy = f"INSERT INTO {{{{table:{view.group(1)}}}}}\n{view.group(2)}"
-        out.append(tidy(_PLACEHOLDER.sub(lambda m: replace(m, whole=True), copy)))
+        out.append(tidy(_PLACEHOLDER.sub(lambda m: replace(m, whole=True), st.backfill)))
     return out
 
 
