@@ -75,9 +75,10 @@ def broker_pids(settings) -> list[int]:
 def producer(bootstrap: str, **extra):
     from confluent_kafka import Producer
 
-    # the station publisher's settings (connectors/publisher.py): idempotent, acks=all, lz4, 20 ms linger
+    # the station publisher's settings (connectors/publisher.py): idempotent, acks=all, lz4, 20 ms linger,
+    # Kafka's murmur2 partitioner
     conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-            "compression.type": "lz4", "linger.ms": 20, "batch.size": 256 * 1024,
+            "compression.type": "lz4", "linger.ms": 20, "batch.size": 256 * 1024, "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 500_000}
     conf.update(extra)
     return Producer(conf)

@@ -84,6 +84,12 @@ def worker_counts(port: int) -> dict[str, float]:
     return _counts(port, "yrdbus_streams_events_in_total", "stage")
 
 
+def source_read(c: dict[str, float]) -> float:
+    """Source records the worker has read (``worker_counts``): forwarded by the re-key step, or clearances the
+    subject stage read where they were published."""
+    return c.get("rekey", 0) + c.get("clearances", 0)
+
+
 def worker_ticks(port: int) -> dict[str, float]:
     return _counts(port, "yrdbus_streams_ticks_total", "stage")
 
@@ -208,17 +214,18 @@ def run_ours(boot: str, prefix: str, wl: W.Workload, tmp: Path, sampler: H.ProcS
                 raise RuntimeError(f"worker exited: {(tmp / f'worker-{prefix.strip(chr(46))}.log').read_text()[-800:]}")
             c = worker_counts(port)
             now = time.monotonic()
-            if first is None and c.get("rekey", 0) > 0:
+            if first is None and source_read(c) > 0:
                 first, cpu_first = now, cpu_seconds(proc.pid)
                 if profile_to is not None:
                     spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
                                             str(proc.pid), "--duration", "30", "--format", "raw", "-o",
                                             str(profile_to), "--nonblocking"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if c.get("rekey", 0) >= n:
-                # every record of the subject topic read: its events, and the ticks the worker writes there
+            if source_read(c) >= n:
+                # every record of the subject topic read: its events, and the ticks the worker writes there (the
+                # subject stage's events less the clearances it read in their source topics)
                 subj_end = sum(H.end_offsets(boot, [prefix + "streams.subjects"]).values())
-                if c.get("subjects", 0) + worker_ticks(port).get("subjects", 0) >= subj_end:
+                if c.get("subjects", 0) - c.get("clearances", 0) + worker_ticks(port).get("subjects", 0) >= subj_end:
                     done, cpu_done = now, cpu_seconds(proc.pid)
                     break
             time.sleep(0.25)
@@ -266,8 +273,8 @@ def side_by_side(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -
 
 #: where a worker's time goes, by the frame a sample passes through (py-spy raw profile, inclusive shares)
 PROFILE_BUCKETS = [
-    ("re-key stage (forwarding each source event to the subject topic)", "build_app.<locals>.rekey"),
-    ("subject stage (decode, rules, state)", "build_app.<locals>.subject_event"),
+    ("re-key stage (forwarding alerts, cases and misplaced clearances)", "build_app.<locals>.rekey"),
+    ("subject stage (decode, rules, state)", "build_app.<locals>.subject_step"),
     ("regional stage", "build_app.<locals>.regional_event"),
     ("Faust sending (Topic.send)", "Topic.send ("),
     ("aiokafka producer sender (produce requests)", "Sender._send_produce_req"),
@@ -452,13 +459,13 @@ def ramp(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict:
             w1, s1 = worker_counts(worker_port), _source_rows(sink_rows(sink_port))
             pos += sent
             published = pos
-            backlog_w = published - w1.get("rekey", 0)
+            backlog_w = published - source_read(w1)
             backlog_s = published - s1
             span = t1 - t0
             drained_at = _drain(worker_port, sink_port, published, DRAIN_S if rate is not None else 300)
             step = {
                 "rate": rate, "events": sent, "seconds": span, "published_rate": sent / span,
-                "worker_rate": (w1.get("rekey", 0) - w0.get("rekey", 0)) / span,
+                "worker_rate": (source_read(w1) - source_read(w0)) / span,
                 "sink_rate": (s1 - s0) / span,
                 "backlog_worker": backlog_w, "backlog_sink": backlog_s,
                 "drain_s": None if drained_at is None else drained_at - t1,
@@ -468,7 +475,7 @@ def ramp(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict:
                 # unpaced, the publish is over in a moment: the rates and the processes over the whole drain
                 step["pipeline_rate"] = sent / (drained_at - t0)
                 w2, s2 = worker_counts(worker_port), _source_rows(sink_rows(sink_port))
-                step["worker_rate"] = (w2.get("rekey", 0) - w0.get("rekey", 0)) / (drained_at - t0)
+                step["worker_rate"] = (source_read(w2) - source_read(w0)) / (drained_at - t0)
                 step["sink_rate"] = (s2 - s0) / (drained_at - t0)
                 t1 = drained_at
             step["sustained"] = rate is not None and max(backlog_w, backlog_s) <= 2 * rate
@@ -511,7 +518,7 @@ def _drain(worker_port: int, sink_port: int, published: int, timeout: float) -> 
     """Wait until the worker has read and the sink stored ``published`` source events; when, or None."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if worker_counts(worker_port).get("rekey", 0) >= published and \
+        if source_read(worker_counts(worker_port)) >= published and \
                 _source_rows(sink_rows(sink_port)) >= published:
             return time.monotonic()
         time.sleep(0.25)
@@ -614,11 +621,11 @@ def memory(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict
             c = worker_counts(port)
             if entries >= SUBJECTS and recovered is None:
                 recovered = time.monotonic()
-            if recovered is not None and c.get("rekey", 0) >= len(live):
+            if recovered is not None and source_read(c) >= len(live):
                 break
             if time.monotonic() - said > 15:
                 said = time.monotonic()
-                print(f"   {said - t0:.0f} s: {entries:,.0f} table entries, {c.get('rekey', 0):,.0f} live events read, "
+                print(f"   {said - t0:.0f} s: {entries:,.0f} table entries, {source_read(c):,.0f} live events read, "
                       f"RSS {ps.memory_info().rss / 2**20:,.0f} MB", flush=True)
             time.sleep(0.5)
         rss = ps.memory_info().rss / 2**20
@@ -744,8 +751,9 @@ def report(wl: W.Workload, cmp_runs: list[dict], rp: dict | None, mem: dict | No
                  f"bare client {cpu['ceiling']:.0f} µs, {rss['ceiling']:.0f} MB (broker {brk['ceiling']:.0f} % of a "
                  f"core); Quix peer {cpu['peer']:.0f} µs, {rss['peer']:.0f} MB (broker {brk['peer']:.0f} %); "
                  f"yrdbus worker {cpu['ours']:.0f} µs, {rss['ours']:.0f} MB (broker {brk['ours']:.0f} %). The worker "
-                 f"reads every event twice (source topic, then the subject-keyed topic its re-key stage writes), "
-                 f"as the peer does through its repartition topic.")
+                 f"reads a clearance once, in its source topic (the stations partition by subject with murmur2), "
+                 f"and forwards alerts and cases to its subject-keyed topic; the peer reads every event twice, "
+                 f"through its repartition topic.")
         L.append("")
         L.append("![side by side](img/e2e-side-by-side.png)")
         L.append("")
@@ -867,18 +875,12 @@ worker's time goes; the table above is this run's. Changes made from it, each it
 | 7.1 % of the worker's samples in `Logger.debug` of Faust and aiokafka: Faust's terminal spinner sets the root logger to DEBUG, so every debug call (several per record sent) built a log record | `yrdbus worker` runs Faust's worker without the spinner (`yrdbus/cli_streams.py`) | 7.1 % of samples | the "debug logging" row above |
 | 20 % of the samples in aiokafka's sender building and writing produce requests, and the broker busier than the worker: with 5 ms of linger the re-key stage's forwards went out a few records a request | the worker's producer lingers 50 ms (`streams/app.py`). Safe for nothing-lost: Faust flushes the producer before it commits offsets (`Consumer._commit_offsets` in faust-streaming 0.15), so a forward still in the buffer when the worker dies leaves its source offset uncommitted and is made again; the fault suite's worker SIGKILL finds every alert with it; `tests/test_streams_worker.py`'s double-SIGKILL test misses regional alerts in about half of its runs, with 50 ms and with 5 ms alike (an open defect of the regional stage's watermark after a restart, not of the linger) | worker 796 and 789 µs CPU a record, broker 632 and 287 µs; 295 and 376 records/s | worker 510 and 487 µs, broker 166 and 87 µs; 761 and 809 records/s (20,000 records, two runs each way, alternated, load 9 to 10) |
 | each subject's state held as parsed JSON (dicts and lists, some 2 KB a subject beyond the bytes) for the whole table | the subject table keeps each state as the JSON bytes of its changelog record and parses it when its subject is met (only flagged, refused and transit travellers are in the table); recovery no longer parses every record | RSS 163 MB with 20,000 subjects recovered and 12,000 live events, recovery 69 s | 122 MB, recovery 18 s (same test, same load) |
+| the re-key stage forwarded every clearance to `streams.subjects` and the subject stage read it again: one produce, one broker write and one consume more per clearance (re-key stage, Faust sending and aiokafka's sender together about a third of the samples) | the stations partition with Kafka's murmur2 partitioner (`connectors/publisher.py`, `partitioner: murmur2_random`), which places a subject where the subject table keeps it; partition p of every clearance topic is co-partitioned with `streams.subjects` p, and the subject stage reads a clearance in its source topic (`streams/app.py`, `clearance_event`); a clearance elsewhere (another partitioner, no key) is forwarded as before | 2,280 events/s, 378 µs CPU an event | 2,880 events/s, 209 µs (one run each, 30,000 events, load 1; 29 of 29 hits) |
+| with the forwards gone, the worker used 60 % of a core: each subject step that emits waits for its outputs' acks before writing its state, and waited out the producer's 50 ms linger | linger 5 ms (`streams/app.py`) | 3,407 and 3,438 events/s, 164 and 160 µs, broker 26-31 % of a core | 4,926 and 4,566 events/s, 179 and 182 µs, broker 49-52 % (alternated, two runs each) |
 
-What is left, and why the worker stays far from the goals: every clearance crosses the broker twice. The re-key
-stage forwards each source event, bytes untouched, to `streams.subjects`, keyed by subject; the subject stage
-reads it again. Faust's per-record path (aiokafka's fetcher and record objects, Faust's stream, acks and
-offsets, one `Topic.send` with its futures and a pure-Python murmur2 for each record forwarded) costs far
-more than the decode and the rules themselves (the "Avro decoding" and "subject stage" rows). The next
-step is to let the subject stage read the source topics directly: the stations' publisher would partition by
-subject with the murmur2 partitioner (librdkafka's `murmur2_random`, Kafka's Java default), every source
-topic has the same 4 partitions, so partition p of every region's topic holds the same subjects and one
-worker can own them together (Faust assigns co-partitioned topics together); only the few events whose key
-is not their subject (cases, alerts about a conveyance) would still be re-keyed. That removes one produce,
-one broker write and one consume per clearance, about half of the worker's per-event cost by this profile.
+What is left: every record still passes through aiokafka's Python fetcher, Faust's stream and its acks, and
+asyncio's scheduling (the largest self-time frames of the profile are the event loop's), far more than the
+decode and the rules. The goals above need about a tenth of today's cost an event.
 """
 
 

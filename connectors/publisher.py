@@ -49,6 +49,11 @@ PRODUCER_CONFIG = {
     # How long librdkafka keeps retrying one message (through a broker restart, a leader election) before it
     # reports a failure. Five minutes covers a rolling restart; a failure after that is counted and reported.
     "message.timeout.ms": 300_000,
+    # Kafka's own partitioner (the Java client's default; librdkafka's is CRC32): a clearance keyed by its
+    # subject lands in the partition the stream layer keeps that subject's state in, so the subject stage
+    # reads it where it is instead of forwarding it to streams.subjects first (streams/app.py). Keyless
+    # records still go to a random partition.
+    "partitioner": "murmur2_random",
 }
 
 

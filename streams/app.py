@@ -2,15 +2,21 @@
 
 Topology::
 
-  border.<R>.<kind> (12) + control ──rekey──► streams.subjects  (N partitions, keyed by subject token)
-                                        └───► streams.regional  (1 partition: alerts, cases, control)
+  border.<R>.alert, .case (8) + control ──rekey──► streams.subjects  (N partitions, keyed by subject token)
+                                            └───► streams.regional  (1 partition: alerts, cases, control)
+  border.<R>.clearance (4) ─────────────subjects──► (read where they are, when co-partitioned; see below)
   streams.subjects ──subjects──► alerts.derived, alerts.to.<R>, risk.scores
                             └──► streams.regional (diverted and crew clearances, hourly flow partials)
   streams.regional ──regional──► alerts.derived, alerts.to.<R>, trends, risk.scores
 
-The re-key step forwards the value's bytes untouched (only alerts and cases,
-which are few, are decoded to find their subjects). State lives in tables with
-compacted changelog topics and is recovered after a restart.
+Clearances are nearly all the traffic. The stations key a clearance by its subject and partition with
+Kafka's murmur2 partitioner (connectors/publisher.py), which is also how the subject table places a
+subject: partition p of every clearance topic then holds the subjects of subject partition p, Faust assigns
+the co-partitioned topics' partition p to one worker, and the subject stage reads the clearance where it
+is. A clearance that is not where its subject's state is (another partitioner, no key, topics with another
+partition count) is forwarded to streams.subjects first, as alerts and cases are. The re-key step forwards
+the value's bytes untouched (only alerts and cases, which are few, are decoded to find their subjects).
+State lives in tables with compacted changelog topics and is recovered after a restart.
 
 Event time: the subject stage's watermark is the smallest of its partitions' and
 its source partitions' (largest event time minus ``lateness_minutes``; one idle
@@ -126,9 +132,10 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         # small fetches interleave partitions finely, so one partition's backlog cannot race far ahead
         consumer_max_fetch_size=256 * 1024,
         producer_acks=-1,
-        # the re-key step forwards every clearance: 50 ms of linger sends them in batches rather than a few
-        # records a request (worker CPU a record 796 -> 510 us, the broker's 632 -> 166 us: docs/benchmarks.md)
-        producer_linger=0.05,
+        # 5 ms: a subject step waits for its outputs' acks before it writes its state (emit), and with 50 ms
+        # of linger that wait held the stage: 3,400 against 4,900 events/s (docs/benchmarks.md). 50 ms was
+        # chosen while every clearance was forwarded through streams.subjects; they are now read in place
+        producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
         producer_compression_type="lz4",
         # a worker that dies is noticed after this long, and its partitions move to the others
@@ -148,7 +155,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     sources = [cfg.t(topics.source(r, k)) for r in ("SH", "JS", "ZJ", "AH") for k in ("clearance", "alert", "case")]
     regional_sources = [t for t in sources if not t.endswith(".clearance")]   # what the re-key step forwards there
-    source_topic = app.topic(*sources, cfg.t(topics.CONTROL), key_type=bytes, value_type=bytes)
+    clearance_sources = [t for t in sources if t.endswith(".clearance")]     # what the subject stage reads itself
+    source_topic = app.topic(*regional_sources, cfg.t(topics.CONTROL), key_type=bytes, value_type=bytes)
+    clearance_topic = app.topic(*clearance_sources, key_type=bytes, value_type=bytes)
     subject_topic = app.topic(cfg.subject_topic, partitions=cfg.partitions, internal=True,
                               key_type=bytes, value_type=bytes)
     regional_topic = app.topic(cfg.regional_topic, partitions=1, internal=True, key_type=bytes, value_type=bytes)
@@ -294,6 +303,27 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         async for event in stream.events():
             await in_turn(event, rekey_event)
 
+    def subject_partition(key: bytes) -> int:
+        return (murmur2(key) & 0x7FFFFFFF) % cfg.partitions
+
+    @app.agent(clearance_topic)
+    async def clearances(stream):
+        async for event in stream.events():
+            await in_turn(event, clearance_event)
+
+    async def clearance_event(event) -> None:
+        """A clearance in its subject's partition goes through the subject stage here; any other is re-keyed."""
+        msg, key = event.message, event.key
+        if key and subject_partition(key) == msg.partition and \
+                (app.consumer.topic_partitions(msg.topic) or topics.DEFAULT_PARTITIONS) == cfg.partitions:
+            src = upstream_key(msg.topic, msg.partition)
+            metrics.EVENTS_IN.labels(msg.topic, "clearances").inc()
+            async with subject_turn:
+                await guarded("subjects", event, lambda e: subject_step(e, "clearance", msg.topic, (msg.partition, src),
+                                                                          src))
+        else:
+            await rekey_event(event)
+
     async def rekey_event(event) -> None:
         msg = event.message
         st["active_at"] = time.monotonic()
@@ -355,16 +385,35 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 st["ephemeral"][s] = state
                 heapq.heappush(st["ephemeral_heap"], (at, s))
 
+    # The subject stage reads two agents' records (streams.subjects, and the clearances read where they are):
+    # one step at a time, or two steps of one subject could interleave at their awaits.
+    subject_turn = asyncio.Lock()
+
     @app.agent(subject_topic)
     async def subjects(stream):
         async for event in stream.events():
-            await in_turn(event, lambda e: guarded("subjects", e, subject_event))
+            await in_turn(event, subject_turned)
+
+    async def subject_turned(event) -> None:
+        async with subject_turn:
+            await guarded("subjects", event, subject_event)
 
     async def subject_event(event) -> None:
+        """A record of streams.subjects: a forwarded event (its headers say what and from where) or a tick."""
         msg = event.message
         headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (event.headers or {}).items()} \
             if isinstance(event.headers, dict) else {k: v.decode() for k, v in (event.headers or [])}
         kind, source = headers.get("yrd-kind", "clearance"), headers.get("yrd-source", msg.topic)
+        # a subject partition is a merge of the source partitions in the order they were re-keyed, not in event
+        # time: what it holds of one source partition is in that partition's order, so each pair is a stream
+        src = _source_of(headers, source)
+        upstream = (msg.partition, src) if "yrd-source-partition" in headers else msg.partition
+        await subject_step(event, kind, source, upstream, src)
+
+    async def subject_step(event, kind: str, source: str, upstream, src: str) -> None:
+        """One record through the subject stage: ``upstream`` is the watermark's key of where it came from (subject
+        partition, source partition), ``src`` the source partition's."""
+        msg = event.message
         raw, key = event.value, event.key
         sub_clock.advance(msg.timestamp)
         if st["sub_expect"]:
@@ -395,10 +444,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             await dead_letter(source, raw, key, exc, msg.partition, msg.offset)
             return
         s = key.decode() if key else (ev.get("subject") or "")
-        # a subject partition is a merge of the source partitions in the order they were re-keyed, not in event
-        # time: what it holds of one source partition is in that partition's order, so each pair is a stream
-        src = _source_of(headers, source)
-        upstream = (msg.partition, src) if "yrd-source-partition" in headers else msg.partition
         if sub_wm.observe(upstream, ev["occurred_at"]):
             metrics.LATE.labels("subjects").inc()
         if ev["occurred_at"] > st["part_max"].get(msg.partition, -(1 << 62)):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-EVENTS_IN = Counter("yrdbus_streams_events_in_total", "Events read by the stream layer, per topic and stage.",
+EVENTS_IN = Counter("yrdbus_streams_events_in_total", "Events read by the stream layer, per topic and stage: "
+                    "rekey (source records forwarded to a stage topic), clearances (clearances the subject stage "
+                    "read in their source topic), subjects, regional (events each stage processed).",
                     ["topic", "stage"])
 DERIVED = Counter("yrdbus_streams_derived_alerts_total", "Derived alerts emitted, per kind and recipient region.",
                   ["kind", "region"])
