@@ -280,3 +280,64 @@ def test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_h
     # records that are not there (yet) are not waited for forever: the worker stops instead of skipping them
     with pytest.raises(catchup.CatchUpError, match=r"records 8\.\.11"):
         catchup.read_range({"bootstrap.servers": kafka.bootstrap}, TP(topic, 1), 8, 12, timeout=3)
+
+
+def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewhere_is_forwarded(kafka, tmp_path):
+    """The stations' murmur2 partitioner puts a clearance where the subject stage keeps its subject: the stage reads
+    it there. A clearance in another partition goes through streams.subjects first. Both are processed once."""
+    import urllib.request
+
+    from aiokafka.partitioner import murmur2
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conftest import free_port
+    from connectors.clickhouse import synthetic
+    from connectors.publisher import StationPublisher
+
+    prefix = f"d{uuid.uuid4().hex[:6]}."
+    ensure_topics(StreamsConfig(kafka.bootstrap, prefix=prefix))
+    recs = synthetic.records("clearance", 300, seed=7)
+    placed, misplaced = recs[:200], recs[200:]
+    pub = StationPublisher(kafka.bootstrap, topic_prefix=prefix)
+    for r in placed:
+        pub.publish("clearance", r)
+    assert pub.flush(30) == 0
+    codec = get_codec()
+    p = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
+    for r in misplaced:   # the partition after the subject's
+        home = (murmur2(r["subject"].encode()) & 0x7FFFFFFF) % topics.DEFAULT_PARTITIONS
+        p.produce(prefix + topics.source(r["region"], "clearance"), key=r["subject"].encode(),
+                  value=codec.encode("clearance", r), partition=(home + 1) % topics.DEFAULT_PARTITIONS)
+    assert p.flush(30) == 0
+
+    port = free_port()
+    env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": kafka.bootstrap, "YRDBUS_VAR_DIR": str(tmp_path)}
+    with open(tmp_path / "worker.log", "w") as log:
+        proc = subprocess.Popen([YRDBUS, "worker", "--prefix", prefix, "--app-id", prefix + "w",
+                                 "--data-dir", str(tmp_path / "data"), "--metrics-port", str(port)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def counts() -> dict[str, float]:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return {}
+        got: dict[str, float] = collections.Counter()
+        for fam in text_string_to_metric_families(text):
+            if fam.name == "yrdbus_streams_events_in":
+                for s in fam.samples:
+                    if s.name.endswith("_total") and s.labels["topic"].startswith(prefix):
+                        got[s.labels["stage"]] += s.value
+        return got
+
+    try:
+        got = wait_for(lambda: (c := counts()).get("subjects", 0) >= 300 and c, 180, "300 clearances processed",
+                       detail=lambda: dict(counts()))
+        time.sleep(2)   # nothing more comes
+        got = counts()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert got["clearances"] == 200, got    # read in place
+    assert got["rekey"] == 100, got         # forwarded to streams.subjects
+    assert got["subjects"] == 300, got      # each processed once by the subject stage
