@@ -562,9 +562,9 @@ def subject_states(n: int, seed: int = 5):
 
 
 def memory(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict:
-    from aiokafka.partitioner import murmur2
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from streams.app import subject_partition
     from yrdbus import topics
 
     prefix = "mem."
@@ -581,7 +581,7 @@ def memory(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict
     for subject, value in subject_states(SUBJECTS):
         size += len(value)
         # as the worker writes it: the key JSON-encoded, the partition of the bare token (streams.app.SubjectTable)
-        part = (murmur2(subject.encode()) & 0x7FFFFFFF) % PARTITIONS
+        part = subject_partition(subject.encode(), PARTITIONS)
         key = json.dumps(subject).encode()
         while True:
             try:

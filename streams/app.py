@@ -102,6 +102,12 @@ class ProcessingError(EventError):
     reason = "processing_error"
 
 
+def subject_partition(key: bytes, partitions: int) -> int:
+    """The partition of a subject's key among ``partitions``: Kafka's murmur2 partitioner, as the stations' producer
+    (librdkafka's ``murmur2_random``) and the Java client place a keyed record."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 class SubjectTable(faust.Table):
     """A table whose changelog partition is the key's partition in the subject topic (Kafka's murmur2
     partitioner, as the producer chose it), not the partition of the event being processed.
@@ -111,7 +117,7 @@ class SubjectTable(faust.Table):
     """
 
     def partition_for_key(self, key):
-        return (murmur2(key.encode() if isinstance(key, str) else key) & 0x7FFFFFFF) % self.partitions
+        return subject_partition(key.encode() if isinstance(key, str) else key, self.partitions)
 
 
 def build_app(cfg: StreamsConfig) -> faust.App:
@@ -217,7 +223,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
           "reg_expect": None, "reg_wm_dirty": False,
           "sub_expect": None, "active_at": 0.0, "sub_parts": [], "flow_wm": {},
-          "part_max": {}}
+          "part_max": {}, "in_place": set()}
 
     def partitions_of(names) -> list[str]:
         """The upstream keys of every partition of these topics."""
@@ -230,6 +236,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         st["regional"] = None
         st["has_regional"] = any(tp.topic == cfg.regional_topic for tp in assigned)
         in_turn.forget(assigned)
+        # the clearance topics partitioned as the subject stage is: a clearance there may be read in place
+        st["in_place"] = {t for t in clearance_sources
+                          if (app.consumer.topic_partitions(t) or topics.DEFAULT_PARTITIONS) == cfg.partitions}
         if st["has_regional"]:
             # every upstream of the regional stage holds its watermark back until it has spoken (or gone idle),
             # from the stage's first record on
@@ -303,9 +312,6 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         async for event in stream.events():
             await in_turn(event, rekey_event)
 
-    def subject_partition(key: bytes) -> int:
-        return (murmur2(key) & 0x7FFFFFFF) % cfg.partitions
-
     @app.agent(clearance_topic)
     async def clearances(stream):
         async for event in stream.events():
@@ -314,8 +320,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     async def clearance_event(event) -> None:
         """A clearance in its subject's partition goes through the subject stage here; any other is re-keyed."""
         msg, key = event.message, event.key
-        if key and subject_partition(key) == msg.partition and \
-                (app.consumer.topic_partitions(msg.topic) or topics.DEFAULT_PARTITIONS) == cfg.partitions:
+        if key and msg.topic in st["in_place"] and subject_partition(key, cfg.partitions) == msg.partition:
             src = upstream_key(msg.topic, msg.partition)
             metrics.EVENTS_IN.labels(msg.topic, "clearances").inc()
             async with subject_turn:

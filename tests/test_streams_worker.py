@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.codec import get_codec
 from streams import derived
-from streams.app import StreamsConfig, ensure_topics
+from streams.app import StreamsConfig, ensure_topics, subject_partition
 from streams.evaluate import read_alerts_topic, score
 from streams.scripted import HOUR, Script, background, incidents
 from yrdbus import topics
@@ -287,7 +287,6 @@ def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewher
     it there. A clearance in another partition goes through streams.subjects first. Both are processed once."""
     import urllib.request
 
-    from aiokafka.partitioner import murmur2
     from prometheus_client.parser import text_string_to_metric_families
 
     from conftest import free_port
@@ -305,7 +304,7 @@ def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewher
     codec = get_codec()
     p = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
     for r in misplaced:   # the partition after the subject's
-        home = (murmur2(r["subject"].encode()) & 0x7FFFFFFF) % topics.DEFAULT_PARTITIONS
+        home = subject_partition(r["subject"].encode(), topics.DEFAULT_PARTITIONS)
         p.produce(prefix + topics.source(r["region"], "clearance"), key=r["subject"].encode(),
                   value=codec.encode("clearance", r), partition=(home + 1) % topics.DEFAULT_PARTITIONS)
     assert p.flush(30) == 0
