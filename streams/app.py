@@ -218,7 +218,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
     # every stage's records in their partition's order, a run Faust skipped read again first
     in_turn = catchup.Turns(lambda: app.consumer, kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap}),
-                            on_skip=lambda topic, n: metrics.UNDELIVERED.labels(topic).inc(n))
+                            on_skip=lambda topic, n: metrics.labelled(metrics.UNDELIVERED, topic).inc(n))
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
           "reg_expect": None, "reg_wm_dirty": False,
@@ -266,7 +266,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         name = topics.dead_letter(source)
         t = dlq_topics.get(name) or dlq_topics.setdefault(name, app.topic(name, key_type=bytes, value_type=bytes))
         await t.send(key=key, value=raw, headers=headers_for(source, error, partition=partition, offset=offset))
-        metrics.DEAD.labels(name, getattr(error, "reason", "error")).inc()
+        metrics.labelled(metrics.DEAD, name, getattr(error, "reason", "error")).inc()
         log.warning("dead letter %s: %s", name, error)
 
     async def emit(outs: list) -> None:
@@ -278,15 +278,15 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         futs = []
         for kind, rec in outs:
             rec["emitted_at"] = now
-            metrics.OUTPUTS.labels(kind).inc()
+            metrics.labelled(metrics.OUTPUTS, kind).inc()
             if kind == "derived_alert":
                 raw = codec.encode("derived_alert", for_avro(rec))
                 key = rec["alert_id"].encode()
                 futs.append(await out["derived"].send(key=key, value=raw))
                 for region in derived.recipients(rec):
                     futs.append(await out[f"to.{region}"].send(key=key, value=raw))
-                    metrics.DERIVED.labels(rec["kind"], region).inc()
-                metrics.EMIT_LAG.labels(kind).observe(max(0.0, (now - rec["occurred_at"]) / 1000))
+                    metrics.labelled(metrics.DERIVED, rec["kind"], region).inc()
+                metrics.labelled(metrics.EMIT_LAG, kind).observe(max(0.0, (now - rec["occurred_at"]) / 1000))
             elif kind == "trend":
                 futs.append(await out["trend"].send(key=rec["signal_id"].encode(),
                                                     value=codec.encode("trend", for_avro(rec))))
@@ -322,7 +322,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         msg, key = event.message, event.key
         if key and msg.topic in st["in_place"] and subject_partition(key, cfg.partitions) == msg.partition:
             src = upstream_key(msg.topic, msg.partition)
-            metrics.EVENTS_IN.labels(msg.topic, "clearances").inc()
+            metrics.labelled(metrics.EVENTS_IN, msg.topic, "clearances").inc()
             async with subject_turn:
                 await guarded("subjects", event, lambda e: subject_step(e, "clearance", msg.topic, (msg.partition, src),
                                                                           src))
@@ -334,7 +334,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         st["active_at"] = time.monotonic()
         kind = _kind_of_source(msg.topic, cfg.prefix)
         raw, key = event.value, event.key
-        metrics.EVENTS_IN.labels(msg.topic, "rekey").inc()
+        metrics.labelled(metrics.EVENTS_IN, msg.topic, "rekey").inc()
         headers = [("yrd-kind", kind.encode()), ("yrd-source", msg.topic.encode()),
                    ("yrd-source-partition", str(msg.partition).encode())]
         try:
@@ -436,13 +436,13 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             rescan()
         part = str(msg.partition)
         if kind == "tick":
-            metrics.TICKS.labels("subjects").inc()
+            metrics.labelled(metrics.TICKS, "subjects").inc()
             busy = json.loads(raw).get("busy") or ()
             sub_wm.touch((p, s) for p in st["sub_parts"] for s in busy)
             await subject_close(msg.partition, flow_table.get(part) or FlowCounter.new_state(), [], {})
             return
         st["active_at"] = time.monotonic()
-        metrics.EVENTS_IN.labels(source, "subjects").inc()
+        metrics.labelled(metrics.EVENTS_IN, source, "subjects").inc()
         try:
             ev = decoder.decode(raw, kind)
         except EventError as exc:
@@ -450,7 +450,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             return
         s = key.decode() if key else (ev.get("subject") or "")
         if sub_wm.observe(upstream, ev["occurred_at"]):
-            metrics.LATE.labels("subjects").inc()
+            metrics.labelled(metrics.LATE, "subjects").inc()
         if ev["occurred_at"] > st["part_max"].get(msg.partition, -(1 << 62)):
             st["part_max"][msg.partition] = ev["occurred_at"]
         outs: list = []
@@ -496,7 +496,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         part = str(partition)
         via = via_of(part)
         wm = sub_wm.current()
-        metrics.WATERMARK.labels("subjects").set(max(0, wm) / 1000)
+        metrics.labelled(metrics.WATERMARK, "subjects").set(max(0, wm) / 1000)
         if st["sub_last_wm"] is None or wm > st["sub_last_wm"]:
             st["sub_last_wm"] = wm
             while st["heap"] and st["heap"][0][0] < wm:
@@ -530,8 +530,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
                 subjects_table[ws] = json.dumps(wstate, separators=(",", ":")).encode()
             elif ws in subjects_table:
                 del subjects_table[ws]
-        metrics.TABLE.labels("subjects").set(len(subjects_table))
-        metrics.TABLE.labels("subjects_recent").set(len(st["ephemeral"]))
+        metrics.labelled(metrics.TABLE, "subjects").set(len(subjects_table))
+        metrics.labelled(metrics.TABLE, "subjects_recent").set(len(st["ephemeral"]))
 
     # ------------------------------------------------------------------ regional stage
     def regional_state() -> dict:
@@ -632,17 +632,17 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             reg_wm.expect(st["reg_expect"])
             st["reg_expect"] = None
         if ev["_kind"] == "tick":
-            metrics.TICKS.labels("regional").inc()
+            metrics.labelled(metrics.TICKS, "regional").inc()
             reg_wm.touch(ev.get("busy") or ())
             await regional_watermark(state, [], set())
             return
-        metrics.EVENTS_IN.labels(source, "regional").inc()
+        metrics.labelled(metrics.EVENTS_IN, source, "regional").inc()
         # an operator's control event is issued on its own clock: it does not move event time on
         upstream = headers.get("yrd-via") or _source_of(headers, source)
         if ev["_kind"] != "control":
             before = reg_wm.peak(upstream)
             if reg_wm.observe(upstream, ev["occurred_at"]):
-                metrics.LATE.labels("regional").inc()
+                metrics.labelled(metrics.LATE, "regional").inc()
             if reg_wm.peak(upstream) != before:
                 st["reg_wm_dirty"] = True
         first_hour = state["trend"]["first_hour"]
@@ -655,7 +655,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     async def regional_watermark(state: dict, outs: list, touched: set) -> None:
         """Advance the regional watermark, send the outputs, then write the changed state."""
         wm = reg_wm.current()
-        metrics.WATERMARK.labels("regional").set(max(0, wm) / 1000)
+        metrics.labelled(metrics.WATERMARK, "regional").set(max(0, wm) / 1000)
         if st["reg_last_wm"] is None or wm > st["reg_last_wm"]:
             st["reg_last_wm"] = wm
             more, changed = rrules.on_watermark(state, wm)

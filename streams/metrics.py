@@ -26,6 +26,17 @@ WATERMARK = Gauge("yrdbus_streams_watermark_timestamp_seconds", "Current waterma
                   ["stage"])
 
 _started: set[int] = set()
+_children: dict = {}
+
+
+def labelled(metric, *values):
+    """``metric.labels(*values)``, kept: ``labels`` validates, hashes and locks on every call, and the stages
+    count several times an event."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
 
 
 def serve(port: int | None) -> None:

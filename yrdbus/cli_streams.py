@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,11 @@ from yrdbus.settings import get_settings
 def _fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+class Loop(str, Enum):
+    uvloop = "uvloop"
+    asyncio = "asyncio"
 
 
 def worker(
@@ -31,9 +37,17 @@ def worker(
                                                help="Serve Prometheus /metrics on this port (default: none)."),
     replication: int = typer.Option(1, "--replication", min=1, help="Replication factor of internal topics."),
     loglevel: str = typer.Option("warning", "--loglevel", envvar="YRDBUS_WORKER_LOGLEVEL", help="Faust log level (debug, info, warning, error)."),
+    loop: Loop = typer.Option(Loop.uvloop, "--loop", envvar="YRDBUS_WORKER_LOOP",
+                              help="Event loop: uvloop (libuv) or asyncio (the standard library's)."),
 ) -> None:
     """Run one stream-processing worker (Faust). Start several with the same --app-id to share the partitions."""
     import sys
+
+    if loop is Loop.uvloop:
+        # before Faust makes its loops (the worker's, and its consumer thread's)
+        import mode.loop
+
+        mode.loop.use("uvloop")
 
     from streams import metrics
     from streams.app import StreamsConfig, build_app, ensure_topics
