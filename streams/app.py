@@ -217,6 +217,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     vias: dict[str, list] = {}   # subject partition -> the header naming it as the regional stage's upstream
     # every stage's records in their partition's order, a run Faust skipped read again first
+    catchup.commit_past_known_gaps()
     in_turn = catchup.Turns(lambda: app.consumer, kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap}),
                             on_skip=lambda topic, n: metrics.labelled(metrics.UNDELIVERED, topic).inc(n))
     st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,

@@ -130,3 +130,40 @@ def test_skipped_records_that_cannot_be_read_stop_the_worker_rather_than_being_l
     with pytest.raises(SystemExit):
         run(turns(event(9), handler))
     assert exits == [75] and seen == [] and skipped == [(TOPIC, 4)]
+
+
+def test_a_known_gap_over_offsets_already_acknowledged_lets_the_commit_go_to_its_end():
+    """After a rebalance a partition can be read again over offsets Faust also holds as a known gap: Faust's own
+    step puts them in its acknowledged offsets twice, and each commit then moves on by one record."""
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    catchup.commit_past_known_gaps()
+    catchup.commit_past_known_gaps()     # applied once, however often the app is built
+    assert FaustConsumer._new_offset.__wrapped__.__name__ == "_new_offset"
+    assert not getattr(FaustConsumer._new_offset.__wrapped__, "_yrdbus", False)
+
+    def consumer():
+        c = faust_consumer()
+        c._committed_offset[TP1] = 99
+        acked_by_faust(c, *range(100, 106))    # 100..105 processed and acknowledged
+        c._gap[TP1].addi(100, 110)             # 100..109 also a known gap
+        return c
+
+    def commits(c, step, n=3):
+        out = []
+        for _ in range(n):
+            out.append(step(c, TP1))
+            if out[-1] is not None:
+                c._committed_offset[TP1] = out[-1]     # as Consumer._commit_offsets records it
+        return out
+
+    assert commits(consumer(), FaustConsumer._new_offset.__wrapped__) == [101, 102, 103]
+    fixed = consumer()
+    assert commits(fixed, FaustConsumer._new_offset) == [110, None, None]
+    assert not fixed._gap[TP1]
+
+    # a repeat from anywhere else does not end the run either
+    c = faust_consumer()
+    c._committed_offset[TP1] = 99
+    acked_by_faust(c, 100, 101, 101, 102)
+    assert c._new_offset(TP1) == 103
