@@ -45,7 +45,11 @@ class RegionalRules:
         if kind == "control":
             return ("heightened", "trend")
         if kind == "clearance":
-            return ("conveyance", "trend")
+            # the conveyance section changes only for a flight that landed away from its scheduled port; most
+            # clearances the stage reads are vessel crews', and a write of the unchanged section would cost a
+            # changelog record of all of it each time
+            sched = ev.get("scheduled_port")
+            return ("conveyance", "trend") if sched and sched != ev.get("port_code") else ("trend",)
         if kind == "flow_partial":
             return ("flow",)
         return ()

@@ -487,3 +487,32 @@ def test_flow_hour_is_judged_only_once_every_partition_has_sent_it(rules):
                            "progress": True, "partitions": 2, "occurred_at": (hour + 1) * HOUR - 1})
     rules.on_watermark(state, (hour + 3) * HOUR + 2)
     assert state["flow"]["judged"] == hour and state["flow"]["history"]["PVG"][str(hour)][0] == 18
+
+
+def test_an_event_changes_no_section_of_the_state_but_those_the_stage_writes_back_for_it(rules):
+    """The regional stage writes back to its changelog only the sections ``touched`` names for an event (and
+    the vessels ``VesselRisk`` marks): a section changed but not named would be lost at a restart. A clearance of
+    a vessel's crew, or of a flight that landed where it was scheduled, does not name the conveyance section."""
+    import copy
+
+    from streams.scripted import background, incidents
+
+    s = Script()
+    incidents(s, T0)
+    background(s, T0, 48)
+    for crew in range(20):
+        s.clearance("CNSHA-WSK", T0 + crew * HOUR, token(f"crew{crew}"), conveyance="VSL-1",
+                    conveyance_type="VESSEL", basis="CREW", lane="CREW")
+    state, diversions, crews = rules.new_state(), 0, 0
+    for kind, _, _, rec in sorted(s.events, key=lambda e: e[3]["occurred_at"]):
+        ev = plain(kind, rec)
+        before = copy.deepcopy(state)
+        rules.on_event(state, ev)
+        changed = {sec for sec in state if sec != "vessel" and state[sec] != before[sec]}
+        assert changed <= set(rules.touched(ev)), (kind, rec)
+        if kind == "clearance" and "conveyance" in changed:
+            diversions += 1
+        if kind == "clearance" and rec["conveyance_type"] == "VESSEL":
+            crews += 1
+            assert "conveyance" not in rules.touched(ev), rec
+    assert diversions and crews >= 20     # both paths were taken (incident f's diverted flight, the crew)
