@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import struct
-import sys
 import time
 import uuid
 
@@ -38,12 +37,37 @@ def decoders() -> dict[int, object]:
     return out
 
 
-def run(bootstrap: str, topic_names: list[str], expect: int, timeout: float = 300.0) -> dict:
-    from confluent_kafka import Consumer
+def framed_reader():
+    """A function reading one Confluent-framed value's Avro body with fastavro, on the writer schema its header
+    names (the schemas parsed once): what any Python consumer of these topics does with a record at least."""
     from fastavro import schemaless_reader
 
     schemas = decoders()
     header = struct.Struct(">bI")
+
+    def read(value: bytes):
+        _, sid = header.unpack_from(value)
+        buf = io.BytesIO(value)
+        buf.seek(5)
+        return schemaless_reader(buf, schemas[sid], None)
+
+    return read
+
+
+def reader_args(doc: str) -> argparse.Namespace:
+    """The command line of a reader run by bench.e2e (this ceiling, Faust's floor)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--topics", required=True, help="comma-separated topic names")
+    ap.add_argument("--expect", type=int, required=True, help="stop after this many records")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    return ap.parse_args()
+
+
+def run(bootstrap: str, topic_names: list[str], expect: int, timeout: float = 300.0) -> dict:
+    from confluent_kafka import Consumer
+
+    read = framed_reader()
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-ceiling-{uuid.uuid4().hex[:8]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": True,
                   "fetch.max.bytes": 64 * 1024 * 1024, "queued.min.messages": 200_000})
@@ -60,11 +84,7 @@ def run(bootstrap: str, topic_names: list[str], expect: int, timeout: float = 30
                     continue
                 if first is None:
                     first = time.perf_counter()
-                value = m.value()
-                _, sid = header.unpack_from(value)
-                buf = io.BytesIO(value)
-                buf.seek(5)
-                schemaless_reader(buf, schemas[sid], None)
+                read(m.value())
                 n += 1
             last = time.perf_counter()
     finally:
@@ -81,10 +101,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bootstrap", required=True)
-    ap.add_argument("--topics", required=True, help="comma-separated topic names")
-    ap.add_argument("--expect", type=int, required=True, help="stop after this many records")
-    ap.add_argument("--timeout", type=float, default=300.0)
-    a = ap.parse_args()
+    a = reader_args(__doc__)
     print(json.dumps(run(a.bootstrap, a.topics.split(","), a.expect, a.timeout)))

@@ -56,6 +56,7 @@ PROFILE = os.environ.get("BENCH_E2E_PROFILE", "1") == "1"   # py-spy on the work
 PARTITIONS = 4
 IMG = bench.ROOT / "docs" / "img"
 SIDES = ("ceiling", "floor", "peer", "ours")
+READERS = {"ceiling": "bench.ceiling", "floor": "bench.faust_floor"}   # run as python -m <module> (run_reader)
 GOALS = {"sustained": 20_000, "peer": 1.5, "ceiling": 0.5, "p99_ms_at_5000": 500, "memory_mb": 1024}
 
 
@@ -97,6 +98,16 @@ def worker_ticks(port: int) -> dict[str, float]:
     return _counts(port, "yrdbus_streams_ticks_total", "stage")
 
 
+def stages_done(boot: str, prefix: str, n: int, events: dict[str, float], ticks) -> bool:
+    """Whether workers whose ``worker_counts`` are ``events`` have read all ``n`` source records and every record
+    of the subject topic: its forwarded events and the ticks written there (the subject stage's events less the
+    clearances it read in their source topics). ``ticks()``: their ``worker_ticks``, asked for only then."""
+    if source_read(events) < n:
+        return False
+    subj_end = sum(H.end_offsets(boot, [prefix + "streams.subjects"]).values())
+    return events.get("subjects", 0) - events.get("clearances", 0) + ticks().get("subjects", 0) >= subj_end
+
+
 def sink_rows(port: int) -> dict[str, float]:
     return _counts(port, "yrdbus_sink_rows_written_total", "table")
 
@@ -111,9 +122,11 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def start_worker(boot: str, prefix: str, app_id: str, tmp: Path, port: int, name: str = "worker"):
+def start_worker(boot: str, prefix: str, app_id: str, tmp: Path, port: int, name: str = "worker",
+                 replication: int = 1):
     return H.spawn([H.YRDBUS, "worker", "--prefix", prefix, "--app-id", app_id, "--partitions", str(PARTITIONS),
-                    "--data-dir", str(tmp / f"{name}-data"), "--metrics-port", str(port)],
+                    "--replication", str(replication), "--data-dir", str(tmp / f"{name}-data"),
+                    "--metrics-port", str(port)],
                    tmp / f"{name}.log", env={"YRDBUS_KAFKA_BOOTSTRAP": boot, "YRDBUS_VAR_DIR": str(tmp)})
 
 
@@ -154,10 +167,15 @@ def subject_records(wl: W.Workload) -> int:
     return n
 
 
-def cross_region_hits(boot: str, topic: str) -> int:
+def cross_region_hit_records(boot: str, topic: str) -> list[str]:
+    """The alert id of every CROSS_REGION_HIT record on ``topic`` (a hit emitted twice is there twice)."""
     from streams.evaluate import read_alerts_topic
 
-    return len({a["alert_id"] for a in read_alerts_topic(boot, topic, 30) if a["kind"] == "CROSS_REGION_HIT"})
+    return [a["alert_id"] for a in read_alerts_topic(boot, topic, 30) if a["kind"] == "CROSS_REGION_HIT"]
+
+
+def cross_region_hits(boot: str, topic: str) -> int:
+    return len(set(cross_region_hit_records(boot, topic)))
 
 
 # --------------------------------------------------------------------------- 1. side by side
@@ -212,7 +230,6 @@ def run_ours(boot: str, prefix: str, wl: W.Workload, tmp: Path, sampler: H.ProcS
     n = len(wl)
     first = done = None
     cpu_first = cpu_done = float("nan")
-    subj_end = None
     deadline = time.monotonic() + 900
     spy = None
     try:
@@ -228,13 +245,9 @@ def run_ours(boot: str, prefix: str, wl: W.Workload, tmp: Path, sampler: H.ProcS
                                             str(proc.pid), "--duration", "30", "--format", "raw", "-o",
                                             str(profile_to), "--nonblocking"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if source_read(c) >= n:
-                # every record of the subject topic read: its events, and the ticks the worker writes there (the
-                # subject stage's events less the clearances it read in their source topics)
-                subj_end = sum(H.end_offsets(boot, [prefix + "streams.subjects"]).values())
-                if c.get("subjects", 0) - c.get("clearances", 0) + worker_ticks(port).get("subjects", 0) >= subj_end:
-                    done, cpu_done = now, cpu_seconds(proc.pid)
-                    break
+            if stages_done(boot, prefix, n, c, lambda: worker_ticks(port)):
+                done, cpu_done = now, cpu_seconds(proc.pid)
+                break
             time.sleep(0.25)
         if done is None:
             raise RuntimeError("the worker did not finish the input in 900 s")
@@ -246,6 +259,7 @@ def run_ours(boot: str, prefix: str, wl: W.Workload, tmp: Path, sampler: H.ProcS
         H.stop(proc)
         sampler.unwatch("worker")
     hits = cross_region_hits(boot, prefix + "alerts.derived")
+    subj_end = sum(H.end_offsets(boot, [prefix + "streams.subjects"]).values())
     return {"records": n, "seconds": done - first, "rate": n / (done - first), "cpu_seconds": cpu_done - cpu_first,
             "hits": hits, "rss_mb": rss, "broker_cpu": broker, "subject_records": subj_end}
 
@@ -256,7 +270,7 @@ def side_by_side(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -
     schemas = writer_schemas_file(tmp)
     expect = subject_records(wl)
     runs = []
-    order = ["ceiling", "floor", "peer", "ours"]
+    order = list(SIDES)
     for i in range(RUNS):
         prefix = f"cmp{i}."
         topics.apply(boot, prefix=prefix)
@@ -264,10 +278,8 @@ def side_by_side(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -
         got = {"load": H.load_average()}
         for name in order[i % len(order):] + order[:i % len(order)]:
             print(f"   run {i + 1}/{RUNS}: {name}", flush=True)
-            if name == "ceiling":
-                got[name] = run_reader("bench.ceiling", name, boot, prefix, wl, sampler)
-            elif name == "floor":
-                got[name] = run_reader("bench.faust_floor", name, boot, prefix, wl, sampler)
+            if name in READERS:
+                got[name] = run_reader(READERS[name], name, boot, prefix, wl, sampler)
             elif name == "peer":
                 got[name] = run_peer(boot, prefix, expect, schemas, tmp, sampler)
             else:

@@ -13,12 +13,9 @@ e2e``). ``python -m bench faust_floor`` alone only says so; the agent runs as ``
 """
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import os
 import resource
-import struct
 import sys
 import tempfile
 import time
@@ -35,12 +32,10 @@ def run(bootstrap: str, topic_names: list[str], expect: int, timeout: float = 30
 
     mode.loop.use("uvloop")
     import faust
-    from fastavro import schemaless_reader
 
-    from bench.ceiling import decoders
+    from bench.ceiling import framed_reader
 
-    schemas = decoders()
-    header = struct.Struct(">bI")
+    read = framed_reader()
     app = faust.App(f"bench-floor-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="memory://",
                     datadir=tempfile.mkdtemp(prefix="bench-floor-"), web_enabled=False, topic_disable_leader=True,
                     consumer_auto_offset_reset="earliest",
@@ -61,11 +56,7 @@ def run(bootstrap: str, topic_names: list[str], expect: int, timeout: float = 30
         async for event in stream.events():
             if st["first"] is None:
                 st["first"], st["cpu0"] = time.perf_counter(), _cpu()
-            value = event.value
-            _, sid = header.unpack_from(value)
-            buf = io.BytesIO(value)
-            buf.seek(5)
-            schemaless_reader(buf, schemas[sid], None)
+            read(event.value)
             st["n"] += 1
             if st["n"] >= expect:
                 finish()
@@ -90,10 +81,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bootstrap", required=True)
-    ap.add_argument("--topics", required=True, help="comma-separated topic names")
-    ap.add_argument("--expect", type=int, required=True, help="stop after this many records")
-    ap.add_argument("--timeout", type=float, default=300.0)
-    a = ap.parse_args()
+    from bench.ceiling import reader_args
+
+    a = reader_args(__doc__)
     run(a.bootstrap, a.topics.split(","), a.expect, a.timeout)

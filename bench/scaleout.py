@@ -29,45 +29,48 @@ from bench import e2e
 RUNS = int(os.environ.get("BENCH_SCALEOUT_RUNS", 3))
 EVENTS = int(os.environ.get("BENCH_SCALEOUT_EVENTS", 60_000))
 CLUSTERS = [int(x) for x in os.environ.get("BENCH_SCALEOUT_BROKERS", "1,3").split(",") if x]
-PARTITIONS = e2e.PARTITIONS
 
 
 class Group:
-    """``n`` workers of one app id on one private copy of the bus, their counters read together."""
+    """Workers of one app id on one private copy of the bus, their counters read together."""
 
     def __init__(self, boot: str, prefix: str, replication: int, tmp: Path, sampler: H.ProcSampler):
         self.boot, self.prefix, self.replication, self.tmp, self.sampler = boot, prefix, replication, tmp, sampler
         self.procs: list = []
         self.ports: list[int] = []
+        self.names: list[str] = []
 
     def add(self) -> None:
-        i = len(self.procs)
+        name = f"worker-{self.prefix.strip('.')}-{len(self.procs)}"
         port = e2e.free_port()
-        name = f"worker-{self.prefix.strip('.')}-{i}"
-        proc = H.spawn([H.YRDBUS, "worker", "--prefix", self.prefix, "--app-id", self.prefix + "w",
-                        "--partitions", str(PARTITIONS), "--replication", str(self.replication),
-                        "--data-dir", str(self.tmp / f"{name}-data"), "--metrics-port", str(port)],
-                       self.tmp / f"{name}.log",
-                       env={"YRDBUS_KAFKA_BOOTSTRAP": self.boot, "YRDBUS_VAR_DIR": str(self.tmp)})
+        proc = e2e.start_worker(self.boot, self.prefix, self.prefix + "w", self.tmp, port, name, self.replication)
         self.procs.append(proc)
         self.ports.append(port)
+        self.names.append(name)
         self.sampler.watch(name, proc.pid)
 
     def check(self) -> None:
-        for i, proc in enumerate(self.procs):
+        for name, proc in zip(self.names, self.procs):
             if proc.poll() is not None:
-                log = self.tmp / f"worker-{self.prefix.strip('.')}-{i}.log"
-                raise RuntimeError(f"worker {i} exited: {log.read_text()[-800:]}")
+                raise RuntimeError(f"{name} exited: {(self.tmp / f'{name}.log').read_text()[-800:]}")
 
-    def counts(self) -> tuple[dict[str, float], dict[str, float]]:
-        """Events in by stage and ticks by stage, summed over the workers."""
-        events: dict[str, float] = {}
-        ticks: dict[str, float] = {}
+    def _summed(self, read) -> dict[str, float]:
+        out: dict[str, float] = {}
         for port in self.ports:
-            for into, got in ((events, e2e.worker_counts(port)), (ticks, e2e.worker_ticks(port))):
-                for k, v in got.items():
-                    into[k] = into.get(k, 0.0) + v
-        return events, ticks
+            for k, v in read(port).items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
+    def counts(self) -> dict[str, float]:
+        """Events in by stage, summed over the workers."""
+        return self._summed(e2e.worker_counts)
+
+    def ticks(self) -> dict[str, float]:
+        """Ticks read by stage, summed over the workers."""
+        return self._summed(e2e.worker_ticks)
+
+    def finished(self, n: int, events: dict[str, float]) -> bool:
+        return e2e.stages_done(self.boot, self.prefix, n, events, self.ticks)
 
     def settled(self, timeout: float = 180) -> None:
         """Every worker has read a tick of its own stages: the group has assigned it partitions."""
@@ -83,25 +86,14 @@ class Group:
         return sum(e2e.cpu_seconds(p.pid) for p in self.procs)
 
     def stop(self) -> None:
-        for i, proc in enumerate(self.procs):
+        for name, proc in zip(self.names, self.procs):
             H.stop(proc)
-            self.sampler.unwatch(f"worker-{self.prefix.strip('.')}-{i}")
-
-
-def _finished(group: Group, n: int) -> bool:
-    events, ticks = group.counts()
-    if e2e.source_read(events) < n:
-        return False
-    # the subject stage has read every record of its topic: forwarded events and ticks
-    subj_end = sum(H.end_offsets(group.boot, [group.prefix + "streams.subjects"]).values())
-    return events.get("subjects", 0) - events.get("clearances", 0) + ticks.get("subjects", 0) >= subj_end
+            self.sampler.unwatch(name)
 
 
 def _hit_records(boot: str, topic: str) -> tuple[int, int]:
     """Cross-region hits on ``topic``: distinct alert ids, and records."""
-    from streams.evaluate import read_alerts_topic
-
-    hits = [a["alert_id"] for a in read_alerts_topic(boot, topic, 30) if a["kind"] == "CROSS_REGION_HIT"]
+    hits = e2e.cross_region_hit_records(boot, topic)
     return len(set(hits)), len(hits)
 
 
@@ -124,11 +116,11 @@ def measure(boot: str, replication: int, prefix: str, wl: W.Workload, workers: i
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             group.check()
-            events, _ = group.counts()
+            events = group.counts()
             now = time.monotonic()
             if first is None and e2e.source_read(events) > 0:
                 first, cpu0 = now, group.cpu()
-            if first is not None and _finished(group, n):
+            if first is not None and group.finished(n, events):
                 done, cpu1 = now, group.cpu()
                 break
             time.sleep(0.25)
@@ -157,11 +149,11 @@ def join(boot: str, replication: int, prefix: str, wl: W.Workload, tmp: Path, sa
         deadline = t0 + 900
         while time.monotonic() < deadline:
             group.check()
-            events, _ = group.counts()
+            events = group.counts()
             if joined_at is None and e2e.source_read(events) >= n / 3:
                 joined_at = e2e.source_read(events)
                 group.add()
-            if joined_at is not None and _finished(group, n):
+            if joined_at is not None and group.finished(n, events):
                 break
             time.sleep(0.25)
         else:

@@ -203,13 +203,12 @@ def commit_past_known_gaps() -> None:
         if acked:
             top = max(acked)
             gaps = self._gap.get(tp)
-            below = sorted(gaps.overlap(0, top), key=lambda iv: iv.begin) if gaps else []
+            below = gaps.overlap(0, top) if gaps else ()
+            offsets = set(acked).union(*(range(iv.begin, iv.end) for iv in below))
             if below:
-                have = set(acked)
-                acked.extend(o for iv in below for o in range(iv.begin, iv.end) if o not in have)
                 gaps.chop(0, max(max(iv.end for iv in below), top + 1))
-            if len(set(acked)) != len(acked):
-                acked[:] = sorted(set(acked))
+            if len(offsets) != len(acked):
+                acked[:] = sorted(offsets)
         return original(self, tp)
 
     _new_offset._yrdbus = True

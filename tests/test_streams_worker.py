@@ -42,8 +42,10 @@ def publish(bootstrap: str, records) -> None:
 
 
 class WorkerProcess:
-    def __init__(self, kafka, tmp: Path, prefix: str, app_id: str):
+    def __init__(self, kafka, tmp: Path, prefix: str, app_id: str, partitions: int = 3,
+                 metrics_port: int | None = None):
         self.kafka, self.prefix, self.app_id = kafka, prefix, app_id
+        self.partitions, self.metrics_port = partitions, metrics_port
         self.dir = tmp / f"worker-{app_id}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = None
@@ -53,9 +55,10 @@ class WorkerProcess:
         self.starts += 1
         env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": self.kafka.bootstrap, "YRDBUS_VAR_DIR": str(self.dir)}
         self.log = open(self.dir / f"log{self.starts}", "w")
+        metrics = ["--metrics-port", str(self.metrics_port)] if self.metrics_port else []
         self.proc = subprocess.Popen(
-            [YRDBUS, "worker", "--prefix", self.prefix, "--app-id", self.app_id, "--partitions", "3",
-             "--data-dir", str(self.dir / "data")], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [YRDBUS, "worker", "--prefix", self.prefix, "--app-id", self.app_id, "--partitions", str(self.partitions),
+             "--data-dir", str(self.dir / "data"), *metrics], env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
@@ -75,8 +78,8 @@ class WorkerProcess:
 def workers(kafka, tmp_path):
     made: list[WorkerProcess] = []
 
-    def make(prefix: str, app_id: str) -> WorkerProcess:
-        w = WorkerProcess(kafka, tmp_path, prefix, app_id)
+    def make(prefix: str, app_id: str, **options) -> WorkerProcess:
+        w = WorkerProcess(kafka, tmp_path, prefix, app_id, **options)
         made.append(w)
         return w
     yield make
@@ -282,7 +285,7 @@ def test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_h
         catchup.read_range({"bootstrap.servers": kafka.bootstrap}, TP(topic, 1), 8, 12, timeout=3)
 
 
-def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewhere_is_forwarded(kafka, tmp_path):
+def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewhere_is_forwarded(kafka, workers):
     """The stations' murmur2 partitioner puts a clearance where the subject stage keeps its subject: the stage reads
     it there. A clearance in another partition goes through streams.subjects first. Both are processed once."""
     import urllib.request
@@ -310,11 +313,8 @@ def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewher
     assert p.flush(30) == 0
 
     port = free_port()
-    env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": kafka.bootstrap, "YRDBUS_VAR_DIR": str(tmp_path)}
-    with open(tmp_path / "worker.log", "w") as log:
-        proc = subprocess.Popen([YRDBUS, "worker", "--prefix", prefix, "--app-id", prefix + "w",
-                                 "--data-dir", str(tmp_path / "data"), "--metrics-port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = workers(prefix, prefix + "w", partitions=topics.DEFAULT_PARTITIONS, metrics_port=port)
+    worker.start()
 
     def counts() -> dict[str, float]:
         try:
@@ -331,12 +331,11 @@ def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewher
 
     try:
         got = wait_for(lambda: (c := counts()).get("subjects", 0) >= 300 and c, 180, "300 clearances processed",
-                       detail=lambda: dict(counts()))
+                       worker, detail=lambda: dict(counts()))
         time.sleep(2)   # nothing more comes
         got = counts()
     finally:
-        proc.terminate()
-        proc.wait(30)
+        worker.stop()
     assert got["clearances"] == 200, got    # read in place
     assert got["rekey"] == 100, got         # forwarded to streams.subjects
     assert got["subjects"] == 300, got      # each processed once by the subject stage
