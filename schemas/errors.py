@@ -60,3 +60,7 @@ class FutureEventError(ValidationError):
 
 class PortRegionError(ValidationError):
     reason = "port_not_in_region"
+
+
+class EventTimeTooEarlyError(ValidationError):
+    reason = "event_time_before_floor"

@@ -7,6 +7,7 @@ it exists), and the defaults written here. README.md lists them all.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Optional
@@ -71,6 +72,13 @@ class Settings(BaseSettings):
     # --- schemas -----------------------------------------------------------
     schema_registry_url: Optional[str] = Field(
         None, description="Confluent-compatible schema registry. Unset: ids come from schemas/ids.json.")
+
+    # --- event time (docs/security.md: a station that writes past the contract) ------------------------------
+    event_time_floor: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=timezone.utc),
+        description="Earliest event time the worker and the sink accept (ISO 8601); earlier records are dead-lettered.")
+    event_time_future_skew_s: float = Field(
+        300.0, gt=0, description="How far ahead of the reading process's clock an event time may be (seconds).")
 
     # --- privacy -----------------------------------------------------------
     subject_key: Optional[SecretStr] = Field(None, description="HMAC key for subject tokens. Never logged.")
