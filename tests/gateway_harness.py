@@ -1,11 +1,13 @@
 """What the gateway tests share: an access file, a gateway running in-process on a free port, alerts on Kafka,
-and a small SSE client over a raw socket (so a test can stop reading, as a stalled console does)."""
+a small SSE client over a raw socket (so a test can stop reading, as a stalled console does), and a webhook
+receiver on loopback (which a webhook may target only with `allow_private = true`)."""
 from __future__ import annotations
 
 import json
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -180,6 +182,8 @@ class RawSSE:
                 chunk = self.sock.recv(65536)
             except socket.timeout:
                 chunk = None
+            except ConnectionResetError:      # the server aborted the connection (a subscriber that stopped reading)
+                chunk = b""
             if chunk == b"":
                 self.closed = True
             elif chunk:
@@ -222,3 +226,40 @@ class RawSSE:
 
 def alerts_of(events: list[dict]) -> list[str]:
     return [e["json"]["alert_id"] for e in events if e["event"] == "alert"]
+
+
+# --------------------------------------------------------------------------- a webhook receiver
+class Receiver:
+    """An HTTP endpoint that answers with the statuses it is given, in turn (the last one repeats)."""
+
+    def __init__(self, statuses: list[int]):
+        self.statuses = list(statuses)
+        self.requests: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append({"headers": dict(self.headers), "body": body, "at": time.time()})
+                status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, n: int, timeout: float = 20) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.requests
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,57 +1,22 @@
-"""Webhooks on the real broker, POSTing to a small HTTP receiver on loopback: signature, retry, dead letters."""
+"""Webhooks on the real broker, POSTing to a small HTTP receiver on loopback: signature, retry, dead letters.
+
+The receivers are on 127.0.0.1, which a webhook may target only when its entry says `allow_private = true`
+(see test_hostile_gateway.py for the refusals)."""
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from confluent_kafka import Consumer
 
 from schemas.deadletter import read_headers
 
-from gateway_harness import Publisher, RunningGateway, derived_alert, write_access_file
+from gateway_harness import Publisher, Receiver, RunningGateway, derived_alert, write_access_file
 
 SECRET = "whsec-test-0123456789"
-
-
-class Receiver:
-    """An HTTP endpoint that answers with the statuses it is given, in turn (the last one repeats)."""
-
-    def __init__(self, statuses: list[int]):
-        self.statuses = list(statuses)
-        self.requests: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"headers": dict(self.headers), "body": body, "at": time.time()})
-                status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for(self, n: int, timeout: float = 20) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.requests) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.requests
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -77,7 +42,7 @@ def pub(kafka, unique):
 
 def webhook_entry(name: str, url: str, extra: str = "") -> str:
     return (f'[[webhooks]]\nname = "{name}"\nurl = "{url}"\nsecret_env = "YRDBUS_TEST_WEBHOOK_SECRET"\n'
-            f'attempts = 3\nbackoff_s = 0.05\n{extra}\n')
+            f'attempts = 3\nbackoff_s = 0.05\nallow_private = true\n{extra}\n')
 
 
 def dead_letters(bootstrap: str, topic: str, group: str, expect: int, timeout: float = 20) -> list:
@@ -139,7 +104,7 @@ def test_a_webhook_that_keeps_failing_dead_letters_the_alert_after_n_attempts_an
     secret_file.write_text("another-secret\n")
     hooks = webhook_entry("sh-cc", down.url, 'regions = ["SH"]') + (
         f'[[webhooks]]\nname = "gone"\nurl = "{gone.url}"\nsecret_file = "{secret_file}"\nall = true\n'
-        f'attempts = 3\nbackoff_s = 0.05\n')
+        f'attempts = 3\nbackoff_s = 0.05\nallow_private = true\n')
     tokens = write_access_file(tmp_path, {}, hooks)
     prefix = f"{unique}."
     with RunningGateway(kafka, tokens, prefix) as gw:

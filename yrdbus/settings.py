@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     event_time_future_skew_s: float = Field(
         300.0, gt=0, description="How far ahead of the reading process's clock an event time may be (seconds).")
 
+    # --- station imports (`yrdbus publish`) ----------------------------------
+    import_max_line_bytes: int = Field(
+        1_048_576, ge=1024, le=64 * 1_048_576,
+        description="Longest line (JSONL) or row (CSV) `yrdbus publish` reads, in bytes; a longer one is "
+                    "skipped without being held and dead-lettered as a rejection (its first 4 KiB kept).")
+
     # --- privacy -----------------------------------------------------------
     subject_key: Optional[SecretStr] = Field(None, description="HMAC key for subject tokens. Never logged.")
     subject_key_file: Optional[Path] = Field(None, description="File holding the HMAC key for subject tokens.")
@@ -103,6 +109,10 @@ class Settings(BaseSettings):
         256, ge=1, description="Alerts buffered per subscriber; a subscriber that falls further behind is sent `lagged`.")
     gateway_webhook_attempts: int = Field(5, ge=1, description="POST attempts per alert before it is dead-lettered.")
     gateway_webhook_backoff_s: float = Field(0.5, ge=0, description="First retry delay of a webhook; doubles each attempt.")
+    gateway_subscriber_write_timeout_s: float = Field(
+        30.0, gt=0, description="A stream subscriber (SSE, WebSocket) whose connection takes no bytes for this long "
+        "(an event or keep-alive cannot be written) is disconnected and its buffers released; it resumes from its "
+        "cursor. A subscriber that is idle because no alerts come is never closed.")
 
     @property
     def embedded_kafka(self) -> bool:

@@ -7,7 +7,17 @@ giving anyone a token. The id in front lets the gateway check one hash per
 request instead of trying every entry.
 
 The file (TOML, or JSON when its name ends in ``.json``) also holds the
-webhook subscriptions; ``connectors.gateway.webhooks`` reads those.
+webhook subscriptions; ``connectors.gateway.webhooks`` reads those. A webhook
+``url`` must be http(s) and reach a public address; a receiver on loopback or
+inside the network is allowed only by name, with ``allow_private = true`` on
+that webhook's entry (``connectors.gateway.egress`` has the rules)::
+
+    [[webhooks]]
+    name = "cc-internal"
+    url = "http://hooks.internal:8080/alerts"
+    allow_private = true
+    regions = ["AH"]
+    secret_file = "/etc/yrdbus/cc-internal.secret"
 
 Browsers' ``EventSource`` and ``WebSocket`` cannot send an Authorization
 header, so the wall trades its token for a *ticket*: a short-lived (60 s by

@@ -10,6 +10,10 @@ Routes:
   GET  /, /wall         the live alert wall (static files under /static, nothing from elsewhere).
   GET  /healthz         whether the live consumer and each webhook are ready.
   GET  /metrics         Prometheus.
+
+A stream subscriber whose connection takes no bytes for ``gateway_subscriber_write_timeout_s``
+(30 s) is disconnected and its buffers released (``guard.py``); it resumes with its last event id.
+Serve the app with ``make_server`` (it hands the guard the connection's transport, to abort it).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from yrdbus.settings import Settings
 
 from connectors.gateway.access import AccessControl, Forbidden, TokenEntry, Unauthorized
+from connectors.gateway.guard import WriteGuard, with_transport
 from connectors.gateway.hub import Feed, Hub
 from connectors.gateway.metrics import GatewayMetrics
 from connectors.gateway.selection import BadRequest, Selection, TopicNames, select
@@ -57,6 +62,20 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),     # a ticket in a stream URL never leaves in a Referer
     (b"x-content-type-options", b"nosniff"),
 ]
+
+
+class _GuardedEventSource(EventSourceResponse):
+    """An SSE response whose every write goes through the subscriber's WriteGuard (guard.py)."""
+
+    def __init__(self, content, *, guard: WriteGuard, **options):
+        super().__init__(content, send_timeout=None, **options)
+        self.guard = guard
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, self.guard.wrap_send(send))
+        finally:
+            self.guard.linger()
 
 
 class _SecurityHeaders:
@@ -107,7 +126,7 @@ class Gateway:
     """The whole service: access control, the live hub, webhook workers, and the Starlette app."""
 
     def __init__(self, settings: Settings, *, tokens_file: Path | None = None, topic_prefix: str = "",
-                 queue_size: int | None = None, write_timeout_s: float = 30.0, ticket_ttl_s: float = 60.0,
+                 queue_size: int | None = None, write_timeout_s: float | None = None, ticket_ttl_s: float = 60.0,
                  webhook_backoff_max_s: float = 30.0, webhook_timeout_s: float = 5.0):
         self.settings = settings
         self.metrics = GatewayMetrics()
@@ -115,7 +134,8 @@ class Gateway:
         self.access = AccessControl(tokens_file or settings.gateway_tokens_file, ticket_ttl_s=ticket_ttl_s)
         self.hub = Hub(settings.bootstrap, self.names, self.metrics,
                        queue_size=queue_size or settings.gateway_queue_size, settings=settings)
-        self.write_timeout_s = write_timeout_s
+        # how long a write to a stream subscriber may wait for its connection to take bytes (guard.py)
+        self.write_timeout_s = write_timeout_s or settings.gateway_subscriber_write_timeout_s
         self.webhook_specs = load_webhooks(
             self.access.file, self.names, attempts=settings.gateway_webhook_attempts,
             backoff_s=settings.gateway_webhook_backoff_s, backoff_max_s=webhook_backoff_max_s,
@@ -195,6 +215,9 @@ class Gateway:
                       stations=params.getlist("station"), min_severity=params.get("min_severity"),
                       kinds=params.getlist("kind"))
 
+    def _guard(self, scope, kind: str, entry: TokenEntry, feed: Feed) -> WriteGuard:
+        return WriteGuard(scope, kind, self.write_timeout_s, self.metrics, who=entry.id, on_cut=feed.cut)
+
     async def _open_feed(self, kind: str, entry: TokenEntry, params, last_event_id: Optional[str]) -> Feed:
         selection = self._select(entry, params)
         cursor = last_event_id or params.get("since")
@@ -214,6 +237,7 @@ class Gateway:
         except BadRequest as exc:
             return _problem(400, "bad_request", str(exc))
         metrics = self.metrics
+        guard = self._guard(request.scope, "sse", entry, feed)
 
         async def events():
             try:
@@ -227,8 +251,8 @@ class Gateway:
                 await feed.close()
 
         # The background task also releases a feed whose generator never started (client gone at once, HEAD).
-        return EventSourceResponse(events(), ping=15, send_timeout=self.write_timeout_s,
-                                   headers={"Cache-Control": "no-store"}, background=BackgroundTask(feed.close))
+        return _GuardedEventSource(events(), guard=guard, ping=15, headers={"Cache-Control": "no-store"},
+                                   background=BackgroundTask(feed.close))
 
     async def websocket(self, websocket: WebSocket) -> None:
         try:
@@ -241,21 +265,25 @@ class Gateway:
             return await self._deny(websocket, _forbidden(exc), 4403, str(exc))
         except BadRequest as exc:
             return await self._deny(websocket, _problem(400, "bad_request", str(exc)), 4400, str(exc))
-        await websocket.accept()
         metrics = self.metrics
+        guard = self._guard(websocket.scope, "ws", entry, feed)
+        if not await guard.write(websocket.accept):
+            await feed.close()
+            return
 
         async def pump() -> None:
             async for ev in feed.events():
                 message = json.dumps({"type": ev.kind, "id": ev.id, "data": ev.data}, separators=(",", ":"))
-                await asyncio.wait_for(websocket.send_text(message), self.write_timeout_s)
+                if not await guard.write(lambda: websocket.send_text(message)):
+                    return
                 if ev.item is not None:
                     metrics.delivered.labels("ws").inc()
                     metrics.delay.labels("ws").observe(max(0.0, time.time() - ev.item.emitted_at))
                 if ev.kind == "lagged":
-                    await websocket.close(code=1013, reason="lagged: resume from the cursor")
+                    await guard.write(lambda: websocket.close(code=1013, reason="lagged: resume from the cursor"))
                     return
                 if ev.kind == "closing":
-                    await websocket.close(code=1001, reason="the gateway is stopping")
+                    await guard.write(lambda: websocket.close(code=1001, reason="the gateway is stopping"))
                     return
 
         async def until_disconnect() -> None:
@@ -273,6 +301,7 @@ class Gateway:
         finally:
             await feed.close()     # detaches, and ends the pump even if a library swallowed its cancellation
             await asyncio.wait(tasks, timeout=5)
+            guard.linger()         # what is still buffered for the client must be read in time too
             for t in tasks:
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     exc = t.exception()
@@ -363,8 +392,16 @@ def make_server(gateway: Gateway, host: str, port: int, log_level: str = "info")
             gateway.hub.close_subscribers()
             await super().shutdown(sockets)
 
+    from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    # The protocols hand each request its connection's transport, so that a subscriber that stops reading
+    # can be aborted (guard.py): closing it would wait for its buffers to drain, which they never do.
+    http = with_transport(import_from_string(HTTP_PROTOCOLS["auto"]))
+    ws_base = import_from_string(WS_PROTOCOLS["auto"])
+    ws = with_transport(ws_base) if ws_base is not None else "none"
     config = uvicorn.Config(gateway.app, host=host, port=port, log_level=log_level, lifespan="on",
-                            timeout_graceful_shutdown=3, proxy_headers=False, server_header=False)
+                            timeout_graceful_shutdown=3, proxy_headers=False, server_header=False, http=http, ws=ws)
     return _Server(config)
 
 

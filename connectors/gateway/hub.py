@@ -15,6 +15,9 @@ position and registers it in one step of the event loop, so the replay ends
 exactly where the live delivery begins: nothing missed, nothing twice.
 Resumption therefore reaches back as far as the topics' retention; a cursor
 older than that gets a ``gap`` event naming what was deleted.
+
+A subscriber whose connection stops taking bytes is disconnected by its stream's ``WriteGuard``
+(``guard.py``), which calls ``Feed.cut``: detached at once, its queue emptied, no event more.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ log = logging.getLogger("yrdbus.gateway")
 
 LAGGED = object()
 CLOSING = object()
+CUT = object()        # the connection was aborted (it stopped reading): the stream ends without a word
 
 
 def ensure_topics(bootstrap: str, names: list[str], prefix: str = "", timeout_s: float = 30.0,
@@ -338,6 +342,7 @@ class Feed:
     gaps: list[dict] = field(default_factory=list)
     reader: Optional[Reader] = None
     _seen: OrderedDict = field(default_factory=OrderedDict)
+    _cut: bool = False
 
     @classmethod
     async def open(cls, hub: Hub, kind: str, selection: Selection, *, cursor: str | None = None,
@@ -419,6 +424,8 @@ class Feed:
             if got is CLOSING:
                 yield Event("closing", self.cursor, {"cursor": self.cursor, "reason": "the gateway is stopping"})
                 return
+            if got is CUT:
+                return
             item: Item = got
             self.positions[(item.topic, item.partition)] = item.offset + 1
             if not self._duplicate(item):
@@ -431,8 +438,14 @@ class Feed:
             # tasks, which would leave a cancelled stream running on into the live loop.
             await asyncio.shield(reader.__aexit__(None, None, None))
 
+    def cut(self) -> None:
+        """The connection was aborted: detach now and drop what was queued (``events()`` ends silently)."""
+        self._cut = True
+        self.hub.detach(self.sub)
+        self.sub._replace_queue_with(CUT)
+
     async def close(self) -> None:
         """Detach from the hub and end ``events()`` wherever it is (idempotent)."""
         self.hub.detach(self.sub)
-        self.sub._replace_queue_with(CLOSING)
+        self.sub._replace_queue_with(CUT if self._cut else CLOSING)
         await self._close_reader()

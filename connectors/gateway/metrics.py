@@ -24,7 +24,8 @@ class GatewayMetrics:
         self.webhook_attempts = Counter("yrdbus_gateway_webhook_attempts", "HTTP POST attempts to webhooks.",
                                         ["webhook"], registry=r)
         self.webhook_failures = Counter("yrdbus_gateway_webhook_failures",
-                                        "Failed webhook attempts, by reason (status code, timeout, connect).",
+                                        "Failed webhook attempts, by reason (status code, timeout, network, dns, "
+                                        "forbidden_address).",
                                         ["webhook", "reason"], registry=r)
         self.webhook_dead_letters = Counter("yrdbus_gateway_webhook_dead_letters",
                                             "Alerts dead-lettered to dlq.webhooks after the last attempt.",
@@ -35,7 +36,17 @@ class GatewayMetrics:
         self.delay = Histogram("yrdbus_gateway_delivery_delay_seconds",
                                "From the alert's emitted_at to its hand-over to a subscriber, by kind.",
                                ["kind"], buckets=DELAY_BUCKETS, registry=r)
+        # write_timeout: the connection took no bytes for gateway_subscriber_write_timeout_s while an event or a
+        # keep-alive waited to be written; drain_timeout: the stream had ended (lagged, closing) and what was still
+        # buffered for the client was not taken within that time either. Both abort the connection.
+        self.disconnected = Counter("yrdbus_gateway_subscribers_disconnected",
+                                    "Stream subscribers the gateway disconnected because they stopped reading, "
+                                    "by kind and reason (write_timeout, drain_timeout).",
+                                    ["kind", "reason"], registry=r)
         for kind in ("sse", "ws", "webhook"):
             self.subscribers.labels(kind)
             self.delivered.labels(kind)
             self.lagged.labels(kind)
+        for kind in ("sse", "ws"):
+            for reason in ("write_timeout", "drain_timeout"):
+                self.disconnected.labels(kind, reason)

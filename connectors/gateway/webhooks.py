@@ -14,6 +14,12 @@ refuse a replayed request. Network errors, timeouts, 408, 425, 429 and 5xx
 are retried with exponential backoff and jitter; other statuses (a 4xx means
 the subscription is wrong, not the moment) and the last failed attempt send
 the alert's original bytes to ``dlq.webhooks`` with the reason in headers.
+
+Targets are checked (``connectors.gateway.egress``): http(s) only, and a host that is, and resolves
+to, a public address, unless the webhook's entry sets ``allow_private = true``. The check runs when
+the access file is loaded and again at every attempt, on the address the request then goes to; an
+alert whose target resolves to a refused address is not posted but dead-lettered (reason
+``forbidden_address``). Redirects are never followed.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from schemas.deadletter import headers_for
 
 from connectors.gateway.access import AccessFile, AccessFileError, Forbidden, parse_scope, secret_from
+from connectors.gateway.egress import ForbiddenTarget, check_at_load, resolve_target
 from connectors.gateway.hub import decode_item
 from connectors.gateway.metrics import GatewayMetrics
 from connectors.gateway.selection import BadRequest, Item, Selection, TopicNames, select
@@ -53,6 +60,7 @@ class WebhookSpec:
     backoff_max_s: float
     timeout_s: float
     start: str            # where a new subscription starts: latest | earliest
+    allow_private: bool = False   # may reach loopback, private, link-local addresses (egress.py)
 
     @property
     def group(self) -> str:
@@ -65,7 +73,7 @@ def load_webhooks(file: AccessFile, names: TopicNames, *, attempts: int, backoff
     out: list[WebhookSpec] = []
     seen: set[str] = set()
     allowed = {"name", "url", "all", "regions", "stations", "min_severity", "kinds", "secret_env", "secret_file",
-               "attempts", "backoff_s", "timeout_s", "start", "note"}
+               "attempts", "backoff_s", "timeout_s", "start", "note", "allow_private"}
     for i, entry in enumerate(file.webhooks):
         where = f"{file.path}, webhooks[{i}]"
         if not isinstance(entry, dict):
@@ -81,8 +89,13 @@ def load_webhooks(file: AccessFile, names: TopicNames, *, attempts: int, backoff
         if extra:
             raise AccessFileError(f"{where}: unknown field(s) {sorted(extra)}")
         url = entry.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise AccessFileError(f"{where}, field `url`: expected an http:// or https:// URL, got {url!r}")
+        allow_private = entry.get("allow_private", False)
+        if not isinstance(allow_private, bool):
+            raise AccessFileError(f"{where}, field `allow_private`: expected true or false, got {allow_private!r}")
+        try:
+            check_at_load(url, allow_private=allow_private)
+        except ForbiddenTarget as exc:
+            raise AccessFileError(f"{where}, field `url`: {exc}") from None
         scope = parse_scope(entry, where)
         kinds = entry.get("kinds", [])
         if not isinstance(kinds, list):
@@ -104,7 +117,7 @@ def load_webhooks(file: AccessFile, names: TopicNames, *, attempts: int, backoff
             raise AccessFileError(f"{where}: `attempts` must be >= 1, `backoff_s` >= 0, `timeout_s` > 0")
         out.append(WebhookSpec(name=name, url=url, selection=selection, secret=secret_from(entry, where),
                                attempts=n, backoff_s=b, backoff_max_s=max(backoff_max_s, b), timeout_s=t,
-                               start=start))
+                               start=start, allow_private=allow_private))
     return out
 
 
@@ -232,8 +245,19 @@ class WebhookWorker:
             "X-Yrdbus-Attempt": str(attempt),
         }
         self.metrics.webhook_attempts.labels(spec.name).inc()
+        try:   # resolved once per attempt; the POST goes to the address checked here, whatever DNS says next
+            target = await resolve_target(spec.url, allow_private=spec.allow_private, attempt=attempt)
+        except ForbiddenTarget as exc:
+            self.metrics.webhook_failures.labels(spec.name, "forbidden_address").inc()
+            log.warning("webhook %s: not posted: %s", spec.name, exc)
+            raise _Permanent("forbidden_address", f"{exc} (not posted)") from None
+        except OSError as exc:
+            self.metrics.webhook_failures.labels(spec.name, "dns").inc()
+            raise _Retryable("dns", f"cannot resolve the webhook's host: {exc}") from None
         try:
-            response = await self.client.post(spec.url, content=body, headers=headers, timeout=spec.timeout_s)
+            response = await self.client.post(target.url, content=body, headers={**headers, **target.headers},
+                                              timeout=spec.timeout_s, extensions=target.extensions,
+                                              follow_redirects=False)
         except httpx2.TimeoutException as exc:
             self.metrics.webhook_failures.labels(spec.name, "timeout").inc()
             raise _Retryable("timeout", f"no answer within {spec.timeout_s:g} s ({type(exc).__name__})") from None
