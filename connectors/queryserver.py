@@ -14,20 +14,22 @@ unchanged:
   ``X-ClickHouse-Exception-Code`` with ClickHouse's ``Code: N. DB::Exception: ...`` text;
 - ``/ping`` answers ``Ok.``; ``/metrics`` is the process's Prometheus metrics.
 
-Read-only: only SELECT, WITH, SHOW, DESCRIBE, EXISTS and EXPLAIN are accepted, table functions that read
-outside the store (``file``, ``url``, ``s3`` ...) are refused, and the engine handles that run the
-queries are themselves in ``readonly = 2`` mode. Each query has ``max_execution_time`` (the setting
-``YRDBUS_QUERY_MAX_EXECUTION_TIME_S``; a client may ask for less, never more).
+Read-only and nothing outside the store: every statement is judged by ``connectors.query_policy`` (parsed
+by ClickHouse's own parser; statement kinds, output formats, settings, table functions and system tables
+from allow-lists; no ``INTO OUTFILE``; functions that reach files, hosts or processes refused) and the
+canonical text it admitted is what runs, on engine handles that are themselves in ``readonly = 2`` mode.
 
-Functions that reach outside the store are refused wherever they stand, not only as table functions:
-the scalar ``file('/path')`` reads any file the process can read, ``DESCRIBE url(...)`` makes the
-process connect anywhere. Settings the endpoint fixes are checked on the query as ClickHouse itself
-formats it (``formatQuery``), so a comment or odd spacing cannot hide them. Each user may have limits
+Limits, fixed by the endpoint: a time limit (``YRDBUS_QUERY_MAX_EXECUTION_TIME_S``; a client may ask for
+less, never more), a memory limit and a result size limit per query (``YRDBUS_QUERY_MAX_MEMORY_BYTES``,
+``YRDBUS_QUERY_MAX_RESULT_BYTES``), and at most ``YRDBUS_QUERY_MAX_CONCURRENT_PER_USER`` queries of one user
+at a time (code 202, HTTP 429 beyond). Checks and queries run off the event loop, checks on handles of
+their own, so ``/ping`` and other users' checks answer while long queries run. Each user may have limits
 of their own (``YRDBUS_QUERY_USERS``: ``{"name": {"hash": ..., "max_execution_time_s": 10,
-"max_result_rows": 100000, "regions": ["SH"]}}``): a shorter time limit, a result size limit, and rows
-of their regions only (``additional_table_filters`` on the event tables, the same conditions as the
-server row policies of ``connectors.clickhouse.access``; table functions such as ``merge`` that would
-read around them are refused to such a user).
+"max_result_rows": 100000, "max_memory_usage_bytes": 500000000, "max_concurrent_queries": 1,
+"regions": ["SH"]}}``): a region-scoped user sees the rows of their regions only
+(``additional_table_filters`` keyed by the store's own database, whatever database the client names;
+the same conditions as the server row policies of ``connectors.clickhouse.access``) and reads no table
+outside the store's regional and reference tables.
 """
 from __future__ import annotations
 
@@ -45,45 +47,27 @@ import time
 import uuid
 from pathlib import Path
 
+from connectors.query_policy import LOWER_ONLY, Admitted, Policy, QueryRefused, check_format, check_setting
+
 log = logging.getLogger("yrdbus.queryserver")
 
-ALLOWED_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN")
-ALLOWED_TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series",
-                                     "generateSeries", "values", "view", "merge", "null", "generateRandom"})
-#: settings a client may not set at all (time limit, result limits, row filters and read-only mode are the server's)
-PROTECTED_SETTINGS = ("readonly", "max_execution_time", "timeout_overflow_mode", "max_execution_time_leaf",
-                      "allow_ddl", "allow_introspection_functions", "max_result_rows", "max_result_bytes",
-                      "result_overflow_mode", "additional_table_filters", "additional_result_filter")
-#: functions that read or connect outside the store, refused anywhere in a query (scalar or table function)
-OUTSIDE_FUNCTIONS = frozenset({
-    "file", "fileCluster", "url", "urlCluster", "s3", "s3Cluster", "gcs", "hdfs", "hdfsCluster", "azureBlobStorage",
-    "azureBlobStorageCluster", "remote", "remoteSecure", "cluster", "clusterAllReplicas", "mysql", "postgresql",
-    "mongodb", "redis", "sqlite", "jdbc", "odbc", "executable", "executablePool", "input", "iceberg", "icebergS3",
-    "deltaLake", "hudi", "dictionary", "loop", "fuzzJSON", "fuzzQuery", "arrowFlight", "ytsaurus", "paimon"})
-#: table functions a region-scoped user may not use: they read tables around the row filters
-REGION_BYPASS_FUNCTIONS = frozenset({"merge", "view", "viewIfPermitted", "viewExplain", "mergeTreeIndex",
-                                     "mergeTreeAnalyzeIndexes", "mergeTreeProjection"})
 #: HTTP-transport parameters of ClickHouse clients; never engine settings
 TRANSPORT_PARAMS = frozenset({"query", "database", "default_format", "user", "password", "query_id", "session_id",
                               "session_timeout", "session_check", "compress", "decompress", "buffer_size",
                               "wait_end_of_query", "client_protocol_version", "quota_key", "role",
                               "send_progress_in_http_headers", "http_headers_progress_interval_ms",
-                              "enable_http_compression", "http_zlib_compression_level", "output_format_json_quote_64bit_integers_in_response"})
+                              "enable_http_compression", "http_zlib_compression_level", "stacktrace",
+                              "close_session", "cancel_http_readonly_queries_on_client_close",
+                              "http_response_buffer_size", "http_wait_end_of_query", "http_write_exception_in_output_format",
+                              "output_format_json_quote_64bit_integers_in_response"})
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
 _CONTENT_TYPES = {"JSON": "application/json; charset=UTF-8", "JSONCompact": "application/json; charset=UTF-8",
                   "JSONEachRow": "application/x-ndjson; charset=UTF-8", "CSV": "text/csv; charset=UTF-8",
                   "CSVWithNames": "text/csv; charset=UTF-8"}
 VERSION_TEXT = "yrdbus query endpoint (ClickHouse HTTP interface)"
-
-
-class QueryRefused(Exception):
-    """A request the endpoint does not run; ``code`` is the ClickHouse error code it answers with."""
-
-    def __init__(self, message: str, code: int = 164, status: int = 403):
-        super().__init__(message)
-        self.code = code
-        self.status = status
+#: the largest statement the endpoint reads (ClickHouse's own max_query_size is 256 KiB)
+MAX_QUERY_BYTES = 1 << 20
+TOO_MANY_SIMULTANEOUS_QUERIES = 202
 
 
 # --------------------------------------------------------------------------- passwords
@@ -107,14 +91,19 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 class UserLimits:
-    """What one endpoint user may do beyond reading: a time limit, a result size limit, its regions."""
+    """What one endpoint user may do beyond reading: time, result size, memory, concurrency, its regions."""
 
-    __slots__ = ("max_execution_time", "max_result_rows", "regions")
+    __slots__ = ("max_execution_time", "max_result_rows", "max_memory_usage", "max_concurrent", "regions")
+    FIELDS = {"hash", "max_execution_time_s", "max_result_rows", "max_memory_usage_bytes", "max_concurrent_queries",
+              "regions"}
 
     def __init__(self, max_execution_time: float | None = None, max_result_rows: int | None = None,
-                 regions: tuple[str, ...] | None = None):
+                 regions: tuple[str, ...] | None = None, max_memory_usage: int | None = None,
+                 max_concurrent: int | None = None):
         self.max_execution_time = max_execution_time
         self.max_result_rows = max_result_rows
+        self.max_memory_usage = max_memory_usage
+        self.max_concurrent = max_concurrent
         self.regions = regions
 
     @classmethod
@@ -124,8 +113,8 @@ class UserLimits:
             return spec, cls()
         if not isinstance(spec, dict) or not isinstance(spec.get("hash"), str):
             raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}: expected a password hash or an object with "
-                             f"`hash` (and `max_execution_time_s`, `max_result_rows`, `regions`)")
-        unknown = set(spec) - {"hash", "max_execution_time_s", "max_result_rows", "regions"}
+                             f"`hash` (and {', '.join(sorted(cls.FIELDS - {'hash'}))})")
+        unknown = set(spec) - cls.FIELDS
         if unknown:
             raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}: unknown field(s) {sorted(unknown)}")
         from schemas.reference import REGIONS
@@ -135,13 +124,18 @@ class UserLimits:
                                     or any(r not in REGIONS for r in regions)):
             raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}, field `regions`: expected a list of "
                              f"{', '.join(REGIONS)}, got {regions!r}")
-        t, rows = spec.get("max_execution_time_s"), spec.get("max_result_rows")
+        t = spec.get("max_execution_time_s")
         if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or t <= 0):
             raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}, field `max_execution_time_s`: a positive number")
-        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows <= 0):
-            raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}, field `max_result_rows`: a positive integer")
-        return spec["hash"], cls(float(t) if t is not None else None, rows,
-                                 tuple(regions) if regions is not None else None)
+        ints = {}
+        for f in ("max_result_rows", "max_memory_usage_bytes", "max_concurrent_queries"):
+            v = spec.get(f)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise ValueError(f"YRDBUS_QUERY_USERS, user {name!r}, field `{f}`: a positive integer")
+            ints[f] = v
+        return spec["hash"], cls(float(t) if t is not None else None, ints["max_result_rows"],
+                                 tuple(regions) if regions is not None else None,
+                                 ints["max_memory_usage_bytes"], ints["max_concurrent_queries"])
 
 
 class Users:
@@ -172,65 +166,28 @@ class Users:
         return False
 
 
-# --------------------------------------------------------------------------- statements
-def strip_leading_comments(sql: str) -> str:
-    s = sql.lstrip()
-    while True:
-        if s.startswith("--"):
-            nl = s.find("\n")
-            s = "" if nl < 0 else s[nl + 1:].lstrip()
-        elif s.startswith("/*"):
-            end = s.find("*/")
-            s = "" if end < 0 else s[end + 2:].lstrip()
-        elif s.startswith("("):
-            s = s[1:].lstrip()
-        else:
-            return s
-
-
-def statement_kind(sql: str) -> str:
-    m = re.match(r"[A-Za-z]+", strip_leading_comments(sql))
-    return m.group(0).upper() if m else ""
-
-
-def check_read_only(sql: str) -> None:
-    """Refuse what is not a read (the engine's readonly mode refuses writes again)."""
-    kind = statement_kind(sql)
-    if kind not in ALLOWED_STATEMENTS:
-        raise QueryRefused(f"this endpoint is read-only: {kind or 'an empty query'} is not allowed "
-                           f"(allowed: {', '.join(ALLOWED_STATEMENTS)})")
-    lowered = sql.lower()
-    for name in PROTECTED_SETTINGS:
-        if re.search(rf"\b{name}\b\s*=", lowered):
-            raise QueryRefused(f"setting {name} is fixed by the endpoint and cannot be changed in a query")
-
-
-def functions(explain_ast: str) -> set[str]:
-    """Names of every function (scalar, aggregate or table function) in an ``EXPLAIN AST`` text."""
-    return set(re.findall(r"^\s*Function (\w+)", explain_ast, re.MULTILINE))
-
-
-def table_functions(explain_ast: str) -> list[str]:
-    """Names of the table functions in an ``EXPLAIN AST`` text."""
-    lines = explain_ast.splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if line.strip().startswith("TableExpression") and i + 1 < len(lines):
-            m = re.match(r"\s*Function (\w+)", lines[i + 1])
-            if m:
-                out.append(m.group(1))
-    return out
-
-
 # --------------------------------------------------------------------------- engine
 class Engine:
-    """A small pool of read-only handles to the process's chDB engine."""
+    """A pool of read-only handles to the process's chDB engine.
 
-    def __init__(self, path: str, size: int = 4, max_execution_time: float = 30.0):
+    One request holds one handle from its checks to its answer: the endpoint's fixed settings (time,
+    memory and result limits, the user's region filters) are set on it first, so that what ClickHouse
+    evaluates while analysing a statement (a scalar subquery in ``EXPLAIN QUERY TREE``) is bounded and
+    filtered like the statement itself.
+    """
+
+    def __init__(self, path: str, size: int = 8, max_execution_time: float = 30.0, *,
+                 max_memory_usage: int = 1 << 30, max_result_bytes: int = 512 << 20,
+                 max_threads: int | None = None, database: str = "yrdbus", max_concurrent_per_user: int = 2):
         import chdb
 
         self.path = os.path.realpath(path)
+        self.database = database
         self.max_execution_time = float(max_execution_time)
+        self.max_memory_usage = int(max_memory_usage)
+        self.max_result_bytes = int(max_result_bytes)
+        self.max_threads = int(max_threads or os.cpu_count() or 2)
+        self.max_concurrent_per_user = int(max_concurrent_per_user)
         self._pool: queue.Queue = queue.Queue()
         for _ in range(size):
             conn = chdb.connect(self.path)
@@ -243,43 +200,62 @@ class Engine:
         finally:
             self._pool.put(conn)
 
-    def run(self, sql: str, fmt: str, database: str | None, settings: dict[str, str],
-            params: dict[str, str], limits: UserLimits | None = None) -> tuple[bytes, dict]:
-        conn = self._pool.get()
-        applied = []
-        limits = limits or UserLimits()
+    def limit_of(self, name: str, limits: "UserLimits") -> float:
+        """The endpoint's value of a setting a client may only lower."""
+        if name == "max_execution_time":
+            return min(self.max_execution_time, limits.max_execution_time or self.max_execution_time)
+        return self.max_threads
+
+    def execute(self, sql: str, params: dict[str, str], fmt: str, database: str, settings: dict[str, str],
+                limits: "UserLimits", wait_s: float) -> tuple[bytes, dict, Admitted]:
+        """Judge ``sql`` on a handle with the endpoint's limits set, then run the admitted text."""
         try:
-            conn.query(f"USE `{(database or 'default').replace('`', '')}`", "TabSeparated")
-            limit = min(self.max_execution_time, limits.max_execution_time or self.max_execution_time)
-            fixed: list[tuple[str, object]] = []
+            conn = self._pool.get(timeout=wait_s)
+        except queue.Empty:
+            raise QueryRefused(f"the endpoint is busy: no query handle free within {wait_s:.0f} s; try again "
+                               f"(TOO_MANY_SIMULTANEOUS_QUERIES)", TOO_MANY_SIMULTANEOUS_QUERIES, 429) from None
+        applied: list[str] = []
+
+        def set_(name: str, literal: str) -> None:
+            conn.query(f"SET {name} = {literal}", "TabSeparated")
+            applied.append(name)
+
+        try:
+            conn.query(f"USE `{database.replace('`', '')}`", "TabSeparated")
+            asked = settings.pop("max_execution_time", None)
+            limit = self.limit_of("max_execution_time", limits)
+            if asked is not None:
+                limit = min(limit, float(asked))
+            for name, value in settings.items():
+                set_(name, _literal(value))
+            set_("max_execution_time", _literal(limit))
+            set_("max_memory_usage", str(min(self.max_memory_usage, limits.max_memory_usage or self.max_memory_usage)))
+            set_("max_result_bytes", str(self.max_result_bytes))
+            set_("result_overflow_mode", "'throw'")
+            if "max_threads" not in settings:
+                set_("max_threads", str(self.max_threads))
             if limits.max_result_rows:
-                fixed += [("max_result_rows", limits.max_result_rows), ("result_overflow_mode", "throw")]
+                set_("max_result_rows", str(limits.max_result_rows))
             if limits.regions:
                 from connectors.clickhouse.access import table_filters
 
-                fixed.append(("additional_table_filters",
-                              _map_literal(table_filters(database or "yrdbus", limits.regions))))
-            asked = settings.pop("max_execution_time", None)
-            try:
-                if asked is not None and 0 < float(asked) < limit:
-                    limit = float(asked)
-            except ValueError:
-                pass
-            for name, value in list(settings.items()) + [("max_execution_time", limit)]:
-                conn.query(f"SET {name} = {_literal(value)}", "TabSeparated")
-                applied.append(name)
-            for name, value in fixed:   # already a ClickHouse literal when it is a map
-                conn.query(f"SET {name} = {value if name == 'additional_table_filters' else _literal(value)}",
-                           "TabSeparated")
-                applied.append(name)
+                set_("additional_table_filters", _map_literal(table_filters(self.database, limits.regions)))
+
+            def ask(q: str, p: dict) -> str:
+                return conn.query(q, "TabSeparatedRaw", params=p or {}).bytes().decode()
+
+            admitted = Policy(ask, self.database).admit(sql, params, database, limits.regions)
+            for name, value in admitted.settings.items():
+                if name in LOWER_ONLY:
+                    _lower_only(name, value, self.limit_of(name, limits))
             started = time.perf_counter()
-            result = conn.query(sql, fmt, params=params or {})
+            result = conn.query(admitted.sql, admitted.format or fmt, params=params or {})
             body = result.bytes() or b""
             summary = {"read_rows": str(_safe(result.rows_read)), "read_bytes": str(_safe(result.bytes_read)),
                        "written_rows": "0", "written_bytes": "0", "total_rows_to_read": "0",
                        "result_rows": "0", "result_bytes": str(len(body)),
                        "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
-            return body, summary
+            return body, summary, admitted
         finally:
             for name in applied:
                 try:
@@ -288,23 +264,15 @@ class Engine:
                     pass
             self._pool.put(conn)
 
-    def format_query(self, sql: str) -> str:
-        """The query as ClickHouse formats it (comments gone, spacing canonical); raises on a syntax error."""
-        conn = self._pool.get()
-        try:
-            core = _TRAILING_FORMAT.sub("", sql.rstrip().rstrip(";"))
-            return conn.query(f"SELECT formatQuery({_literal(core)})", "TabSeparatedRaw").bytes().decode()
-        finally:
-            self._pool.put(conn)
 
-    def explain_ast(self, sql: str, database: str | None, params: dict[str, str]) -> str:
-        conn = self._pool.get()
-        try:
-            conn.query(f"USE `{(database or 'default').replace('`', '')}`", "TabSeparated")
-            core = _TRAILING_FORMAT.sub("", sql.rstrip().rstrip(";"))
-            return conn.query(f"EXPLAIN AST {core}", "TabSeparated", params=params or {}).bytes().decode()
-        finally:
-            self._pool.put(conn)
+def _lower_only(name: str, value: str, limit: float) -> None:
+    try:
+        v = float(value.strip("'"))
+    except ValueError:
+        raise QueryRefused(f"setting {name}: expected a number, got {value}", 164) from None
+    if not 0 < v <= limit:
+        raise QueryRefused(f"setting {name} may be lowered on this endpoint, not raised: at most {limit:g}, "
+                           f"got {value}", 164)
 
 
 def _safe(fn):
@@ -378,6 +346,8 @@ def build_app(engine: Engine, users: Users, *, metrics: bool = True):
 
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    running: dict[str, int] = {}   # user -> queries in flight (touched on the event loop only)
+
     async def query(request: Request) -> Response:
         query_id = request.query_params.get("query_id") or str(uuid.uuid4())
         user, password = credentials(request)
@@ -385,57 +355,69 @@ def build_app(engine: Engine, users: Users, *, metrics: bool = True):
             return error(f"{user}: Authentication failed: password is incorrect, or there is no user with such "
                          f"name. (AUTHENTICATION_FAILED)", 516, 401, query_id)
         params = request.query_params
-        body = (await request.body()).decode("utf-8", "replace") if request.method == "POST" else ""
-        sql = "\n".join(part for part in (params.get("query", ""), body) if part.strip())
+        raw = b""
+        if request.method == "POST":
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) + len(params.get("query", "")) > MAX_QUERY_BYTES:
+                    return error(f"the statement is over {MAX_QUERY_BYTES} bytes (QUERY_IS_TOO_LARGE)", 393, 413,
+                                 query_id)
+        sql = "\n".join(part for part in (params.get("query", ""), raw.decode("utf-8", "replace")) if part.strip())
         if not sql.strip():
             return PlainTextResponse("Ok.\n")
         database = request.headers.get("x-clickhouse-database") or params.get("database") or "default"
-        fmt_default = request.headers.get("x-clickhouse-format") or params.get("default_format") or "TabSeparated"
+        fmt = request.headers.get("x-clickhouse-format") or params.get("default_format") or "TabSeparated"
         bind = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
+        limits = users.limits.get(user) or UserLimits()
         settings = {}
-        for k, v in params.items():
-            if k in TRANSPORT_PARAMS or k.startswith("param_") or not _SETTING_NAME.match(k):
-                continue
-            if k.lower() in PROTECTED_SETTINGS and k != "max_execution_time":
-                return error(f"setting {k} is fixed by this endpoint (READONLY)", 164, 403, query_id)
-            settings[k] = v
-        m = _TRAILING_FORMAT.search(sql)
-        fmt = m.group(1) if m else fmt_default
-        limits = users.limits.get(user)
         try:
-            check_read_only(sql)
-            # the protected settings again, on the query as the engine reads it (comments cannot hide them)
-            check_read_only(await run_in_threadpool(engine.format_query, sql))
-            if statement_kind(sql) in ("SELECT", "WITH", "EXPLAIN", "DESCRIBE", "DESC"):
-                ast = await run_in_threadpool(engine.explain_ast, sql, database, bind)
-                outside = sorted(functions(ast) & OUTSIDE_FUNCTIONS)
-                if outside:
-                    raise QueryRefused(f"function {outside[0]} is not allowed on this endpoint (it reads or "
-                                       f"connects outside the store)", code=497)
-                bad = [f for f in table_functions(ast) if f not in ALLOWED_TABLE_FUNCTIONS
-                       or (limits is not None and limits.regions and f in REGION_BYPASS_FUNCTIONS)]
-                if bad:
-                    raise QueryRefused(f"table function {bad[0]} is not allowed on this endpoint (it reads "
-                                       f"outside the store, or around the user's region filter)", code=497)
-            started = time.perf_counter()
-            data, summary = await run_in_threadpool(engine.run, sql, fmt, database, settings, bind, limits)
-            log.info("user=%s ms=%.1f bytes=%d %s", user, (time.perf_counter() - started) * 1000, len(data),
-                     " ".join(sql.split())[:200])
+            fmt = check_format(fmt, where="default_format")
+            for k, v in params.items():
+                if k in TRANSPORT_PARAMS or k.startswith("param_"):
+                    continue
+                if not _SETTING_NAME.match(k):
+                    raise QueryRefused(f"{k!r} is neither a setting nor a parameter of the HTTP interface", 115, 400)
+                check_setting(k, where="URL parameter")
+                if k in LOWER_ONLY:
+                    _lower_only(k, v, engine.limit_of(k, limits))
+                settings[k] = v
         except QueryRefused as exc:
-            return error(f"{exc} (READONLY)" if exc.code == 164 else f"{exc} (ACCESS_DENIED)", exc.code,
-                         exc.status, query_id)
+            return refused(exc, query_id)
+        allowed = limits.max_concurrent or engine.max_concurrent_per_user
+        if running.get(user, 0) >= allowed:
+            return error(f"{user} has {allowed} queries running, the most this endpoint runs at once for one user "
+                         f"(TOO_MANY_SIMULTANEOUS_QUERIES)", TOO_MANY_SIMULTANEOUS_QUERIES, 429, query_id)
+        running[user] = running.get(user, 0) + 1
+        try:
+            started = time.perf_counter()
+            data, summary, admitted = await run_in_threadpool(
+                engine.execute, sql, bind, fmt, database, settings, limits, engine.max_execution_time)
+            fmt = admitted.format or fmt
+            log.info("user=%s ms=%.1f bytes=%d %s", user, (time.perf_counter() - started) * 1000, len(data),
+                     " ".join(admitted.sql.split())[:200])
+        except QueryRefused as exc:
+            return refused(exc, query_id)
         except Exception as exc:  # the engine's own error text, as ClickHouse sends it
             message = str(exc)
             idx = message.find("Code:")
             message = message[idx:] if idx >= 0 else message
             code = _error_code(message)
             return error(message, code, _status_for(code), query_id)
+        finally:
+            running[user] -= 1
+            if not running[user]:
+                del running[user]
         headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": engine.timezone,
                    "X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Summary": json.dumps(summary),
                    "X-ClickHouse-Server-Display-Name": "yrdbus"}
         return Response(data, media_type=_CONTENT_TYPES.get(fmt, "text/plain; charset=UTF-8" if fmt.startswith(
             ("TabSeparated", "TSV", "Pretty", "Vertical", "Markdown")) else "application/octet-stream"),
             headers=headers)
+
+    def refused(exc: QueryRefused, query_id: str) -> Response:
+        names = {164: "READONLY", 497: "ACCESS_DENIED", 62: "SYNTAX_ERROR", 202: "TOO_MANY_SIMULTANEOUS_QUERIES"}
+        text = str(exc) if str(exc).rstrip().endswith(")") else f"{exc} ({names.get(exc.code, 'REFUSED')})"
+        return error(text, exc.code, exc.status, query_id)
 
     routes = [Route("/ping", ping, methods=["GET", "HEAD"]),
               Route("/", query, methods=["GET", "POST"])]
@@ -449,9 +431,13 @@ class QueryServer:
 
     def __init__(self, store_path: str, *, host: str = "127.0.0.1", port: int = 8124,
                  users: dict | None = None, max_execution_time: float = 30.0,
-                 state_file: Path | None = None, database: str = "yrdbus"):
-        self.engine = Engine(store_path, max_execution_time=max_execution_time)
-        self.app = build_app(self.engine, Users(users))
+                 state_file: Path | None = None, database: str = "yrdbus", max_memory_usage: int = 1 << 30,
+                 max_result_bytes: int = 512 << 20, max_concurrent_per_user: int = 2, handles: int = 8):
+        self.engine = Engine(store_path, handles, max_execution_time, max_memory_usage=max_memory_usage,
+                             max_result_bytes=max_result_bytes, database=database,
+                             max_concurrent_per_user=max_concurrent_per_user)
+        self.users = Users(users)
+        self.app = build_app(self.engine, self.users)
         self.host, self.port = host, port
         self.state_file = state_file
         self.database = database

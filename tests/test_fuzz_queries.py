@@ -1,40 +1,65 @@
-"""Fuzzing the live query endpoint's refusal of what is not a read, and SQL in event fields.
+"""Fuzzing the live query endpoint: statements and settings an attacker would try, with effect oracles.
 
-The refusal target runs ``check_read_only`` on statements built from SQL fragments (writes, DDL,
-settings, comments, quotes, table functions) and on random text: it refuses with ``QueryRefused``
-or lets a read through, nothing else. The end-to-end check sends such statements to the endpoint
-over HTTP: every answer is a result or a 4xx with ClickHouse's message, and the store is unchanged.
-Last, an event with ``'); DROP TABLE ...`` in every text field goes through Kafka and the sink and is
-read back verbatim: text reaches ClickHouse as data, never as SQL.
+Statements are built from keywords and fragments of every attack the endpoint must refuse (writes,
+``INTO OUTFILE``, file-reading formats and settings, table functions, system tables, region escapes,
+comments, quotes) and from random text; settings are drawn from the allow-list and beyond, in the URL and in
+``SETTINGS``, with hostile values. Whatever comes back, the oracles hold (tests/hostile_store.py):
+
+- no file appears in the sandbox the statements aim at;
+- the secret file's text is in no answer and no error;
+- the region-scoped analyst's answers show no marker of another region's rows;
+- the canary table is unchanged;
+- every answer is a result or a 4xx with ClickHouse's ``Code: N`` text.
+
+``make test`` runs a few hundred statements; ``make fuzz`` runs ``YRDBUS_FUZZ_EXAMPLES`` through the
+engine's own path (``Engine.execute``, the checks and the run without HTTP) and
+``YRDBUS_FUZZ_E2E_EXAMPLES`` over HTTP. Last, an event with ``'); DROP TABLE ...`` in every text field
+goes through Kafka and the sink and is read back verbatim: text reaches ClickHouse as data, never as SQL.
 """
 from __future__ import annotations
 
 import uuid
 
-import clickhouse_connect
 import pytest
 from confluent_kafka import Producer
 from hypothesis import given
 from hypothesis import strategies as st
 
+import hostile_store
 from conftest import free_port
 from connectors.clickhouse import Target, migrate
-from connectors.queryserver import ALLOWED_STATEMENTS, QueryRefused, QueryServer, check_read_only, statement_kind
+from connectors.query_policy import ALLOWED_SETTINGS, QueryRefused
+from connectors.queryserver import UserLimits
 from connectors.sink import Sink
 from fuzzing import E2E_EXAMPLES, SQL, fuzz
 from schemas.codec import get_codec
 from schemas.examples import example
 from yrdbus import topics
 
-KEYWORDS = ["SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "INSERT INTO", "DROP TABLE",
+KEYWORDS = ["SELECT", "WITH 1 AS a SELECT", "SHOW TABLES", "SHOW DATABASES", "SHOW PROCESSLIST", "DESCRIBE",
+            "DESC", "EXISTS", "EXPLAIN", "EXPLAIN AST", "EXPLAIN ESTIMATE", "INSERT INTO", "DROP TABLE",
             "ALTER TABLE", "CREATE TABLE", "TRUNCATE", "RENAME TABLE", "OPTIMIZE TABLE", "SYSTEM", "KILL QUERY",
             "SET", "GRANT", "ATTACH", "DETACH", "BACKUP", "select", "/* x */ DROP", "-- c\nINSERT", "(SELECT"]
-FRAGMENTS = ["1", "*", "count()", "FROM clearances", "FROM canary", "FROM system.one", "WHERE 1", ";",
-             "; DROP TABLE canary", "UNION ALL SELECT 1", "SETTINGS readonly = 0", "SETTINGS max_execution_time=1e9",
-             "SETTINGS max_execution_time/**/=1e9", "SETTINGS additional_table_filters = {}",
-             "FROM file('/etc/passwd', 'LineAsString')", "file('/etc/hostname')", "FROM url('http://127.0.0.1:1/')",
-             "FROM numbers(10)", "FROM merge(currentDatabase(), '.*')", "FORMAT JSON", "FORMAT TabSeparated",
-             "'", "\"", "`", "/*", "*/", "--", "\\", "{x:String}", "INTO OUTFILE '/tmp/x'", "\x00", "canary"] + SQL
+FRAGMENTS = ["1", "*", "count()", "conveyance_id", "FROM {db}.clearances", "FROM clearances", "FROM {db}.canary",
+             "FROM {db}.subject_events", "FROM {db}.derived_alerts", "FROM {db}.cases_current", "FROM system.one",
+             "FROM system.processes", "FROM system.tables", "WHERE 1", "WHERE region = 'JS'", ";",
+             "; DROP TABLE {db}.canary", "UNION ALL SELECT 1", "UNION ALL SELECT conveyance_id FROM {db}.clearances",
+             "SETTINGS readonly = 0", "SETTINGS max_execution_time=1e9", "SETTINGS max_execution_time/**/=0",
+             "SETTINGS additional_table_filters = {{}}", "SETTINGS format_template_resultset = '{secret}'",
+             "SETTINGS format_schema = '{secret}:M'", "SETTINGS output_format_schema = '{out}'",
+             "SETTINGS max_threads = 1", "SETTINGS `format_template_row` = '{secret}'",
+             "FROM file('{secret}', 'LineAsString')", "file('{secret}')", "FROM url('file://{secret}', 'LineAsString')",
+             "FROM numbers(10)", "FROM merge('{db}', '.*')", "FROM view(SELECT conveyance_id FROM {db}.clearances)",
+             "FROM remote('127.0.0.1', {db}.clearances)", "FORMAT JSON", "FORMAT TabSeparated", "FORMAT Template",
+             "FORMAT CapnProto", "FORMAT `Template`", "INTO OUTFILE '{out}'", "INTO OUTFILE '{out}' APPEND",
+             "(SELECT conveyance_id FROM {db}.clearances)", "'", "\"", "`", "/*", "*/", "--", "\\", "{{x:String}}",
+             "\x00", "canary", "formatRow('Template', 1)", "joinGet('{db}.canary', 'n', 1)"] + SQL
+HOSTILE_SETTINGS = sorted(ALLOWED_SETTINGS)[:40] + [
+    "readonly", "max_execution_time", "max_memory_usage", "additional_table_filters", "format_template_resultset",
+    "format_template_row", "format_schema", "output_format_schema", "default_format", "database", "query",
+    "param_x", "allow_introspection_functions", "max_result_rows", "user_files_path", "log_queries",
+    "http_native_compression_disable_checksumming_on_decompress", "x-y", "a b", ""]
+VALUES = ["0", "1", "1e9", "-1", "'{secret}'", "{secret}", "{out}", "Template", "{{}}", "default", "system", "''", "\\"]
 
 
 @st.composite
@@ -44,52 +69,76 @@ def statements(draw) -> str:
     return draw(st.sampled_from([" ", "\n", "/**/", "\t"])).join(parts)
 
 
-@fuzz()
-@given(statements() | st.text(max_size=200))
-def test_fuzz_read_only_check_refuses_or_lets_a_read_through(sql):
-    try:
-        check_read_only(sql)
-    except QueryRefused as exc:
-        assert str(exc) and exc.code == 164 and exc.status == 403
-    else:
-        assert statement_kind(sql) in ALLOWED_STATEMENTS
+@st.composite
+def url_settings(draw) -> dict:
+    names = draw(st.lists(st.sampled_from(HOSTILE_SETTINGS), max_size=3))
+    return {n: draw(st.sampled_from(VALUES)) for n in names}
 
 
 @pytest.fixture(scope="module")
-def live_endpoint(clickhouse_url, tmp_path_factory):
-    import clickhouse_connect as cc
-
+def stage(clickhouse_url, tmp_path_factory):
     from yrdbus import store
 
     client = store.get_client(clickhouse_url)
-    db = f"fuzz_{uuid.uuid4().hex[:8]}"
-    client.command(f"CREATE DATABASE {db}")
-    client.command(f"CREATE TABLE {db}.canary (n UInt32) ENGINE = MergeTree ORDER BY n")
-    client.insert(f"{db}.canary", [[i] for i in range(10)], column_names=["n"])
-    port = free_port()
-    server = QueryServer(clickhouse_url[len("chdb://"):], port=port, max_execution_time=5).start()
+    s = hostile_store.build(client, clickhouse_url, tmp_path_factory.mktemp("fuzzq"), free_port(),
+                            max_execution_time=5)
     try:
-        yield client, db, cc.get_client(host="127.0.0.1", port=port, database=db), port
+        yield s
     finally:
-        server.stop()
-        client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+        hostile_store.teardown(s)
+
+
+def fill(stage, text: str) -> str:
+    out = hostile_store.in_sandbox(stage, f"f{uuid.uuid4().hex[:6]}")
+    return (text.replace("{db}", stage.db).replace("{secret}", str(stage.secret_file)).replace("{out}", out)
+            .replace("{{", "{").replace("}}", "}"))
+
+
+def check_effects(stage, text: str, user: str) -> None:
+    assert stage.secret not in text, text[:300]
+    if user == "sh":
+        assert stage.foreign_markers(text) == [], text[:500]
+    assert stage.sandbox_files() == []
+
+
+@fuzz()
+@given(statements() | st.text(max_size=200), url_settings(), st.sampled_from(["sh", "rcc"]),
+       st.sampled_from([None, "default", "system", "{db}"]))
+def test_fuzz_engine_path_reads_writes_and_escapes_nothing(stage, sql, settings, user, database):
+    engine = stage.server.engine
+    limits = stage.server.users.limits.get(user) or UserLimits()
+    sql = fill(stage, sql)
+    settings = {fill(stage, k): fill(stage, v) for k, v in settings.items()}
+    try:
+        from connectors.query_policy import check_setting
+
+        for k in settings:
+            check_setting(k, where="URL parameter")
+        body, _, _ = engine.execute(sql, {}, "TabSeparated", fill(stage, database or "default"), dict(settings),
+                                    limits, 5)
+        text = body.decode("utf-8", "replace")
+    except QueryRefused as exc:
+        text = str(exc)
+    except Exception as exc:  # the engine's own error: it must not carry what it must not show either
+        text = str(exc)
+    check_effects(stage, text, user)
+    assert stage.canary() == (10, 45)
 
 
 @fuzz(E2E_EXAMPLES)
-@given(statements())
-def test_fuzz_endpoint_answers_a_result_or_a_4xx_and_never_writes(live_endpoint, sql):
-    import httpx2
-
-    client, db, _, port = live_endpoint
-    r = httpx2.post(f"http://127.0.0.1:{port}/?database={db}", content=sql.encode("utf-8", "surrogatepass"),
-                    timeout=30)
+@given(statements(), url_settings(), st.sampled_from(["sh", "rcc"]),
+       st.sampled_from([None, "default", "system", "{db}"]))
+def test_fuzz_endpoint_answers_a_result_or_a_4xx_and_never_writes_reads_or_escapes(stage, sql, settings, user,
+                                                                                     database):
+    params = {fill(stage, k): fill(stage, v) for k, v in settings.items()}
+    if database:
+        params["database"] = fill(stage, database)
+    r = stage.post(fill(stage, sql), user=user, params=params, timeout=30)
     assert r.status_code < 500, (sql, r.status_code, r.text[:300])
     if r.status_code >= 400:
         assert r.text.startswith("Code: ") and r.headers.get("X-ClickHouse-Exception-Code"), r.text[:300]
-    else:
-        assert statement_kind(sql) in ALLOWED_STATEMENTS, sql
-    assert client.query(f"SELECT count(), sum(n) FROM {db}.canary").result_rows[0] == (10, 45)
-    assert [t[0] for t in client.query(f"SHOW TABLES FROM {db}").result_rows] == ["canary"]
+    check_effects(stage, r.text, user)
+    assert stage.canary() == (10, 45)
 
 
 # =========================================================================== SQL in event fields

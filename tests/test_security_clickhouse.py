@@ -58,7 +58,8 @@ def endpoint(ch, clickhouse_url):
              "sh": {"hash": hash_password("sh-pw"), "regions": ["SH"], "max_result_rows": 5000,
                     "max_execution_time_s": 1}}
     port = free_port()
-    server = QueryServer(clickhouse_url[len("chdb://"):], port=port, users=users, max_execution_time=20).start()
+    server = QueryServer(clickhouse_url[len("chdb://"):], port=port, users=users, max_execution_time=20,
+                         database=db).start()
     try:
         yield {name: clickhouse_connect.get_client(host="127.0.0.1", port=port, username=name,
                                                    password=f"{name}-pw", database=db) for name in ("rcc", "sh")}

@@ -102,7 +102,7 @@ def test_live_endpoint_answers_clickhouse_connect_like_the_store_and_refuses_wri
     migrate(client, Target(database=db))
     port = free_port()
     server = QueryServer(clickhouse_url[len("chdb://"):], port=port,
-                         users={"analyst": hash_password("s3cret")}, max_execution_time=2).start()
+                         users={"analyst": hash_password("s3cret")}, max_execution_time=2, database=db).start()
     try:
         http = clickhouse_connect.get_client(host="127.0.0.1", port=port, username="analyst", password="s3cret",
                                              database=db)

@@ -65,6 +65,14 @@ class Settings(BaseSettings):
                     "{hash, max_execution_time_s, max_result_rows, regions} for a user with limits of their own. "
                     "Empty: only `default` with an empty password, as a fresh ClickHouse.")
     query_max_execution_time_s: float = Field(30.0, gt=0, description="Time limit of one query on the endpoint.")
+    query_max_memory_bytes: int = Field(
+        1 << 30, gt=0, description="Memory one query on the endpoint may use (ClickHouse's max_memory_usage); a user's "
+                                   "max_memory_usage_bytes may lower it.")
+    query_max_result_bytes: int = Field(
+        512 << 20, gt=0, description="Size of one answer of the endpoint (uncompressed); a larger result is refused.")
+    query_max_concurrent_per_user: int = Field(
+        2, ge=1, description="Queries one endpoint user may run at once (HTTP 429, code 202, beyond); a user's "
+                             "max_concurrent_queries may change it.")
     sink_group: str = Field("yrdbus-sink", description="Consumer group of the ClickHouse sink.")
     sink_batch_rows: int = Field(50_000, ge=1, description="The sink inserts a table's batch when it holds this many rows ...")
     sink_batch_age_s: float = Field(1.0, gt=0, description="... or when its oldest row waited this long (seconds).")

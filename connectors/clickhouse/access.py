@@ -30,6 +30,8 @@ REGION_CONDITIONS = {
     "risk_scores": "region = '{r}'",
     "flow_hourly": "region = '{r}'",
     "cases_daily": "region = '{r}'",
+    # a derived alert's row names the regions that must act, comma-separated
+    "subject_events": "has(splitByChar(',', region), '{r}')",
     "dead_letters": "startsWith(source_topic, 'border.{r}.') OR position(source_topic, '.border.{r}.') > 0",
 }
 
