@@ -1,8 +1,9 @@
 """`yrdbus run`: the whole bus in one command, checked against what it leaves in ClickHouse.
 
 One real run (its own broker, store and ports): a child process is killed in
-the middle and must be reported; the summary's counts must be what ClickHouse
-holds afterwards.
+the middle and must be reported and restarted; the summary's counts must be what
+ClickHouse holds afterwards. A shorter run without the simulator kills the sink,
+which owns the store, and it must be back, serving the store, without failing the run.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from conftest import free_port
@@ -40,24 +42,39 @@ def _sql(env: dict, query: str) -> list[dict]:
     return data["data"] if isinstance(data, dict) and "data" in data else data
 
 
-def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(tmp_path):
+def _run_env(tmp_path: Path) -> dict:
+    """A run of its own: its folder, store, broker and ports."""
     var = tmp_path / "var"
-    gateway_port = free_port()
     env = {**os.environ,
            "YRDBUS_VAR_DIR": str(var), "YRDBUS_CLICKHOUSE_URL": f"chdb://{var / 'clickhouse'}",
            "YRDBUS_KAFKA_PORT": str(free_port()), "YRDBUS_KAFKA_CONTROLLER_PORT": str(free_port()),
            "YRDBUS_KAFKA_HEAP": "512m", "YRDBUS_QUERY_PORT": str(free_port()),
-           "YRDBUS_GATEWAY_PORT": str(gateway_port), "YRDBUS_WORKER_METRICS_PORT": str(free_port()),
+           "YRDBUS_GATEWAY_PORT": str(free_port()), "YRDBUS_WORKER_METRICS_PORT": str(free_port()),
            "YRDBUS_STATION_METRICS_PORT": str(free_port()), "YRDBUS_KAFKA_EXPORTER_PORT": str(free_port()),
            "YRDBUS_GATEWAY_TOKENS_FILE": str(tmp_path / "none.toml")}
     env.pop("YRDBUS_KAFKA_BOOTSTRAP", None)
     env.pop("DURATION", None)
+    return env
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(tmp_path):
+    var = tmp_path / "var"
+    env = _run_env(tmp_path)
+    gateway_port = int(env["YRDBUS_GATEWAY_PORT"])
     log_path = tmp_path / "run.log"
     with open(log_path, "w") as log:   # the child's own file description: reading it here moves no offset of its
         proc = subprocess.Popen([YRDBUS, "run", "--duration", "60"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=tmp_path)
     try:
-        killed = None
+        killed = restarted = None
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and proc.poll() is None:
             if killed is None and "Simulator started" in log_path.read_text():
@@ -65,6 +82,9 @@ def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(t
                 killed = _pid_of("gateway", gateway_port)
                 assert killed, "the gateway child was not found"
                 os.kill(killed, signal.SIGKILL)
+            elif killed is not None and restarted is None:
+                restarted = _pid_of("gateway", gateway_port)
+                restarted = None if restarted == killed else restarted
             time.sleep(0.5)
         code = proc.wait(timeout=max(1, deadline - time.monotonic()))
     finally:
@@ -73,12 +93,18 @@ def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(t
         subprocess.run([YRDBUS, "stack", "down"], env=env, capture_output=True, timeout=120)
     output = log_path.read_text()
 
-    # The killed child is reported, with its last log lines, and the run says so in its exit status.
+    # The killed child is reported, with the last line of its log, and started again: the run goes on whole,
+    # its exit status is its check of the scripted incidents, and the summary counts the restart.
     assert killed is not None
     assert "process 'gateway' stopped (killed by signal 9)" in output, output[-3000:]
-    assert code == 1, output[-3000:]
+    assert "restarting it in 1 s (restart 1 of 5 in 5 min)" in output, output[-3000:]
+    assert restarted is not None, "no new gateway process"
     summary = json.loads((var / "run" / "summary.json").read_text())
-    assert summary["failed_processes"] == ["gateway"]
+    assert summary["failed_processes"] == [] and summary["restarts"]["gateway"] == 1, summary
+    assert "evaluation" in summary, output[-3000:]   # the simulator finished and wrote its ground truth
+    assert code == (0 if summary["evaluation"]["recall"] == 1.0 else 2), output[-3000:]
+    gateway_log = (var / "log" / "gateway.log").read_text()
+    assert gateway_log.count(" starting: ") == 1 and " restarting after killed by signal 9 " in gateway_log
     assert summary["events_total"] > 1000, summary
 
     # The summary is what ClickHouse holds: events per region and kind, derived alerts by kind.
@@ -95,3 +121,76 @@ def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(t
                        f"WHERE ingested_at >= toDateTime64('{since}', 3, 'UTC') GROUP BY kind")
     assert {r["kind"]: int(r["n"]) for r in alerts} == summary["derived_alerts_by_kind"]
     assert "evaluation" in summary and 0.0 <= summary["evaluation"]["recall"] <= 1.0
+
+
+def test_run_restarts_a_killed_sink_which_serves_the_store_again(tmp_path):
+    """The sink owns the embedded store's folder (one process at a time): a new one opens it once the old is gone."""
+    var = tmp_path / "var"
+    env = _run_env(tmp_path)
+    query_port = int(env["YRDBUS_QUERY_PORT"])
+    ping = f"http://127.0.0.1:{query_port}/ping"
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([YRDBUS, "run", "--no-simulate"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=tmp_path)
+    try:
+        killed = restarted = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and restarted is None:
+            pid = _pid_of("sink", query_port)
+            if killed is None and pid and _answers(ping):
+                killed = pid
+                os.kill(killed, signal.SIGKILL)
+            elif killed is not None and pid not in (None, killed) and _answers(ping):
+                restarted = pid
+            time.sleep(0.3)
+        assert restarted is not None, log_path.read_text()[-3000:]
+        # the run goes on: it ends on SIGTERM (as on Ctrl-C) with its summary
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=max(30, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([YRDBUS, "stack", "down"], env=env, capture_output=True, timeout=120)
+    output = log_path.read_text()
+    assert "process 'sink' stopped (killed by signal 9); last line of its log: " in output, output[-3000:]
+    assert "restarting it in 1 s (restart 1 of 5 in 5 min)" in output, output[-3000:]
+    assert code == 0, output[-3000:]
+    summary = json.loads((var / "run" / "summary.json").read_text())
+    assert summary["failed_processes"] == [] and summary["restarts"] == {"sink": 1, "worker-1": 0, "gateway": 0}
+    sink_log = (var / "log" / "sink.log").read_text()
+    assert sink_log.count(" starting: ") == 1 and sink_log.count(" restarting after killed by signal 9 ") == 1
+
+
+def test_a_crash_loop_stops_the_run_with_a_clear_message(tmp_path):
+    """Without a broker: the run's own handling of what its supervisor finds (restart lines, then the crash loop)."""
+    import io
+
+    import pytest
+    from rich.console import Console
+
+    from yrdbus.run import BusRun, CrashLoop, RunOptions
+    from yrdbus.settings import Settings
+    from yrdbus.supervisor import ChildSpec, RestartPolicy, Supervisor
+
+    out = io.StringIO()
+    run = BusRun(Settings(_env_file=None, var_dir=tmp_path / "var"), RunOptions(),
+                 console=Console(file=out, soft_wrap=True, width=100))
+    run.sup = Supervisor(tmp_path / "log", restart=RestartPolicy(max_restarts=2, backoff_s=0.01))
+    run.sup.start(ChildSpec("worker-1", [sys.executable, "-c", "print('[rules] no rule set', flush=True); "
+                                                               "raise SystemExit(4)"]))
+    deadline = time.monotonic() + 20
+    with pytest.raises(CrashLoop):
+        while time.monotonic() < deadline:
+            run._report_deaths()
+            time.sleep(0.02)
+    run.stop()
+    lines = out.getvalue().splitlines()
+    restarts = [line for line in lines if "restarting it in" in line]
+    assert len(restarts) == 2 and "(restart 2 of 2 in 5 min)" in restarts[1], lines
+    assert all(line.startswith("process 'worker-1' stopped (exit status 4); last line of its log: [rules] no rule "
+                               "set; restarting it in") for line in restarts), lines
+    assert any("crash loop: it was restarted 2 times in 5 min already, so it is not started again: stopping the "
+               "run." in line for line in lines), lines
+    assert run.crash_loop == ["worker-1"] and [d.name for d in run.sup.deaths] == ["worker-1"]
+    assert run.sup.get("worker-1").restarts == 2

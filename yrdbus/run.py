@@ -6,6 +6,11 @@ and the alert gateway, then the simulator with its scripted incidents. It shows
 live progress, stops cleanly on Ctrl-C or after ``--duration``, and ends with a
 summary read back from ClickHouse and scored against the simulator's ground truth.
 
+A sink, worker or gateway that dies is started again (they are made to be: the
+sink and the worker commit what they wrote and replay the rest), after a backoff,
+and said on one line; one that keeps dying (RESTARTS: a sixth death within 5
+minutes) stops the run with a failing status. The simulator is not restarted.
+
 A simulated run starts from empty topics and an empty store (the simulated
 calendar restarts, so state from an earlier simulated run would make its
 events late and its alerts repeats) unless ``--keep-data``; `--no-simulate`
@@ -28,6 +33,7 @@ from pathlib import Path
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -36,11 +42,18 @@ from schemas.reference import REGIONS
 from yrdbus import store, topics
 from yrdbus.settings import Settings
 from yrdbus.stack import KafkaStack
-from yrdbus.supervisor import ChildSpec, Supervisor
+from yrdbus.supervisor import ChildSpec, RestartPolicy, Supervisor
 
 STREAMS_APP_ID = "yrdbus-streams"
 SEVERITY_STYLE = {"CRITICAL": "bold white on red", "HIGH": "bold red", "MEDIUM": "yellow", "LOW": "cyan"}
 RAW_TABLES = {"clearance": "clearances", "alert": "alerts", "case": "cases"}
+#: a long-running child that dies is started again after 1, 2, 4 ... up to 30 s (1 s again once it had
+#: stayed up a minute); the sixth death within 5 minutes is a crash loop, which ends the run
+RESTARTS = RestartPolicy(max_restarts=5, window_s=300.0, backoff_s=1.0, backoff_max_s=30.0, reset_after_s=60.0)
+
+
+class CrashLoop(RuntimeError):
+    """A child kept dying: the run stops."""
 
 
 # --------------------------------------------------------------------------- self check
@@ -182,12 +195,13 @@ class BusRun:
         self.var = settings.var_dir
         self.run_dir = self.var / "run"
         self.truth_file = self.run_dir / "truth.jsonl"
-        self.sup = Supervisor(settings.log_dir)
+        self.sup = Supervisor(settings.log_dir, restart=RESTARTS)
         self.monitor = None
         self.started_wall = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
         self.messages: list[str] = []
         self.interrupted = False
+        self.crash_loop: list[str] = []
         self.token_file: Path | None = None
 
     def say(self, text: str) -> None:
@@ -280,9 +294,22 @@ class BusRun:
         self.say(f"[yellow]Not ready after {timeout_s:.0f} s: {', '.join(sorted(missing))}; going on.[/]")
 
     def _report_deaths(self) -> None:
+        """Say each death (a restart on one line); a crash loop stops the run (CrashLoop)."""
+        looped = []
         for death in self.sup.check():
-            if not death.expected:
-                self.say(f"[bold red]{death.describe()}[/]")
+            if death.expected:
+                continue
+            if death.restart:
+                self.say(f"[bold yellow]{escape(death.one_line())}[/]")
+            elif death.gave_up:
+                self.say(f"[bold red]{escape(death.describe())}[/]")
+                self.say(f"[bold red]{escape(death.one_line())}: stopping the run.[/]")
+                looped.append(death.name)
+            else:
+                self.say(f"[bold red]{escape(death.describe())}[/]")
+        if looped:
+            self.crash_loop += looped
+            raise CrashLoop(f"crash loop: {', '.join(looped)}")
 
     def _lag(self) -> int:
         snap = self.monitor.last
@@ -380,7 +407,8 @@ class BusRun:
                        *[f"lag {g}: {v if v >= 0 else '?'}" for g, v in lag.items()],
                        f"dead letters: {counts.get('dead_letters', 0)}",
                        "processes: " + " ".join(
-                           f"{c.name}{'' if c.running else ' (stopped)'}" for c in self.sup.children))
+                           c.name + (" (restarting)" if c.restarting else "" if c.running else " (stopped)")
+                           + (f" (restarted {c.restarts}x)" if c.restarts else "") for c in self.sup.children))
         return Panel(Group(ev, al, newest, health), title="yrdbus run", subtitle="Ctrl-C stops")
 
     # ------------------------------------------------------------------ summary
@@ -409,6 +437,8 @@ class BusRun:
         out = {"events": events, "events_total": sum(sum(v.values()) for v in events.values()),
                "derived_alerts_by_kind": dict(sorted(by_kind.items())), "derived_alerts_total": len(alert_dicts),
                "dead_letters": dead, "failed_processes": [d.name for d in self.sup.deaths],
+               "restarts": {c.name: c.restarts for c in self.sup.children if c.spec.restartable},
+               "crash_loop": list(self.crash_loop),
                "since": self.started_wall.isoformat()}
         if self.opts.simulate and self.truth_file.is_file():
             from streams.evaluate import load_truth, score
@@ -448,9 +478,17 @@ class BusRun:
             for sc in ev["scenarios"]:
                 s.add_row(sc["scenario_id"], sc.get("scenario") or "", "[green]yes[/]" if sc["detected"] else "[red]MISSED[/]")
             c.print(s)
+        restarted = {name: n for name, n in summary.get("restarts", {}).items() if n}
+        if restarted:
+            c.print("[yellow]Processes restarted during the run: "
+                    + ", ".join(f"{name} {n}x" for name, n in restarted.items())
+                    + f"[/] (logs in {self.settings.log_dir})")
         if summary["failed_processes"]:
             c.print(f"[bold red]Processes that died during the run: {', '.join(summary['failed_processes'])}[/] "
                     f"(logs in {self.settings.log_dir})")
+        if summary.get("crash_loop"):
+            c.print(f"[bold red]The run stopped early: {', '.join(summary['crash_loop'])} kept dying "
+                    f"({RESTARTS.describe()}).[/]")
         s = self.settings
         c.print("\nLook further:")
         c.print("  yrdbus query --list                                   the analysts' named queries")
@@ -476,6 +514,8 @@ def run_bus(settings: Settings, opts: RunOptions) -> int:
     except KeyboardInterrupt:
         run.interrupted = True
         run.say("Interrupted: stopping the bus.")
+    except CrashLoop:
+        pass   # said where it was found; the summary names the process and the status fails
     finally:
         run.stop()
         signal.signal(signal.SIGTERM, previous)
