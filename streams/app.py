@@ -40,6 +40,7 @@ from aiokafka.partitioner import murmur2
 from schemas.codec import get_codec
 from schemas.deadletter import headers_for
 from schemas.errors import EventError
+from schemas.eventtime import EventTimeBounds
 from streams import catchup, derived, metrics, ruleset, subject as subject_rules
 from streams.event_time import RecordClock, Watermark
 from streams.decoding import PlainDecoder
@@ -47,6 +48,7 @@ from streams.events import for_avro
 from streams.flow import FlowCounter
 from streams.regional import SECTIONS, RegionalRules
 from yrdbus import kafka_config, topics
+from yrdbus.settings import get_settings
 
 log = logging.getLogger("yrdbus.streams")
 
@@ -96,6 +98,21 @@ def _source_of(headers: dict, source: str) -> str:
     return upstream_key(source, headers.get("yrd-source-partition", ""))
 
 
+def restorable(maxima: dict, bounds: EventTimeBounds, where: str) -> dict:
+    """The persisted largest event times of ``where`` that lie within the event-time bounds. One outside them
+    (kept from a forged event before the worker checked event time where it reads) is left out with a warning:
+    restored, it would put the watermark in the year 9999 again; left out, its upstream holds the stage back
+    until it speaks or goes idle, as a new one does."""
+    kept = {}
+    for k, m in maxima.items():
+        if bounds.contains(m):
+            kept[k] = m
+        else:
+            log.warning("%s: the persisted event time %s of upstream %s is outside the event-time bounds; "
+                        "not restored (yrdbus worker repair-watermark rewrites it)", where, m, k)
+    return kept
+
+
 class ProcessingError(EventError):
     """An event a stage could not process (a fault of the stage, not of the event's contract)."""
 
@@ -123,7 +140,10 @@ class SubjectTable(faust.Table):
 def build_app(cfg: StreamsConfig) -> faust.App:
     rs = ruleset.load(cfg.rules) if cfg.rules else ruleset.default()
     codec = get_codec()
-    decoder = PlainDecoder(codec)
+    # a source event dated outside the contract's bounds is dead-lettered where it is decoded, before any stage
+    # observes its time: a forged date must not move a watermark (nor fire every deadline on the way)
+    bounds = EventTimeBounds.from_settings(get_settings())
+    decoder = PlainDecoder(codec, bounds)
     brokers = [f"kafka://{h.strip()}" for h in cfg.bootstrap.split(",") if h.strip()]
     app = faust.App(
         cfg.app_id,
@@ -427,7 +447,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             # what the partitions' upstreams had given before a restart (kept with their flow counts): the
             # stage must not fall back behind it, or a restart at the end of a stream would judge nothing more
             for p in st["sub_parts"]:
-                kept = (flow_table.get(str(p)) or {}).get("wm") or {}
+                kept = restorable((flow_table.get(str(p)) or {}).get("wm") or {}, bounds, f"flowcounts[{p}]")
                 sub_wm.restore({(p, src): m for src, m in kept.items()})
                 if kept:
                     st["part_max"][p] = max(st["part_max"].get(p, -(1 << 62)), *kept.values())
@@ -543,7 +563,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             st["regional"]["vessel"] = {k[len("vessel:"):]: v for k, v in regional_table.items()
                                         if k.startswith("vessel:")}
             # the upstreams' event times so far: what was processed before a restart is not read again
-            reg_wm.restore(regional_table.get(WATERMARK_KEY) or {})
+            reg_wm.restore(restorable(regional_table.get(WATERMARK_KEY) or {}, bounds, f"regional[{WATERMARK_KEY}]"))
         return st["regional"]
 
     # The regional watermark only moves when the stage reads something; once its upstreams fall silent (the end

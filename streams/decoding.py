@@ -5,6 +5,10 @@ with that schema stripped of its logical types: timestamps stay epoch millis
 and ids stay strings, which is what the rules want, and fastavro has no
 schema resolution to do. An event written with an older schema goes through
 the codec (resolution against the current schema), then ``plain``.
+
+Given ``bounds`` (``schemas.eventtime.EventTimeBounds``), a source event (clearance, alert, case, control)
+whose ``occurred_at`` lies outside them is refused with the bounds' typed error, as an undecodable one is:
+the stages decode before they observe event time, so a forged date never reaches a rule or a watermark.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from fastavro import parse_schema, schemaless_reader
 
 from schemas import contract
 from schemas.errors import UndecodableError
+from schemas.eventtime import SOURCE_KINDS
 from streams.events import plain
 
 _HEADER = struct.Struct(">bI")
@@ -30,8 +35,9 @@ def _strip_logical(obj):
 
 
 class PlainDecoder:
-    def __init__(self, codec):
+    def __init__(self, codec, bounds=None):
         self.codec = codec
+        self.bounds = bounds        # EventTimeBounds: the source kinds' occurred_at is checked (None: not)
         self._fast: dict[int, tuple[str, object]] = {}
         for kind in contract.KINDS:
             try:
@@ -48,7 +54,10 @@ class PlainDecoder:
         fast = self._fast.get(sid) if magic == 0 else None
         if fast is None or (kind is not None and fast[0] != kind):
             k, rec = self.codec.decode(bytes(data), kind)
-            return plain(k, rec)
+            ev = plain(k, rec)
+            if self.bounds is not None and k in SOURCE_KINDS:
+                self.bounds.check(ev["occurred_at"])
+            return ev
         stream = io.BytesIO(data)
         stream.seek(5)
         try:
@@ -58,4 +67,6 @@ class PlainDecoder:
         if stream.tell() != len(data):
             raise UndecodableError(f"{len(data) - stream.tell()} bytes left over after the record (schema id {sid})")
         rec["_kind"] = fast[0]
+        if self.bounds is not None and fast[0] in SOURCE_KINDS:
+            self.bounds.check(rec["occurred_at"])   # one comparison while it is inside the cached limits
         return rec
