@@ -104,7 +104,8 @@ def definitions(prefix: str = "") -> list[TopicSpec]:
         specs.append(TopicSpec(prefix + routed_alerts(region), 2, 30 * DAY_MS, "delete",
                                f"derived alerts {region} must act on or be informed of"))
     # Dead letters wait for a person to look at them: kept three times as long as their source.
-    for name in [s.name for s in specs if s.name.startswith(prefix + "border.")] + [prefix + DERIVED_ALERTS]:
+    for name in [s.name for s in specs if s.name.startswith(prefix + "border.")] + [prefix + CONTROL,
+                                                                                     prefix + DERIVED_ALERTS]:
         specs.append(TopicSpec(dead_letter(name), 1, 90 * DAY_MS, "delete",
                                f"records of {name} that broke the contract, original bytes and the reason"))
     # Rows of a station's export whose region cannot be told (so no source topic): the importer's last resort.
