@@ -117,8 +117,14 @@ def topics_list(
 
 
 # --------------------------------------------------------------------------- publish
+#: `yrdbus publish`'s exit status when the file cannot be read at all (0, 1 and 2: see its --help)
+EXIT_UNREADABLE = 3
+
+
 def publish(
-    file: Path = typer.Option(..., "--file", "-f", exists=True, dir_okay=False, readable=True,
+    # not exists=/dir_okay=/readable=: the option parser's refusal would exit 2, the status of failed deliveries;
+    # the importer says why a file cannot be read, and the command exits EXIT_UNREADABLE
+    file: Path = typer.Option(..., "--file", "-f",
                               help="A station's export: JSONL (.jsonl, .ndjson) or CSV (.csv) in the event contract's JSON form."),
     kind: Optional[str] = typer.Option(None, "--kind", help="clearance, alert or case (default: named in the file name)."),
     region: Optional[str] = typer.Option(None, "--region", help="The station's region: fills rows without one, "
@@ -130,18 +136,42 @@ def publish(
 ) -> None:
     """Load a station's own export onto the bus: validate, pseudonymize raw identities, publish.
 
-    A bad row is reported with its line number, field and reason and goes to the dead-letter topic.
-    Exit status: 0 when every row was published and delivered; 1 when rows were rejected (unless
-    --allow-rejects); 2 when deliveries failed.
+    A bad row is reported with its line number, field and reason, and goes to
+    the dead-letter topic with raw identities redacted; the rest of the file
+    is read and imported. Hostile rows are bad rows: a line over
+    YRDBUS_IMPORT_MAX_LINE_BYTES (1 MiB) is skipped without being held (its
+    dead letter keeps its first 4 KiB); JSON nested deeper than 64 levels, a
+    number of over 100 characters, NaN or Infinity, a key given twice, a NUL
+    byte, a lone surrogate, bytes that are not UTF-8, a ragged CSV row, a cell
+    over the CSV reader's limit.
+
+    Exit status (with --json, also its "exit_status"):
+    0  every row was published and delivered (an empty file too);
+    1  rows were rejected (unless --allow-rejects); or a bad --kind or
+       --region, no subject key, no broker;
+    2  deliveries failed (a mistyped option exits 2 too: the option parser);
+    3  the file cannot be read at all, and nothing is published: missing, a
+       directory, a FIFO or device, permission denied, compressed or UTF-16,
+       no CSV header, an unknown format (--json: {"file", "error"}).
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from connectors.importer import Importer, ImportFileError, infer_kind
+    from connectors.importer import Importer, ImportFileError, UnreadableFileError, check_export, infer_kind
     from connectors.publisher import StationPublisher
     from schemas.pseudonym import SubjectKeyError, from_settings
     from yrdbus import topics
 
+    def unreadable(message: str) -> None:
+        if json_out:
+            typer.echo(json.dumps({"file": str(file), "error": message, "exit_status": EXIT_UNREADABLE}))
+        _fail(message, EXIT_UNREADABLE)
+
+    try:
+        check_export(file)           # before the broker is asked: a file that cannot be read needs no bus
+    except UnreadableFileError as exc:
+        unreadable(str(exc))
     settings = get_settings()
     kind = kind or infer_kind(file)
     if kind is None:
@@ -158,14 +188,16 @@ def publish(
     def on_reject(rej) -> None:
         shown[0] += 1
         if shown[0] <= 20:
-            err.print(f"[red]rejected[/red] {rej.message}", markup=True, highlight=False)
+            # the message quotes the row's own text: "[/x]" in a cell is text, not markup that ends the command
+            err.print(f"[red]rejected[/red] {escape(rej.message)}", markup=True, highlight=False)
         elif shown[0] == 21:
             err.print("[red]... more rejections: see the summary[/red]")
 
     _serve_station_metrics(settings.station_metrics_port if metrics_port is None else metrics_port)
     publisher = StationPublisher(settings.bootstrap, topic_prefix=prefix, client_id="yrdbus-import")
     try:
-        importer = Importer(publisher, pseudonymizer, kind, region=region)
+        importer = Importer(publisher, pseudonymizer, kind, region=region,
+                            max_line_bytes=settings.import_max_line_bytes)
         size = file.stat().st_size
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                       TextColumn("{task.fields[rows]} rows"), TimeRemainingColumn(),
@@ -173,24 +205,27 @@ def publish(
             task = bar.add_task(f"import {file.name}", total=size, rows=0)
             result = importer.run(file, on_row=lambda b, n: bar.update(task, completed=min(b, size), rows=n),
                                   on_reject=on_reject)
+    except UnreadableFileError as exc:
+        unreadable(str(exc))
     except ImportFileError as exc:
         _fail(str(exc))
     finally:
         publisher.close()
-    summary = result.as_dict()
+    status = 2 if result.failed else 1 if result.rejected and not allow_rejects else 0
+    summary = {**result.as_dict(), "exit_status": status}
     if json_out:
         typer.echo(json.dumps(summary))
     else:
         typer.echo(f"{file.name}: {result.rows} rows: {result.published} published, {result.rejected} rejected"
                    + (f" (dead-lettered to {', '.join(sorted(result.dead_letter_topics))})" if result.rejected else "")
-                   + f"; the broker confirmed {result.delivered} writes, {result.failed} failed")
+                   + f"; the broker confirmed {result.delivered} writes, {result.failed} failed"
+                   + ("; the file holds no rows" if not result.rows else ""))
     if result.failed:
         # e.g. "Broker: Topic authorization failed": a station's principal writes its own region's topics only
         typer.secho(f"error: {result.failed} write(s) failed; the broker said: {publisher.last_error}",
                     fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    if result.rejected and not allow_rejects:
-        raise typer.Exit(1)
+    if status:
+        raise typer.Exit(status)
 
 
 # --------------------------------------------------------------------------- simulate
