@@ -158,8 +158,10 @@ def _avro_bytes(b: bytes) -> bytes:
     return _zigzag(len(b)) + b
 
 
-def container(schema_json: str, bodies: list[bytes]) -> bytes:
-    """An Avro object container file holding ``bodies`` (schemaless records of ``schema_json``) in one block."""
+def container(schema_json: str, bodies: list[bytes], joined: bytes | None = None) -> bytes:
+    """An Avro object container file holding ``bodies`` (schemaless records of ``schema_json``) in one block.
+
+    ``joined``: ``b"".join(bodies)`` when the caller has it already (the sink reads event times from it)."""
     sync = os.urandom(16)
     out = io.BytesIO()
     out.write(b"Obj\x01")
@@ -170,9 +172,7 @@ def container(schema_json: str, bodies: list[bytes]) -> bytes:
     out.write(_avro_bytes(b"null"))
     out.write(_zigzag(0))
     out.write(sync)
-    data = b"".join(bodies)
+    data = b"".join(bodies) if joined is None else joined
     out.write(_zigzag(len(bodies)))
     out.write(_zigzag(len(data)))
-    out.write(data)
-    out.write(sync)
-    return out.getvalue()
+    return b"".join((out.getvalue(), data, sync))   # one copy of the bodies, not two
