@@ -113,6 +113,16 @@ def restorable(maxima: dict, bounds: EventTimeBounds, where: str) -> dict:
     return kept
 
 
+def origin_of(headers: dict) -> tuple[int, int] | None:
+    """The source partition and offset of a record the re-key step forwarded (None: not forwarded, or by an
+    older worker). A dead letter names them, so the worker's and the sink's dead letters of one source record
+    name the same origin (``dead_letters`` keeps one row per origin)."""
+    try:
+        return int(headers["yrd-source-partition"]), int(headers["yrd-source-offset"])
+    except (KeyError, ValueError):
+        return None
+
+
 class ProcessingError(EventError):
     """An event a stage could not process (a fault of the stage, not of the event's contract)."""
 
@@ -357,7 +367,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         raw, key = event.value, event.key
         metrics.labelled(metrics.EVENTS_IN, msg.topic, "rekey").inc()
         headers = [("yrd-kind", kind.encode()), ("yrd-source", msg.topic.encode()),
-                   ("yrd-source-partition", str(msg.partition).encode())]
+                   ("yrd-source-partition", str(msg.partition).encode()),
+                   ("yrd-source-offset", str(msg.offset).encode())]
         try:
             if kind == "clearance" and key:
                 await subject_topic.send(key=key, value=raw, headers=headers)
@@ -434,9 +445,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         # time: what it holds of one source partition is in that partition's order, so each pair is a stream
         src = _source_of(headers, source)
         upstream = (msg.partition, src) if "yrd-source-partition" in headers else msg.partition
-        await subject_step(event, kind, source, upstream, src)
+        await subject_step(event, kind, source, upstream, src, origin_of(headers))
 
-    async def subject_step(event, kind: str, source: str, upstream, src: str) -> None:
+    async def subject_step(event, kind: str, source: str, upstream, src: str, origin=None) -> None:
         """One record through the subject stage: ``upstream`` is the watermark's key of where it came from (subject
         partition, source partition), ``src`` the source partition's."""
         msg = event.message
@@ -467,7 +478,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         try:
             ev = decoder.decode(raw, kind)
         except EventError as exc:
-            await dead_letter(source, raw, key, exc, msg.partition, msg.offset)
+            await dead_letter(source, raw, key, exc, *(origin or (msg.partition, msg.offset)))
             return
         s = key.decode() if key else (ev.get("subject") or "")
         if sub_wm.observe(upstream, ev["occurred_at"]):
@@ -644,7 +655,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             try:
                 ev = decoder.decode(raw, headers.get("yrd-kind"))
             except EventError as exc:
-                await dead_letter(source, raw, event.key, exc, msg.partition, msg.offset)
+                await dead_letter(source, raw, event.key, exc, *(origin_of(headers) or (msg.partition, msg.offset)))
                 return
             if ev["_kind"] == "control":
                 ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]

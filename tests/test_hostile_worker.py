@@ -284,8 +284,9 @@ def test_forged_event_times_are_dead_lettered_and_move_no_watermark(kafka, worke
     # the forged records, written as a compromised SH station could: schema-valid, dated 1000, 2400 and 9999
     f = Script(18)
     sh_clearance, sh_alert = prefix + topics.source("SH", "clearance"), prefix + topics.source("SH", "alert")
-    forged = {}
-    p = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
+    forged, where = {}, {}
+    p = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True,
+                  "on_delivery": lambda err, m: where.__setitem__(m.value(), (m.partition(), m.offset()))})
     for year, placement in ((9999, "in place"), (2400, "elsewhere"), (1000, "no key")):
         subj = token("forged", prefix, year)
         raw = codec.encode("clearance", _forged(f, "clearance", year, subj), validate=False)
@@ -310,6 +311,9 @@ def test_forged_event_times_are_dead_lettered_and_move_no_watermark(kafka, worke
     for v, h in dead:
         assert h["reason"] == ("event_time_before_floor" if forged[v] == 1000 else "future_event_time"), h
         assert h["field"] == "occurred_at" and h["source_topic"] == sh_clearance
+        # the record's own place, also when it was forwarded to the subject stage: the sink's dead letter of the
+        # same record names the same origin, and dead_letters keeps one row of it
+        assert (int(h["source_partition"]), int(h["source_offset"])) == where[v], (forged[v], h, where[v])
     dead_alerts = wait_for(lambda: _dead_letters(kafka.bootstrap, topics.dead_letter(sh_alert)), 30,
                            "the forged alert on its dead-letter topic", w)
     assert [(v, h["reason"]) for v, h in dead_alerts] == [(alert_raw, "future_event_time")]
