@@ -432,7 +432,8 @@ class BusRun:
         by_kind: dict[str, int] = {}
         for a in alert_dicts:
             by_kind[a["kind"]] = by_kind.get(a["kind"], 0) + 1
-        dead = client.query("SELECT count() FROM yrdbus.dead_letters WHERE ingested_at >= {since:DateTime64(3, 'UTC')}",
+        # one row per refused record (FINAL: the worker's and the sink's dead letters of one record, and a replay's)
+        dead = client.query("SELECT count() FROM yrdbus.dead_letters FINAL WHERE ingested_at >= {since:DateTime64(3, 'UTC')}",
                             parameters=params).result_rows[0][0]
         out = {"events": events, "events_total": sum(sum(v.values()) for v in events.values()),
                "derived_alerts_by_kind": dict(sorted(by_kind.items())), "derived_alerts_total": len(alert_dicts),
