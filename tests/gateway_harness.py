@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx2
+import pytest
 from confluent_kafka import Producer
 
 from connectors.gateway import Gateway
@@ -263,3 +264,13 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# a fixture: a test module that uses it imports it (``from gateway_harness import setup``)
+@pytest.fixture
+def setup(kafka, unique, tmp_path):
+    tokens = write_access_file(tmp_path, STANDARD_SCOPES)
+    prefix = f"{unique}."
+    pub = Publisher(kafka, prefix)
+    yield kafka, tokens, prefix, pub
+    pub.close()

@@ -6,27 +6,16 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import httpx2
-import pytest
 from websockets.sync.client import connect as ws_connect
 
-from gateway_harness import (STANDARD_SCOPES, Publisher, RawSSE, RunningGateway, alerts_of, derived_alert,
-                             write_access_file)
+from gateway_harness import RawSSE, RunningGateway, alerts_of, derived_alert, setup  # noqa: F401  (setup: a fixture)
 from conftest import free_port
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
-
-
-@pytest.fixture
-def setup(kafka, unique, tmp_path):
-    tokens = write_access_file(tmp_path, STANDARD_SCOPES)
-    prefix = f"{unique}."
-    pub = Publisher(kafka, prefix)
-    yield kafka, tokens, prefix, pub
-    pub.close()
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -30,7 +30,8 @@ from connectors.gateway.selection import TopicNames
 from connectors.gateway.webhooks import WebhookWorker, load_webhooks
 from schemas.codec import get_codec
 
-from gateway_harness import (STANDARD_SCOPES, Publisher, RawSSE, Receiver, RunningGateway, alerts_of, derived_alert,
+from gateway_harness import (STANDARD_SCOPES, Publisher, RawSSE, Receiver, RunningGateway, alerts_of, derived_alert,  # noqa: F401
+                             setup,  # a fixture
                              write_access_file)
 
 WRITE_TIMEOUT_S = 2.0
@@ -85,15 +86,6 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.1):
 
 
 # =========================================================================== subscribers that never read
-@pytest.fixture
-def setup(kafka, unique, tmp_path):
-    tokens = write_access_file(tmp_path, STANDARD_SCOPES)
-    prefix = f"{unique}."
-    pub = Publisher(kafka, prefix)
-    yield kafka, tokens, prefix, pub
-    pub.close()
-
-
 def test_subscribers_that_never_read_are_disconnected_in_time_and_the_others_are_served(setup, caplog):
     kafka, tokens, prefix, pub = setup
     caplog.set_level(logging.WARNING, logger="yrdbus.gateway")

@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from schemas.codec import get_codec
@@ -39,7 +39,7 @@ from streams.trends import Trends
 from yrdbus import topics
 from yrdbus.cli_streams import changelog_topic, plan_watermark_repair, read_changelog, write_changelog
 
-from test_streams_worker import YRDBUS, publish, wait_for, workers  # noqa: F401  (workers: a fixture)
+from test_streams_worker import YRDBUS, publish, records_on, wait_for, workers  # noqa: F401  (workers: a fixture)
 
 MIN = 60_000
 FORGED_YEARS = (1000, 2400, 9999)
@@ -215,29 +215,7 @@ def _metrics(port: int) -> dict[str, float]:
 
 
 def _dead_letters(bootstrap: str, topic: str) -> list[tuple[bytes, dict]]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False})
-    try:
-        md = c.list_topics(topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None:
-            return []
-        out = []
-        for p in md.partitions:
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi <= lo:
-                continue
-            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING)])
-            while True:
-                m = c.poll(5)
-                assert m is not None, f"{topic}[{p}] stopped before offset {hi}"
-                if m.error():
-                    continue
-                out.append((m.value(), read_headers(m.headers())))
-                if m.offset() + 1 >= hi:
-                    break
-        return out
-    finally:
-        c.close()
+    return [(v, read_headers(h)) for _, v, h in records_on(bootstrap, topic)]
 
 
 def _repair_cli(kafka, app_id: str, *args: str) -> subprocess.CompletedProcess:

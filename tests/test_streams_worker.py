@@ -106,11 +106,14 @@ def missing(bootstrap: str, prefix: str, truth: list[dict]) -> str:
                                   for row in s["rows"] if not row["matched"])
 
 
-def keys_on(bootstrap: str, topic: str) -> list[str]:
+def records_on(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None, list]]:
+    """(key, value, headers) of every record of ``topic``, partition by partition; none when it is not there."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:8]}",
                   "enable.auto.commit": False})
     try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
+        md = c.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            return []
         out = []
         for p in md.partitions:
             lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
@@ -122,12 +125,16 @@ def keys_on(bootstrap: str, topic: str) -> list[str]:
                 assert m is not None, f"{topic}[{p}] stopped before offset {hi}"
                 if m.error():
                     continue
-                out.append(m.key().decode())
+                out.append((m.key(), m.value(), m.headers() or []))
                 if m.offset() + 1 >= hi:
                     break
         return out
     finally:
         c.close()
+
+
+def keys_on(bootstrap: str, topic: str) -> list[str]:
+    return [k.decode() for k, _, _ in records_on(bootstrap, topic)]
 
 
 def committed_everything(bootstrap: str, group: str, topic_names: list[str]) -> bool:
