@@ -84,7 +84,7 @@ LOWER_ONLY = frozenset({"max_execution_time", "max_threads"})
 ALLOWED_SETTINGS = frozenset("""
 max_execution_time max_threads max_block_size max_rows_to_read max_bytes_to_read max_rows_to_group_by
 max_rows_to_sort max_bytes_to_sort max_rows_in_distinct max_bytes_in_distinct max_rows_in_join max_bytes_in_join
-max_ast_depth max_ast_elements max_expanded_ast_elements max_query_size read_overflow_mode group_by_overflow_mode
+read_overflow_mode group_by_overflow_mode
 sort_overflow_mode distinct_overflow_mode join_overflow_mode
 output_format_json_quote_64bit_integers output_format_json_quote_64bit_floats output_format_json_quote_denormals
 output_format_json_quote_decimals output_format_json_escape_forward_slashes output_format_json_named_tuples_as_objects
@@ -102,7 +102,7 @@ format_tsv_null_representation date_time_output_format date_time_input_format
 date_time_64_output_format_cut_trailing_zeros_align_to_groups_of_thousands interval_output_format
 bool_true_representation bool_false_representation
 join_use_nulls join_algorithm joined_subquery_requires_alias any_join_distinct_right_table_keys
-enable_analyzer allow_experimental_analyzer prefer_column_name_to_alias extremes totals_mode totals_auto_threshold
+prefer_column_name_to_alias extremes totals_mode totals_auto_threshold
 aggregate_functions_null_for_empty count_distinct_implementation cast_keep_nullable data_type_default_nullable
 session_timezone transform_null_in union_default_mode except_default_mode intersect_default_mode final
 do_not_merge_across_partitions_select_final group_by_use_nulls limit offset force_primary_key
@@ -110,14 +110,16 @@ force_index_by_date use_skip_indexes optimize_read_in_order optimize_aggregation
 optimize_move_to_prewhere optimize_use_projections optimize_trivial_count_query describe_compact_output
 describe_include_subcolumns show_table_uuid_in_table_create_query_if_not_nil enable_optimize_predicate_expression
 use_uncompressed_cache asterisk_include_alias_columns asterisk_include_materialized_columns
-allow_experimental_window_functions prefer_localhost_replica log_comment
+allow_experimental_window_functions log_comment
 date_time_input_format cast_string_to_dynamic_use_inference
 """.split())
 
 #: table functions that read only what they are given (no file, host, process or table around a filter)
 TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateSeries",
-                             "values", "view", "null", "generateRandom", "merge"})
-#: table functions a region-scoped user may not use: they read tables around the row filters
+                             "values", "null", "generateRandom"})
+#: table functions that read tables the checks of tables cannot see (``merge('system', 'processes')``, a
+#: ``view(...)`` whose tables the query tree does not list) or around the row filters: refused to everyone,
+#: with a message of their own for a region-scoped user
 REGION_BYPASS = frozenset({"merge", "view", "viewIfPermitted", "viewExplain", "mergeTreeIndex",
                            "mergeTreeAnalyzeIndexes", "mergeTreeProjection"})
 #: functions that read, write or connect outside the store, or show the host's secrets: refused anywhere
@@ -194,7 +196,7 @@ class Clauses:
 
     formats: list[tuple[str, int, int]] = field(default_factory=list)  # (name, start, end) of each FORMAT clause
     settings: list[str] = field(default_factory=list)                  # every setting name of every SETTINGS clause
-    settings_values: dict[str, str] = field(default_factory=dict)      # last value text of each
+    settings_values: list[tuple[str, str]] = field(default_factory=list)  # (lower-case name, value text), each
     settings_clauses: int = 0
     outfile: bool = False
 
@@ -216,7 +218,7 @@ def clauses(toks: list[Token]) -> Clauses:
                 name = toks[i].name()
                 i, value = _value(toks, i + 2)
                 c.settings.append(name)
-                c.settings_values[name.lower()] = value
+                c.settings_values.append((name.lower(), value))
                 if i < n and toks[i].text == ",":
                     i += 1
                     continue
@@ -312,7 +314,7 @@ class Admitted:
     sql: str                      # the canonical text to run
     kind: str                     # the statement's root kind
     format: str | None            # the FORMAT clause's format, if any
-    settings: dict[str, str]      # the query's SETTINGS (lower-case name -> value text)
+    settings: list[tuple[str, str]]  # every setting of the query's SETTINGS clauses (lower-case name, value text)
 
 
 def check_setting(name: str, *, where: str) -> None:
@@ -371,11 +373,12 @@ class Policy:
             bare = bare[:start] + bare[end:]
         ast = parse_ast(self.ask(f"EXPLAIN AST {bare}", params))
         self._check_tree(ast, c, canonical, regions)
+        self._check_system_tables(ast, database)
         if ast.kind in SELECT_ROOTS:
             self._check_tables(self.ask(f"EXPLAIN QUERY TREE {bare}", params), regions)
         elif regions:
             self._check_named_tables(ast, database, regions)
-        return Admitted(canonical, ast.kind, fmt, dict(c.settings_values))
+        return Admitted(canonical, ast.kind, fmt, list(c.settings_values))
 
     def _check_tree(self, ast: Node, c: Clauses, canonical: str, regions) -> None:
         if ast.kind not in ROOTS:
@@ -410,12 +413,15 @@ class Policy:
             self._check_table_function(f, regions)
 
     def _check_table_function(self, name: str, regions) -> None:
-        if name in OUTSIDE_FUNCTIONS or name not in TABLE_FUNCTIONS:
-            raise QueryRefused(f"table function {name} is not allowed on this endpoint (it reads outside the "
-                               f"store)", ACCESS_DENIED)
         if regions and name in REGION_BYPASS:
             raise QueryRefused(f"table function {name} is not allowed to a region-scoped user (it reads around "
                                f"the region filter)", ACCESS_DENIED)
+        if name in REGION_BYPASS:
+            raise QueryRefused(f"table function {name} is not allowed on this endpoint (it reads tables around "
+                               f"the endpoint's checks); name the tables instead", ACCESS_DENIED)
+        if name in OUTSIDE_FUNCTIONS or name not in TABLE_FUNCTIONS:
+            raise QueryRefused(f"table function {name} is not allowed on this endpoint (it reads outside the "
+                               f"store)", ACCESS_DENIED)
 
     def _check_tables(self, tree: str, regions) -> None:
         tables, funcs = tables_of_query_tree(tree)
@@ -423,6 +429,15 @@ class Policy:
             self._check_table_function(f, regions)
         for full in tables:
             self._check_table(full, regions)
+
+    def _check_system_tables(self, ast: Node, database: str) -> None:
+        """System tables named anywhere in the statement (also where the query tree does not look)."""
+        for n in ast.walk():
+            if n.kind == "TableIdentifier":
+                name = n.text.split()[1]
+                full = name if "." in name else f"{database}.{name}"
+                if full.partition(".")[0].strip("`") == "system":
+                    self._check_table(full, None)
 
     def _check_named_tables(self, ast: Node, database: str, regions) -> None:
         """Tables a non-SELECT statement names (DESCRIBE, SHOW COLUMNS ...), resolved against ``database``."""

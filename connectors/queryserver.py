@@ -245,7 +245,7 @@ class Engine:
                 return conn.query(q, "TabSeparatedRaw", params=p or {}).bytes().decode()
 
             admitted = Policy(ask, self.database).admit(sql, params, database, limits.regions)
-            for name, value in admitted.settings.items():
+            for name, value in admitted.settings:
                 if name in LOWER_ONLY:
                     _lower_only(name, value, self.limit_of(name, limits))
             started = time.perf_counter()

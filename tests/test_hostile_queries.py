@@ -176,8 +176,11 @@ def test_the_region_analyst_still_sees_their_own_rows_everywhere(stage):
 def test_the_centre_reads_every_region_but_nothing_outside(stage):
     r = stage.post(f"SELECT groupUniqArray(conveyance_id) FROM {stage.db}.clearances")
     assert r.status_code == 200 and all(stage.marker(x) in r.text for x in REGIONS), r.text[:300]
-    for sql in ("SELECT query FROM system.processes", "SHOW PROCESSLIST", "SELECT * FROM system.query_log"):
-        refused(stage.post(sql), 164, 497, 60)  # 60: no such table in this engine
+    for sql in ("SELECT query FROM system.processes", "SHOW PROCESSLIST", "SELECT * FROM system.query_log",
+                "SELECT * FROM view(SELECT query FROM system.processes)",
+                "SELECT count() FROM merge('system', '^processes$')",
+                "SELECT query FROM processes"):
+        refused(stage.post(sql, params={"database": "system"}), 164, 497, 60)  # 60: no such table in this engine
 
 
 def test_a_region_analyst_using_clickhouse_connect_gets_their_region_only(stage):
@@ -267,6 +270,8 @@ def test_settings_the_endpoint_fixes_cannot_be_raised(stage):
                         ("SELECT 1", {"max_memory_usage": "0"}),
                         ("SELECT 1 SETTINGS readonly = 0", None),
                         ("SELECT 1 SETTINGS max_result_bytes = 0", None),
-                        ("SELECT 1 SETTINGS max_threads = 100000", None)):
+                        ("SELECT 1 SETTINGS max_threads = 100000", None),
+                        ("SELECT * FROM (SELECT 1 SETTINGS max_execution_time = 100000) SETTINGS max_execution_time = 1",
+                         None)):
         refused(stage.post(sql, params=params), 164)
     assert stage.post("SELECT 1 SETTINGS max_execution_time = 3, max_threads = 1").text == "1\n"
