@@ -188,10 +188,15 @@ class Engine:
         self.max_result_bytes = int(max_result_bytes)
         self.max_threads = int(max_threads or os.cpu_count() or 2)
         self.max_concurrent_per_user = int(max_concurrent_per_user)
+        # what every handle holds between requests; a request's own settings are set back to these (or to the
+        # engine's defaults) when it ends
+        self._baseline = {"readonly": "2", "max_memory_usage": str(self.max_memory_usage),
+                          "max_result_bytes": str(self.max_result_bytes), "result_overflow_mode": "'throw'",
+                          "max_threads": str(self.max_threads)}
         self._pool: queue.Queue = queue.Queue()
         for _ in range(size):
             conn = chdb.connect(self.path)
-            conn.query("SET readonly = 2", "TabSeparated")
+            conn.query("SET " + ", ".join(f"{k} = {v}" for k, v in self._baseline.items()), "TabSeparated")
             self._pool.put(conn)
         conn = self._pool.get()
         try:
@@ -214,11 +219,7 @@ class Engine:
         except queue.Empty:
             raise QueryRefused(f"the endpoint is busy: no query handle free within {wait_s:.0f} s; try again "
                                f"(TOO_MANY_SIMULTANEOUS_QUERIES)", TOO_MANY_SIMULTANEOUS_QUERIES, 429) from None
-        applied: list[str] = []
-
-        def set_(name: str, literal: str) -> None:
-            conn.query(f"SET {name} = {literal}", "TabSeparated")
-            applied.append(name)
+        assign: dict[str, str] = {}   # this request's settings (name -> ClickHouse literal), set in one statement
 
         try:
             conn.query(f"USE `{database.replace('`', '')}`", "TabSeparated")
@@ -227,19 +228,17 @@ class Engine:
             if asked is not None:
                 limit = min(limit, float(asked))
             for name, value in settings.items():
-                set_(name, _literal(value))
-            set_("max_execution_time", _literal(limit))
-            set_("max_memory_usage", str(min(self.max_memory_usage, limits.max_memory_usage or self.max_memory_usage)))
-            set_("max_result_bytes", str(self.max_result_bytes))
-            set_("result_overflow_mode", "'throw'")
-            if "max_threads" not in settings:
-                set_("max_threads", str(self.max_threads))
+                assign[name] = _literal(value)
+            assign["max_execution_time"] = _literal(limit)
+            if limits.max_memory_usage and limits.max_memory_usage < self.max_memory_usage:
+                assign["max_memory_usage"] = str(limits.max_memory_usage)
             if limits.max_result_rows:
-                set_("max_result_rows", str(limits.max_result_rows))
+                assign["max_result_rows"] = str(limits.max_result_rows)
             if limits.regions:
                 from connectors.clickhouse.access import table_filters
 
-                set_("additional_table_filters", _map_literal(table_filters(self.database, limits.regions)))
+                assign["additional_table_filters"] = _map_literal(table_filters(self.database, limits.regions))
+            conn.query("SET " + ", ".join(f"{k} = {v}" for k, v in assign.items()), "TabSeparated")
 
             def ask(q: str, p: dict) -> str:
                 return conn.query(q, "TabSeparatedRaw", params=p or {}).bytes().decode()
@@ -257,12 +256,22 @@ class Engine:
                        "elapsed_ns": str(int((time.perf_counter() - started) * 1e9))}
             return body, summary, admitted
         finally:
-            for name in applied:
-                try:
-                    conn.query(f"SET {name} = DEFAULT", "TabSeparated")
-                except Exception:  # a setting that cannot be reset leaves the handle as it is
-                    pass
+            self._reset(conn, assign)
             self._pool.put(conn)
+
+    def _reset(self, conn, assign: dict[str, str]) -> None:
+        """Set a request's settings back to the handle's baseline (or the engine's default)."""
+        back = [f"{name} = {self._baseline.get(name, 'DEFAULT')}" for name in assign]
+        if not back:
+            return
+        try:
+            conn.query("SET " + ", ".join(back), "TabSeparated")
+        except Exception:  # one of them unknown to the engine (the request failed on it too): one at a time
+            for one in back:
+                try:
+                    conn.query(f"SET {one}", "TabSeparated")
+                except Exception:
+                    pass
 
 
 def _lower_only(name: str, value: str, limit: float) -> None:

@@ -275,3 +275,19 @@ def test_settings_the_endpoint_fixes_cannot_be_raised(stage):
                          None)):
         refused(stage.post(sql, params=params), 164)
     assert stage.post("SELECT 1 SETTINGS max_execution_time = 3, max_threads = 1").text == "1\n"
+
+
+def test_a_requests_filters_and_settings_do_not_outlive_it(stage):
+    # the handles are pooled: after a region user's request (filters set) or one with its own settings, the
+    # next request on the same handle sees the endpoint's own settings, whoever sends it
+    every = f"SELECT count(DISTINCT region) FROM {stage.db}.clearances"
+    for _ in range(20):   # more requests than handles, alternated
+        assert stage.post(every, user="sh").text == "1\n"
+        assert stage.post(every, user="rcc").text == "4\n"
+        assert stage.post("SELECT getSetting('max_threads')", params={"max_threads": "1"}).text == "1\n"
+        assert stage.post("SELECT getSetting('max_threads') > 0, getSetting('max_result_rows')",
+                          user="rcc").text.split() == [
+            "1", "0"]
+    shown = stage.post("SELECT name, value FROM system.settings WHERE name = 'additional_table_filters'",
+                       user="rcc")
+    assert stage.marker("SH") not in shown.text and "region" not in shown.text, shown.text
