@@ -529,16 +529,21 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         via = via_of(part)
         wm = sub_wm.current()
         metrics.labelled(metrics.WATERMARK, "subjects").set(max(0, wm) / 1000)
-        if st["sub_last_wm"] is None or wm > st["sub_last_wm"]:
+        rose = st["sub_last_wm"] is None or wm > st["sub_last_wm"]
+        if rose:
             st["sub_last_wm"] = wm
-            while st["heap"] and st["heap"][0][0] < wm:
-                d, hs = heapq.heappop(st["heap"])
-                # a state changed in this step (this event's subject) is read from the step, not the table
-                hstate = writes[hs] if hs in writes else durable_state(hs)
-                if hstate is None or subject_rules.next_deadline(hstate) != d:
-                    continue
-                outs += srules.on_watermark(hstate, hs, wm)
-                store_subject(hs, hstate, wm, writes)
+        # a deadline learned already due (a transit entry read after the watermark passed its deadline: a late
+        # upload) fires at once, on the highest watermark the stage has reached, not when it next rises
+        judge = st["sub_last_wm"]
+        while st["heap"] and st["heap"][0][0] < judge:
+            d, hs = heapq.heappop(st["heap"])
+            # a state changed in this step (this event's subject) is read from the step, not the table
+            hstate = writes[hs] if hs in writes else durable_state(hs)
+            if hstate is None or subject_rules.next_deadline(hstate) != d:
+                continue
+            outs += srules.on_watermark(hstate, hs, judge)
+            store_subject(hs, hstate, judge, writes)
+        if rose:
             while st["ephemeral_heap"] and st["ephemeral_heap"][0][0] < wm - lateness:
                 _, es = heapq.heappop(st["ephemeral_heap"])
                 e = st["ephemeral"].get(es)
@@ -599,9 +604,10 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             sub_wm.touch(k for k in sub_wm.maxima() if isinstance(k, tuple) and k[0] in behind_parts)
             for bp in behind_parts:
                 counter.touch(bp, ((flow_table.get(str(bp)) or {}).get("sources") or {}))
-        # while it has a backlog, and for a while after the last record it re-keyed or judged: long enough for the
-        # subject stages to see silent sources go idle and judge what is due; then a quiet bus's topics stay quiet
-        if sources_behind or time.monotonic() - st["active_at"] < sub_idle_s + 5:
+        # while it has a backlog, and after the last record it re-keyed or judged until the subject stage's silent
+        # upstreams have gone idle on its clock (which these ticks move) and what is due is judged, however late the
+        # ticks come on a busy machine; then a quiet bus's topics stay quiet
+        if sources_behind or time.monotonic() - st["active_at"] < sub_idle_s + 5 or not sub_wm.settled():
             tick = json.dumps({"_kind": "tick", "busy": sources_behind}).encode()
             for p in range(app.consumer.topic_partitions(cfg.subject_topic) or cfg.partitions):
                 await subject_topic.send(value=tick, partition=p, headers=[("yrd-kind", b"tick")])

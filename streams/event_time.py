@@ -96,6 +96,15 @@ class Watermark:
         self._max.pop(partition, None)
         self._seen_at.pop(partition, None)
 
+    def settled(self) -> bool:
+        """True when silence can move the watermark no further: every partition holding it back (an active one
+        whose largest event time is below the largest of all) has gone idle on the clock. A stage's ticks go on
+        until then: they are what moves its clock while nothing else comes."""
+        if not self._max:
+            return True
+        now, top = self._clock(), max(self._max.values())
+        return not any(m < top and (now - self._seen_at[p]) * 1000 < self.idle_ms for p, m in self._max.items())
+
     def current(self) -> int:
         if not self._max:
             return -(1 << 62)

@@ -20,7 +20,8 @@ def new_state() -> dict:
 
 def is_durable(state: dict) -> bool:
     """Whether the state holds anything beyond recent crossings (worth a changelog write)."""
-    return bool(state["flags"] or state["refusals"] or state["stays"] or state["done"] or state["risk"])
+    return bool(state["flags"] or state["refusals"] or state["stays"] or state["done"] or state["risk"]
+                or state.get("resolutions"))
 
 
 def next_deadline(state: dict) -> int | None:
@@ -93,8 +94,13 @@ class SubjectRules:
         outs: list = []
         kind, status = ev["kind"], ev.get("status", "RAISED")
         if status in ("RESOLVED", "DISMISSED"):
-            state["flags"] = [f for f in state["flags"]
-                              if not (f["kind"] == kind and f["region"] == ev["region"] and f["at"] <= ev["occurred_at"])]
+            # kept, not applied to the flags known now: a flag read after its resolution (another order of
+            # arrival) must be as resolved as one read before it
+            r = {"id": ev["event_id"], "kind": kind, "region": ev["region"], "at": ev["occurred_at"]}
+            ends = state.setdefault("resolutions", [])
+            if not any(x["id"] == r["id"] for x in ends):
+                ends.append(r)
+                ends.sort(key=lambda x: (x["at"], x["id"]))
             return outs
         if kind in self.flag_kinds:
             flag = {"id": ev["event_id"], "region": ev["region"], "kind": kind, "at": ev["occurred_at"],
@@ -116,8 +122,17 @@ class SubjectRules:
         return self._risk(state, subject, "case", ev["event_id"], ev["occurred_at"], ev["region"])
 
     # ------------------------------------------------------------------ cross-region hit
+    @staticmethod
+    def active_at(state, flag, t: int) -> bool:
+        """A flag is active at event time ``t`` when it was raised at or before ``t`` and not resolved (or
+        dismissed) between its raising and ``t``, whichever of the records was read first."""
+        return flag["at"] <= t and not any(
+            r["kind"] == flag["kind"] and r["region"] == flag["region"] and flag["at"] <= r["at"] <= t
+            for r in state.get("resolutions") or ())
+
     def _cross_region(self, state, flag, c, subject) -> list:
-        if c["region"] == flag["region"] or not (0 <= c["at"] - flag["at"] <= self.active_ms):
+        if c["region"] == flag["region"] or not (0 <= c["at"] - flag["at"] <= self.active_ms) \
+                or not self.active_at(state, flag, c["at"]):
             return []
         key = f"xr|{flag['id']}|{c['region']}"
         if key in state["done"]:
@@ -271,6 +286,11 @@ class SubjectRules:
 
     # ------------------------------------------------------------------ housekeeping
     def _prune(self, state, now: int) -> None:
+        if state.get("resolutions"):
+            # a resolution matters to flags raised before it, which are kept active_days at most
+            state["resolutions"] = [r for r in state["resolutions"] if now - r["at"] <= self.active_ms]
+            if not state["resolutions"]:
+                del state["resolutions"]
         if not (state["flags"] or state["refusals"] or state["stays"] or state["done"]):
             if state["crossings"] and now - state["crossings"][0]["at"] > self.crossing_keep_ms:
                 state["crossings"] = [c for c in state["crossings"] if now - c["at"] <= self.crossing_keep_ms]

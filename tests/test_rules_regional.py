@@ -516,3 +516,24 @@ def test_an_event_changes_no_section_of_the_state_but_those_the_stage_writes_bac
             crews += 1
             assert "conveyance" not in rules.touched(ev), rec
     assert diversions and crews >= 20     # both paths were taken (incident f's diverted flight, the crew)
+
+
+def test_the_watermark_is_settled_only_once_silence_can_move_it_no_further():
+    """A stage's ticks go on until ``settled``: a slower partition still active holds it back; once that one is
+    idle on the clock the watermark is at the fastest partition's, and it is settled."""
+    clock = [0.0]
+    wm = Watermark(lateness_ms=100, idle_ms=5_000, clock=lambda: clock[0])
+    assert wm.settled()
+    wm.observe("a", 1_000)
+    wm.observe("b", 4_000)
+    assert not wm.settled() and wm.current() == 900
+    clock[0] = 4.9
+    assert not wm.settled()
+    clock[0] = 5.1
+    assert wm.settled() and wm.current() == 3_900
+    wm.observe("a", 2_000)      # speaks again: active and behind, so not settled until it goes quiet again
+    assert not wm.settled()
+    clock[0] = 10.2
+    assert wm.settled()
+    wm.expect(["c"])            # expected and not heard from: holds the stage back until idle
+    assert not wm.settled()
