@@ -192,7 +192,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     sources = [cfg.t(topics.source(r, k)) for r in ("SH", "JS", "ZJ", "AH") for k in ("clearance", "alert", "case")]
     regional_sources = [t for t in sources if not t.endswith(".clearance")]   # what the re-key step forwards there
     clearance_sources = [t for t in sources if t.endswith(".clearance")]     # what the subject stage reads itself
-    source_topic = app.topic(*regional_sources, cfg.t(topics.CONTROL), key_type=bytes, value_type=bytes)
+    control_topic = cfg.t(topics.CONTROL)
+    source_topic = app.topic(*regional_sources, control_topic, key_type=bytes, value_type=bytes)
     clearance_topic = app.topic(*clearance_sources, key_type=bytes, value_type=bytes)
     subject_topic = app.topic(cfg.subject_topic, partitions=cfg.partitions, internal=True,
                               key_type=bytes, value_type=bytes)
@@ -592,7 +593,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     @app.timer(interval=2.0)
     async def ticks():
         behind = backlogged()
-        await in_turn.reread_untouched(behind)
+        await in_turn.reread_stalled(behind + backlogged((control_topic,)))
         busy: set[str] = set()
         clearance_sources = []
         sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in sources)
@@ -628,11 +629,13 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             await regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": sorted(busy)})
                                       .encode(), headers=[("yrd-via", b"tick")])
 
-    def backlogged() -> list:
-        """The source and subject partitions of which this worker has records not yet processed."""
+    def backlogged(names=None) -> list:
+        """The partitions of ``names`` (default: the source and subject topics) of which this worker has records
+        not yet processed."""
+        names = set(names) if names is not None else {*sources, cfg.subject_topic}
         behind = []
         for tp in app.consumer.assignment():
-            if tp.topic not in sources and tp.topic != cfg.subject_topic:
+            if tp.topic not in names:
                 continue
             try:   # the end offset the consumer last heard of (no request: the tick must not queue behind fetches)
                 hw = app.consumer.highwater(tp)

@@ -106,7 +106,7 @@ class Turns:
                  read: Callable[..., list] = read_range):
         self.consumer, self.conf, self.on_skip, self.read = consumer, conf, on_skip, read
         self.done: dict = {}   # partition -> the offset last processed here
-        self._suspects: dict = {}   # partition -> (committed, position) at the last reread_untouched()
+        self._suspects: dict = {}   # partition -> ((next offset, position), calls in a row it was seen)
 
     def forget(self, tps) -> None:
         """Partitions (re)assigned: their next offset is the committed one again."""
@@ -147,38 +147,39 @@ class Turns:
         self.done[msg.tp] = msg.offset
         await handler(event)
 
-    async def reread_untouched(self, behind) -> None:
-        """The same skip as ``__call__`` catches, when nothing follows it: a partition with records to process
-        (``behind``) none of which has been processed here, though the consumer's position is past its committed
-        offset at two calls in a row (the worker's 2 s tick), had them dropped; it is sought back to its
-        committed offset and read again. (The regional partition needs no such check: a tick follows every
-        2 s.) The positions are asked of the consumer's thread only for these partitions, which are none once
-        a worker has caught up."""
+    async def reread_stalled(self, behind, ticks: int = 3) -> None:
+        """The same skip as ``__call__`` catches, when nothing follows it: the last records of a partition dropped
+        (the end of the input, a partition that falls quiet). A partition with records to process (``behind``)
+        whose consumer position is past the next offset to process here, with neither moving over ``ticks``
+        calls in a row (the worker's 2 s tick), had them dropped: it is sought back to that offset and read
+        again. Records that were only slow to come (an agent's queue held up) are then delivered twice, and
+        the second delivery is not processed (``__call__``). The positions are asked of the consumer's thread
+        only for these partitions, which are none once a worker has caught up."""
         consumer = self.consumer()
         suspects = {}
         for tp in behind:
-            if tp in self.done:
-                continue
-            committed = consumer._committed_offset.get(tp)
-            if committed is None:
+            nxt = self.next_offset(tp)
+            if nxt is None:
                 continue
             try:
                 position = await consumer.position(tp)
             except Exception:  # revoked meanwhile
                 continue
-            if position is not None and position > committed:
-                suspects[tp] = (committed, position)
-        again = {tp: cp for tp, cp in suspects.items() if self._suspects.get(tp) == cp}
+            if position is not None and position > nxt:
+                seen, count = self._suspects.get(tp, (None, 0))
+                suspects[tp] = ((nxt, position), count + 1 if seen == (nxt, position) else 1)
         self._suspects = suspects
+        again = {tp: cp for tp, (cp, count) in suspects.items() if count >= ticks}
         if again:
-            for tp, (c, pos) in again.items():
-                log.warning("%s[%d]: read to %d but nothing processed from its committed offset %d: reading it "
-                            "again from there", tp.topic, tp.partition, pos, c)
-                self.on_skip(tp.topic, pos - c)
-            await consumer.seek_wait({tp: c for tp, (c, _) in again.items()})
-            for tp, (c, _) in again.items():
+            for tp, (nxt, pos) in again.items():
+                log.warning("%s[%d]: read to %d but nothing processed from %d on: reading it again from there",
+                            tp.topic, tp.partition, pos, nxt)
+                self.on_skip(tp.topic, pos - nxt)
+                del self._suspects[tp]
+            await consumer.seek_wait({tp: nxt for tp, (nxt, _) in again.items()})
+            for tp, (nxt, _) in again.items():
                 # Faust drops a record below its read offset as one already delivered: read from here again
-                consumer._read_offset[tp] = c
+                consumer._read_offset[tp] = nxt
 
 
 def commit_past_known_gaps() -> None:

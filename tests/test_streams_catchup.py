@@ -167,3 +167,66 @@ def test_a_known_gap_over_offsets_already_acknowledged_lets_the_commit_go_to_its
     c._committed_offset[TP1] = 99
     acked_by_faust(c, 100, 101, 101, 102)
     assert c._new_offset(TP1) == 103
+
+
+class StalledConsumer:
+    """The parts of Faust's consumer ``reread_stalled`` uses: committed offsets, positions, a seek."""
+
+    def __init__(self, committed: dict, positions: dict):
+        self._committed_offset, self.positions, self._read_offset, self.seeks = committed, positions, {}, []
+
+    async def position(self, tp):
+        return self.positions[tp]
+
+    async def seek_wait(self, offsets: dict) -> None:
+        self.seeks.append(dict(offsets))
+        self.positions.update(offsets)
+
+
+def test_the_dropped_last_records_of_a_partition_are_read_again_once_nothing_moves_for_three_ticks():
+    """The skip ``__call__`` catches needs a record after it; the last records of a partition dropped (the end
+    of the input) have none. A partition whose position is past the next offset to process, with neither
+    moving for three ticks, is sought back to that offset; one that moves is left alone."""
+    tp2 = TP(TOPIC, 2)
+    consumer = StalledConsumer({TP1: 3, tp2: 0}, {TP1: 9, tp2: 12})
+    skipped = []
+    turns = catchup.Turns(lambda: consumer, {}, on_skip=lambda topic, n: skipped.append((topic, n)))
+    seen = []
+
+    async def handle(e):
+        seen.append(e.message.offset)
+
+    async def scenario():
+        await turns(event(3), handle)
+        await turns(event(4), handle)            # TP1: processed to 4, read to 9: 5..8 dropped
+        for o in range(0, 4):
+            await turns(event(o, tp2), handle)
+        await turns.reread_stalled([TP1, tp2])
+        await turns(event(4, tp2), handle)       # tp2 moves on: not stalled
+        await turns.reread_stalled([TP1, tp2])
+        assert consumer.seeks == []
+        await turns(event(5, tp2), handle)
+        await turns.reread_stalled([TP1, tp2])
+        assert consumer.seeks == [{TP1: 5}] and consumer._read_offset == {TP1: 5}
+        assert skipped == [(TOPIC, 4)]
+        # read again: delivered in order from 5, processed once each
+        for o in range(5, 9):
+            await turns(event(o), handle)
+        for _ in range(3):
+            await turns.reread_stalled([TP1])
+        assert consumer.seeks == [{TP1: 5}]      # nothing to read any more: position 9 is the next offset
+
+    run(scenario())
+    assert seen[:2] == [3, 4] and seen[-4:] == [5, 6, 7, 8]
+
+
+def test_a_partition_nothing_was_processed_of_is_read_again_from_its_committed_offset():
+    consumer = StalledConsumer({TP1: 7}, {TP1: 20})
+    turns = catchup.Turns(lambda: consumer, {})
+
+    async def scenario():
+        for _ in range(3):
+            await turns.reread_stalled([TP1])
+
+    run(scenario())
+    assert consumer.seeks == [{TP1: 7}] and consumer._read_offset == {TP1: 7}
