@@ -120,6 +120,25 @@ def group_offsets(bootstrap: str, group: str, names: list[str]) -> tuple[int, in
         c.close()
 
 
+def short_partitions(bootstrap: str, group: str, names: list[str]) -> list[str]:
+    """The partitions of these topics whose committed offset is short of their end, as topic[p] committed/end
+    (what a failure must name: which partition stalled, and whose it was)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        md = c.list_topics(timeout=10).topics
+        tps = [TopicPartition(t, p) for t in names if t in md for p in md[t].partitions]
+        out = []
+        for tp in c.committed(tps, timeout=10):
+            end = c.get_watermark_offsets(tp, timeout=10)[1]
+            if max(0, tp.offset) < end:
+                out.append(f"{tp.topic}[{tp.partition}] {tp.offset}/{end}")
+        return out
+    except KafkaException as exc:
+        return [f"(not known: {exc})"]
+    finally:
+        c.close()
+
+
 def wait_until(predicate, timeout: float, what: str, workers: list[Worker]):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,7 +185,14 @@ def settled(bootstrap: str, prefix: str, quiet: float = 15.0):
     def detail() -> str:
         out = [f"{what} committed/end {group_offsets(bootstrap, prefix + 'streams', names)}"
                for what, names in stage_inputs(prefix).items()]
-        return "; ".join(out) + f"; derived alerts {last['count']}, unchanged for {time.monotonic() - last['since']:.0f} s"
+        short = [p for names in stage_inputs(prefix).values()
+                 for p in short_partitions(bootstrap, prefix + "streams", names)]
+        try:
+            held = [sorted(f"{t.rsplit('.', 1)[-1]}[{p}]" for t, p in m) for m in members(bootstrap, prefix + "streams")]
+        except Exception as exc:  # noqa: BLE001 (a detail of a failure message)
+            held = [f"(not known: {exc})"]
+        return ("; ".join(out) + f"; derived alerts {last['count']}, unchanged for "
+                f"{time.monotonic() - last['since']:.0f} s; short: {', '.join(short) or 'none'}; members hold {held}")
     check.detail = detail
     return check
 
