@@ -188,7 +188,7 @@ def settled(bootstrap: str, prefix: str, quiet: float = 15.0):
         short = [p for names in stage_inputs(prefix).values()
                  for p in short_partitions(bootstrap, prefix + "streams", names)]
         try:
-            held = [sorted(f"{t.rsplit('.', 1)[-1]}[{p}]" for t, p in m) for m in members(bootstrap, prefix + "streams")]
+            held = [sorted(f"{t.split('.', 1)[-1]}[{p}]" for t, p in m) for m in members(bootstrap, prefix + "streams")]
         except Exception as exc:  # noqa: BLE001 (a detail of a failure message)
             held = [f"(not known: {exc})"]
         return ("; ".join(out) + f"; derived alerts {last['count']}, unchanged for "
