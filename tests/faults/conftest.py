@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -97,3 +98,18 @@ def alive(*procs: faults.Proc):
             if p.proc is not None and not p.alive:
                 pytest.fail(f"{p.name} exited with {p.proc.returncode}:\n{p.tail(40)}")
     return check
+
+
+def finish(bus: faults.Bus, wl: faults.Workload, scale: faults.Scale, stations: faults.Stations, fault: str,
+           started: float, record, *procs: faults.Proc, notes: str = "") -> faults.FaultResult:
+    """Every event confirmed by the broker, the bus caught up, the store read back and the result recorded."""
+    stats = stations.join()
+    published = time.monotonic()
+    assert stats["failed"] == 0 and stats["unconfirmed"] == 0, stats
+    progress = bus.wait_complete(wl, scale.timeout_s, check=alive(*(procs or (bus.worker, bus.sink))))
+    result = record(bus.verify(wl, fault, started=started, notes=notes))
+    result.details.update(progress=progress, stations=stats,
+                          timing={"published_s": round(published - started, 1),
+                                  "complete_s": round(time.monotonic() - started, 1)})
+    assert result.ok, result.describe() + "\n--- worker:\n" + bus.worker.tail() + "\n--- sink:\n" + bus.sink.tail()
+    return result
