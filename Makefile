@@ -42,7 +42,7 @@ run: deps jars
 
 # The tests wait on brokers, workers and timeouts far more than they compute: TEST_WORKERS pytest-xdist
 # processes (each with its own broker and engine) share them out a file at a time. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: deps jars os-test-deps
 	$(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
