@@ -171,10 +171,16 @@ class SubjectRules:
     def _port_shopping(self, state, ref, c, subject) -> list:
         if c["region"] == ref["region"] or c["direction"] != "ENTRY" or not (0 <= c["at"] - ref["at"] <= self.shop_ms):
             return []
-        key = f"ps|{ref['id']}|{c['region']}"
-        if key in state["done"]:
+        # One alert per refusal episode and region of entry, whichever of the episode's refusals is read first: a
+        # station's REFUSED clearance and its officer's REFUSAL alert a minute later are one refusal, read in
+        # either order (two source topics). Refusals in a region within the window of the one alerted on are the
+        # same episode; the alert's id names the region refused in, not which refusal came first, so every
+        # order of reading gives the same alert.
+        key = f"ps|{ref['region']}|{c['region']}"
+        alerted = state["done"].get(key)
+        if alerted is not None and abs(ref["at"] - alerted) <= self.shop_ms:
             return []
-        state["done"][key] = c["at"]
+        state["done"][key] = ref["at"]
         hours = (c["at"] - ref["at"]) / 3_600_000
         a = derived.make(
             self.rs, "port_shopping", "PORT_SHOPPING", "HIGH", [c["region"]], [ref["region"]],
@@ -182,7 +188,7 @@ class SubjectRules:
             f"refused in {ref['region']}, entry attempt at {c['port']} in {c['region']} {hours:.1f} h later",
             subject=subject, port_code=c["port"], station_id=c["station"], conveyance_id=c["conveyance"],
             details={"refused_in": ref["region"], "refusal_event": ref["id"], "hours_after_refusal": f"{hours:.2f}"},
-            key=c["region"], published_at=c["pub"])
+            key=c["region"], published_at=c["pub"], id_evidence=[f"refused-in|{ref['region']}", c["id"]])
         return [("derived_alert", a)] + self._risk(state, subject, "port_shopping", a["alert_id"], c["at"], c["region"])
 
     # ------------------------------------------------------------------ transit (144 h)

@@ -5,6 +5,7 @@ No Kafka, no asyncio: plain events in, decisions out.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 
@@ -107,6 +108,34 @@ def test_refusal_then_attempt_in_another_region_within_48_hours_is_port_shopping
     s.clearance("PVG", T0 + 47 * HOUR, t)
     alerts, _, _ = run(rules, s.events)
     assert [(a["kind"], a["must_act"], a["inform"]) for a in alerts] == [("PORT_SHOPPING", ["SH"], ["ZJ"])]
+
+
+def test_port_shopping_is_one_alert_with_one_id_whatever_order_its_events_are_read_in(rules):
+    """The station's REFUSED clearance and its officer's REFUSAL alert come on two topics and are read in either
+    order, before or after the entry elsewhere: every order gives the same single alert."""
+    s = Script()
+    t = token("x")
+    s.clearance("HGH", T0, t, decision="REFUSED")
+    s.alert("HGH", T0 + 60_000, "REFUSAL", "MEDIUM", subject=t, source="OFFICER")
+    s.clearance("PVG", T0 + 18 * HOUR, t)
+    ids = set()
+    for order in itertools.permutations(s.events):
+        alerts = [a for a in run(rules, list(order))[0] if a["kind"] == "PORT_SHOPPING"]
+        assert len(alerts) == 1, [e[3]["event_id"] for e in order]
+        ids.add(alerts[0]["alert_id"])
+    assert len(ids) == 1
+
+
+def test_a_refusal_beyond_the_window_of_the_one_alerted_on_is_a_new_episode(rules):
+    s = Script()
+    t = token("x")
+    s.clearance("HGH", T0, t, decision="REFUSED")
+    s.clearance("PVG", T0 + 5 * HOUR, t)
+    s.clearance("PVG", T0 + 6 * HOUR, t)                 # the same episode: no second alert
+    s.clearance("HGH", T0 + 60 * HOUR, t, decision="REFUSED")
+    s.clearance("PVG", T0 + 61 * HOUR, t)
+    alerts = run(rules, s.events)[0]
+    assert [a["occurred_at"] for a in alerts if a["kind"] == "PORT_SHOPPING"] == [T0 + 5 * HOUR, T0 + 61 * HOUR]
 
 
 @pytest.mark.parametrize("after, expected", [(48 * HOUR, 1), (48 * HOUR + 1, 0)])
