@@ -43,6 +43,7 @@ from schemas.errors import EventError
 from schemas.eventtime import EventTimeBounds
 from streams import catchup, derived, metrics, ruleset, subject as subject_rules
 from streams.event_time import RecordClock, Watermark
+from streams.deadlines import Deadlines
 from streams.decoding import PlainDecoder
 from streams.events import for_avro
 from streams.flow import FlowCounter
@@ -251,7 +252,8 @@ def build_app(cfg: StreamsConfig) -> faust.App:
     catchup.commit_past_known_gaps()
     in_turn = catchup.Turns(lambda: app.consumer, kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap}),
                             on_skip=lambda topic, n: metrics.labelled(metrics.UNDELIVERED, topic).inc(n))
-    st = {"rescan": True, "heap": [], "ephemeral": {}, "ephemeral_heap": [], "sub_last_wm": None,
+    deadlines = Deadlines()   # the subject stage's pending transit deadlines, fired on its watermark
+    st = {"rescan": True, "ephemeral": {}, "ephemeral_heap": [],
           "reg_last_wm": None, "flow_dirty": {}, "regional": None, "has_regional": False,
           "reg_expect": None, "reg_wm_dirty": False,
           "sub_expect": None, "active_at": 0.0, "sub_parts": [], "flow_wm": {},
@@ -389,12 +391,9 @@ def build_app(cfg: StreamsConfig) -> faust.App:
 
     # ------------------------------------------------------------------ subject stage
     def rescan() -> None:
-        st["heap"] = []
-        for s, raw in subjects_table.items():
-            d = subject_rules.next_deadline(json.loads(raw)) if raw else None
-            if d is not None:
-                st["heap"].append((d, s))
-        heapq.heapify(st["heap"])
+        pending = ((subject_rules.next_deadline(json.loads(raw)) if raw else None, s)
+                   for s, raw in subjects_table.items())
+        deadlines.reset((d, s) for d, s in pending if d is not None)
         st["rescan"] = False
 
     def durable_state(s: str) -> dict | None:
@@ -415,7 +414,7 @@ def build_app(cfg: StreamsConfig) -> faust.App:
             st["ephemeral"].pop(s, None)
             d = subject_rules.next_deadline(state)
             if d is not None:
-                heapq.heappush(st["heap"], (d, s))
+                deadlines.add(d, s)
         else:
             if s in subjects_table or s in writes:
                 writes[s] = None
@@ -530,20 +529,19 @@ def build_app(cfg: StreamsConfig) -> faust.App:
         via = via_of(part)
         wm = sub_wm.current()
         metrics.labelled(metrics.WATERMARK, "subjects").set(max(0, wm) / 1000)
-        rose = st["sub_last_wm"] is None or wm > st["sub_last_wm"]
-        if rose:
-            st["sub_last_wm"] = wm
-        # a deadline learned already due (a transit entry read after the watermark passed its deadline: a late
-        # upload) fires at once, on the highest watermark the stage has reached, not when it next rises
-        judge = st["sub_last_wm"]
-        while st["heap"] and st["heap"][0][0] < judge:
-            d, hs = heapq.heappop(st["heap"])
+        rose = deadlines.watermark(wm)
+
+        def current(hs: str) -> int | None:
             # a state changed in this step (this event's subject) is read from the step, not the table
             hstate = writes[hs] if hs in writes else durable_state(hs)
-            if hstate is None or subject_rules.next_deadline(hstate) != d:
-                continue
-            outs += srules.on_watermark(hstate, hs, judge)
-            store_subject(hs, hstate, judge, writes)
+            return subject_rules.next_deadline(hstate) if hstate is not None else None
+
+        # a deadline learned already due (a transit entry read after the watermark passed its deadline: a late
+        # upload) fires at once, on the highest watermark the stage has reached, not when it next rises
+        for _, hs in deadlines.due(current):
+            hstate = writes[hs] if hs in writes else durable_state(hs)
+            outs += srules.on_watermark(hstate, hs, deadlines.judge)
+            store_subject(hs, hstate, deadlines.judge, writes)
         if rose:
             while st["ephemeral_heap"] and st["ephemeral_heap"][0][0] < wm - lateness:
                 _, es = heapq.heappop(st["ephemeral_heap"])
