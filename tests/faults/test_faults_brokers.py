@@ -1,13 +1,6 @@
 """Faults of the brokers: the single broker stopped and restarted, a broker of three SIGKILLed.
 
-Faults survived with nothing lost and nothing doubled, on the real broker and the real engine.
-
-Each test publishes the same known events (``yrdbus.faults.workload``: the scripted incidents a-j inside
-84 hours of background traffic) through the station publisher while ``yrdbus worker`` and ``yrdbus sink``
-run as processes on a private copy of the bus, injects one fault while the stations publish, and then
-reads ClickHouse back: every published event id stored exactly once and no other row, and the derived
-alerts exactly the ground truth's (``streams.evaluate``: every expected alert found under one id, no
-other alert). ``YRDBUS_FAULTS=full`` (``make faults``) runs them with more events and longer outages.
+What every fault test does, and how the result is checked: tests/faults/conftest.py.
 """
 from __future__ import annotations
 
