@@ -160,7 +160,17 @@ class Turns:
         for tp in behind:
             nxt = self.next_offset(tp)
             if nxt is None:
-                continue
+                # nothing committed and nothing processed here: the next offset is the partition's first (the
+                # worker reads from the earliest). Faust's seek after a recovery leaves such partitions where they
+                # are (aiokafka seeks to committed offsets above 0 only), so records fetched before the queues
+                # were emptied are dropped there with nothing to bring them back (seen in the scale-out test:
+                # sparse alert and case partitions never committed after a worker joined)
+                try:
+                    nxt = (await consumer.earliest_offsets(tp)).get(tp)
+                except Exception:  # revoked meanwhile
+                    continue
+                if nxt is None:
+                    continue
             try:
                 position = await consumer.position(tp)
             except Exception:  # revoked meanwhile

@@ -172,8 +172,12 @@ def test_a_known_gap_over_offsets_already_acknowledged_lets_the_commit_go_to_its
 class StalledConsumer:
     """The parts of Faust's consumer ``reread_stalled`` uses: committed offsets, positions, a seek."""
 
-    def __init__(self, committed: dict, positions: dict):
+    def __init__(self, committed: dict, positions: dict, earliest: dict | None = None):
         self._committed_offset, self.positions, self._read_offset, self.seeks = committed, positions, {}, []
+        self.earliest = earliest or {}
+
+    async def earliest_offsets(self, *tps):
+        return {tp: self.earliest.get(tp, 0) for tp in tps}
 
     async def position(self, tp):
         return self.positions[tp]
@@ -230,3 +234,27 @@ def test_a_partition_nothing_was_processed_of_is_read_again_from_its_committed_o
 
     run(scenario())
     assert consumer.seeks == [{TP1: 7}] and consumer._read_offset == {TP1: 7}
+
+
+def test_a_partition_with_nothing_committed_whose_records_were_dropped_is_read_again_from_its_first_offset():
+    """Faust seeks a recovered worker's partitions to their committed offsets and leaves those with nothing
+    committed where they are: records fetched there before the queues were emptied are dropped, the position past
+    them. With nothing committed and nothing processed, the next offset is the partition's first."""
+    consumer = StalledConsumer({}, {TP1: 5}, earliest={TP1: 2})
+    turns = catchup.Turns(lambda: consumer, {})
+    seen = []
+
+    async def handle(e):
+        seen.append(e.message.offset)
+
+    async def scenario():
+        for _ in range(3):
+            await turns.reread_stalled([TP1])
+        assert consumer.seeks == [{TP1: 2}] and consumer._read_offset == {TP1: 2}
+        for o in range(2, 5):
+            await turns(event(o), handle)
+        for _ in range(3):
+            await turns.reread_stalled([TP1])
+
+    run(scenario())
+    assert consumer.seeks == [{TP1: 2}] and seen == [2, 3, 4]
