@@ -785,17 +785,20 @@ def _store_outage_handlers(url: str, database: str = "yrdbus") -> None:
     def run() -> None:
         import chdb
 
-        conn = None
         while True:
             order = orders.get()
-            if conn is None:
-                conn = chdb.connect(path)
+            # a handle of its own for each order, closed after it: none is left open beside the sink's when the
+            # process exits (a second open handle at exit is one more thing the engine's shutdown waits on)
+            conn = chdb.connect(path)
             names = SINK_TABLES if order == "detach" else tuple(reversed(SINK_TABLES))
-            for t in names:
-                try:
-                    conn.query(f"{order.upper()} TABLE {database}.{t}", "TabSeparated")
-                except Exception as exc:
-                    print(f"faults: {order} {database}.{t}: {str(exc).splitlines()[0]}", flush=True)
+            try:
+                for t in names:
+                    try:
+                        conn.query(f"{order.upper()} TABLE {database}.{t}", "TabSeparated")
+                    except Exception as exc:
+                        print(f"faults: {order} {database}.{t}: {str(exc).splitlines()[0]}", flush=True)
+            finally:
+                conn.close()
             marker.write_text(order + "\n")
             print(f"faults: store {'away' if order == 'detach' else 'back'} ({order} {len(names)} tables)",
                   flush=True)
