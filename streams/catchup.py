@@ -106,7 +106,7 @@ class Turns:
                  read: Callable[..., list] = read_range):
         self.consumer, self.conf, self.on_skip, self.read = consumer, conf, on_skip, read
         self.done: dict = {}   # partition -> the offset last processed here
-        self._suspects: dict = {}   # partition -> ((next offset, position), calls in a row it was seen)
+        self._suspects: dict = {}   # partition -> (next offset to process, calls in a row it was the same)
 
     def forget(self, tps) -> None:
         """Partitions (re)assigned: their next offset is the committed one again."""
@@ -150,15 +150,26 @@ class Turns:
     async def reread_stalled(self, behind, ticks: int = 3) -> None:
         """The same skip as ``__call__`` catches, when nothing follows it: the last records of a partition dropped
         (the end of the input, a partition that falls quiet). A partition with records to process (``behind``)
-        whose consumer position is past the next offset to process here, with neither moving over ``ticks``
-        calls in a row (the worker's 2 s tick), had them dropped: it is sought back to that offset and read
+        whose next offset to process here has not moved over ``ticks`` calls in a row (the worker's 2 s tick)
+        while its consumer position is past it had them dropped: it is sought back to that offset and read
         again. Records that were only slow to come (an agent's queue held up) are then delivered twice, and
         the second delivery is not processed (``__call__``). The positions are asked of the consumer's thread
-        only for these partitions, which are none once a worker has caught up."""
+        only for partitions that have not moved, which are none while a worker makes progress."""
         consumer = self.consumer()
-        suspects = {}
+        # a partition is looked at only once its next offset has not moved for ``ticks`` calls: a worker catching up
+        # on a backlog moves on every partition, and asks the consumer's thread (or the broker) nothing
+        seen, stalled = {}, []
         for tp in behind:
-            nxt = self.next_offset(tp)
+            key = self.next_offset(tp)
+            last, count = self._suspects.get(tp, (None, 0))
+            count = count + 1 if last == key else 1
+            seen[tp] = (key, count)
+            if count >= ticks:
+                stalled.append(tp)
+        self._suspects = seen
+        again = {}
+        for tp in stalled:
+            nxt = seen[tp][0]
             if nxt is None:
                 # nothing committed and nothing processed here: the next offset is the partition's first (the
                 # worker reads from the earliest). Faust's seek after a recovery leaves such partitions where they
@@ -176,16 +187,13 @@ class Turns:
             except Exception:  # revoked meanwhile
                 continue
             if position is not None and position > nxt:
-                seen, count = self._suspects.get(tp, (None, 0))
-                suspects[tp] = ((nxt, position), count + 1 if seen == (nxt, position) else 1)
-        self._suspects = suspects
-        again = {tp: cp for tp, (cp, count) in suspects.items() if count >= ticks}
+                again[tp] = (nxt, position)
         if again:
             for tp, (nxt, pos) in again.items():
                 log.warning("%s[%d]: read to %d but nothing processed from %d on: reading it again from there",
                             tp.topic, tp.partition, pos, nxt)
                 self.on_skip(tp.topic, pos - nxt)
-                del self._suspects[tp]
+                self._suspects.pop(tp, None)
             await consumer.seek_wait({tp: nxt for tp, (nxt, _) in again.items()})
             for tp, (nxt, _) in again.items():
                 # Faust drops a record below its read offset as one already delivered: read from here again
