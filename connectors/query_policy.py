@@ -434,7 +434,7 @@ class Policy:
         """System tables named anywhere in the statement (also where the query tree does not look)."""
         for n in ast.walk():
             if n.kind == "TableIdentifier":
-                name = n.text.split()[1]
+                name = _table_name(n)
                 full = name if "." in name else f"{database}.{name}"
                 if full.partition(".")[0].strip("`") == "system":
                     self._check_table(full, None)
@@ -443,7 +443,7 @@ class Policy:
         """Tables a non-SELECT statement names (DESCRIBE, SHOW COLUMNS ...), resolved against ``database``."""
         for n in ast.walk():
             if n.kind == "TableIdentifier":
-                name = n.text.split()[1]
+                name = _table_name(n)
                 self._check_table(name if "." in name else f"{database}.{name}", regions)
 
     def _check_table(self, full: str, regions) -> None:
@@ -466,6 +466,15 @@ _WRITE = re.compile(r"^(?:\s|--[^\n]*\n|/\*.*?\*/|\()*(?:INSERT|ALTER|DELETE|UPD
                     r"OPTIMIZE|ATTACH|DETACH|GRANT|REVOKE|KILL|SYSTEM|BACKUP|RESTORE|EXCHANGE|UNDROP|MOVE)\b",
                     re.IGNORECASE | re.DOTALL)
 _IN_SCOPE = re.compile(r"\s*:?\s*In scope SELECT formatQuery\(.*?\)\.(?=\s*\(|\s*$)", re.DOTALL)
+
+
+def _table_name(node: Node) -> str:
+    """The table an ``EXPLAIN AST`` TableIdentifier node names; a name that is empty or blank (``DESCRIBE ' '``)
+    is refused as ClickHouse refuses an unknown table, not taken for a missing field."""
+    parts = node.text.split()
+    if len(parts) < 2:
+        raise QueryRefused("a table name that is empty or blank names no table", 60, 404)
+    return parts[1]
 
 
 def _statement_words(canonical: str) -> str:

@@ -213,6 +213,14 @@ def test_a_typo_is_a_syntax_error_as_clickhouse_reports_it(stage):
     assert r.status_code == 400 and "Syntax error" in r.text and "formatQuery" not in r.text
 
 
+@pytest.mark.parametrize("sql", ["DESCRIBE ' '", "DESCRIBE TABLE ' '", "SELECT * FROM ' '"])
+def test_a_blank_table_name_is_an_unknown_table_not_a_server_error(stage, sql):
+    """Found by the endpoint's fuzz test: ``DESCRIBE ' '`` made the policy fail with a 500."""
+    r = stage.post(sql)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert "Code:" in r.text
+
+
 def test_an_insert_is_told_that_writes_are_not_allowed(stage):
     r = stage.post(f"INSERT INTO {stage.db}.canary (n) VALUES (1)")
     refused(r, 164)
