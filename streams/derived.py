@@ -8,6 +8,8 @@ from schemas.reference import REGIONS
 #: namespace of derived alert ids (uuid5 of rule id and sorted evidence)
 ALERT_NAMESPACE = uuid.UUID("6f1d3c52-2d8e-5b7a-9c43-1b2f7e0a9d11")
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+#: a derived alert's status: raised, or withdrawn by a later version of it (same id) that events read later disprove
+RAISED, WITHDRAWN = "RAISED", "WITHDRAWN"
 
 
 def alert_id(rule_id: str, evidence: list[str], key: str = "") -> str:
@@ -57,7 +59,20 @@ def make(rs, rule_id: str, kind: str, severity: str, must_act, inform, evidence:
         "emitted_at": None,
         "summary": summary,
         "details": det,
+        "status": RAISED,
+        "status_reason": None,
     }
+
+
+def withdrawn(alert: dict, reason: str) -> dict:
+    """The version of a raised ``alert`` that withdraws it: the same id, evidence and routing, status WITHDRAWN and
+    the reason (which events disprove it). Sent like any alert, it replaces the raised version downstream."""
+    return {**alert, "status": WITHDRAWN, "status_reason": reason, "emitted_at": None}
+
+
+def is_live(alert: dict) -> bool:
+    """Raised and not withdrawn (a record of an older schema version has no status: raised)."""
+    return (alert.get("status") or RAISED) != WITHDRAWN
 
 
 def recipients(alert: dict) -> list[str]:
