@@ -15,7 +15,7 @@ EMIT_LAG = Histogram("yrdbus_streams_emit_lag_seconds",
                      "Wall-clock emission time minus the event time of the evidence that completed the output.",
                      ["kind"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400, float("inf")))
 UNDELIVERED = Counter("yrdbus_streams_undelivered_records_total",
-                      "Records the consumer skipped after a rebalance, read again by the worker (streams.catchup).",
+                      "Records the consumer skipped after a rebalance, read again by the worker (streams.faust_workarounds).",
                       ["topic"])
 TICKS = Counter("yrdbus_streams_ticks_total", "Tick records a stage read (its clock and its upstreams' idleness, "
                 "not events): with events_in, every record of the stage's topic.", ["stage"])

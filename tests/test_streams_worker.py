@@ -266,11 +266,11 @@ def test_worker_killed_mid_stream_recovers_its_state_and_loses_or_doubles_no_ale
 
 
 def test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_headers(kafka):
-    """streams.catchup: what the stages read when Faust delivers a partition's records from past a run."""
+    """streams.faust_workarounds: what the stages read when Faust delivers a partition's records from past a run."""
     from faust.types import TP
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from streams import catchup
+    from streams import faust_workarounds as catchup
 
     topic = f"c{uuid.uuid4().hex[:6]}.streams.subjects"
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})

@@ -1,4 +1,4 @@
-"""streams.catchup.Turns against Faust's own consumer: records skipped after a rebalance are processed in their
+"""streams.faust_workarounds.Turns against Faust's own consumer: records skipped after a rebalance are processed in their
 turn, counted as done by Faust's commit logic, and a record delivered twice is not processed twice.
 
 The consumer is Faust's real (aiokafka) consumer object, not started: its commit bookkeeping (`_acked`,
@@ -13,7 +13,7 @@ import faust
 import pytest
 from faust.types import TP
 
-from streams import catchup
+from streams import faust_workarounds as catchup
 
 TOPIC = "t.streams.subjects"
 TP1 = TP(TOPIC, 1)

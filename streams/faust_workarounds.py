@@ -1,4 +1,19 @@
-"""Records the stream worker's consumer skipped, read again so that they are processed in their turn.
+"""Every workaround of Faust's internals (faust-streaming 0.15.3, pinned in pyproject.toml) in one place.
+
+Each names what it works around and has a test that fails if the pinned version changes the behaviour it
+relies on (tests/test_faust_workarounds.py):
+
+- ``Turns``: records Faust skipped after a rebalance are read again and processed in their turn (below);
+  ``Turns.reread_stalled``: the same when nothing follows the skipped run. (Upstream: records skipped or
+  reordered around a rebalance's seek and queue emptying, faust-streaming/faust#216 and #221; their fixes
+  are in 0.15.3, and the skip is still seen with tables, below.)
+- ``commit_past_known_gaps``: ``Consumer._new_offset`` stops committing after a repeated offset
+  (robinhood/faust#625).
+- ``SubjectTable``: ``Table.use_partitioner`` asks the producer's metadata synchronously and fails while a
+  new changelog topic's metadata is not cached (no upstream issue found; the partition is a pure function
+  of the key, so the table computes it).
+
+Records the stream worker's consumer skipped, read again so that they are processed in their turn.
 
 Faust (0.15.3) can deliver a partition's records from past a run of them just after a rebalance. A worker
 that recovers its tables resumes the flow to read the changelogs; then it resumes the stages' partitions and
@@ -29,6 +44,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+import faust
+from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 
@@ -233,3 +250,21 @@ def commit_past_known_gaps() -> None:
     _new_offset._yrdbus = True
     _new_offset.__wrapped__ = original
     FaustConsumer._new_offset = _new_offset
+
+
+def subject_partition(key: bytes, partitions: int) -> int:
+    """The partition of a subject's key among ``partitions``: Kafka's murmur2 partitioner, as the stations' producer
+    (librdkafka's ``murmur2_random``) and the Java client place a keyed record."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class SubjectTable(faust.Table):
+    """A table whose changelog partition is the key's partition in the subject topic (Kafka's murmur2
+    partitioner, as the producer chose it), not the partition of the event being processed.
+
+    Faust's own ``use_partitioner`` asks the producer's metadata synchronously and fails while a new
+    changelog topic's metadata is not yet cached; the partition is a pure function of the key anyway.
+    """
+
+    def partition_for_key(self, key):
+        return subject_partition(key.encode() if isinstance(key, str) else key, self.partitions)

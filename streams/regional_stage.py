@@ -1,0 +1,137 @@
+"""The regional stage: the cross-subject detectors on one partition fed by every region.
+
+Kept apart from Kafka and Faust, as the subject stage is: a step takes one record of streams.regional (its
+bytes, headers and record timestamp) and returns the outputs to send and the table keys to write after them.
+
+Its upstreams are two forwarders (the re-key step: alerts and cases of every source partition; the subject
+stage: flow partials and some clearances of every subject partition), each reading at its own pace. Its
+watermark is the slowest upstream's largest event time minus ``global_lateness_minutes``; an upstream silent
+for ``global_idle_seconds`` on the clock of the stage's own topic (its records' timestamps, a tick every 2 s)
+stops holding it back, and a tick names the upstreams that still have records to read (not idle).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import MutableMapping
+
+from schemas.errors import EventError
+from streams import metrics
+from streams.event_time import RecordClock, Watermark
+from streams.regional import SECTIONS, RegionalRules
+from streams.subject_stage import Step, restorable, upstream_key
+
+log = logging.getLogger("yrdbus.streams")
+
+# the regional table's key of its upstreams' largest event times (the watermark's state)
+WATERMARK_KEY = "watermark"
+
+
+def source_of(headers: dict, source: str) -> str:
+    """The source partition a forwarded record came from, from the re-key step's headers."""
+    return upstream_key(source, headers.get("yrd-source-partition", ""))
+
+
+def origin_of(headers: dict) -> tuple[int, int] | None:
+    """The source partition and offset of a record the re-key step forwarded (None: not forwarded, or by an
+    older worker). A dead letter names them, so the worker's and the sink's dead letters of one source record
+    name the same origin (``dead_letters`` keeps one row per origin)."""
+    try:
+        return int(headers["yrd-source-partition"]), int(headers["yrd-source-offset"])
+    except (KeyError, ValueError):
+        return None
+
+
+class RegionalStage:
+    """The regional stage's state (``table``: one key per detector section, one per vessel, and the watermark's)
+    and its watermark."""
+
+    def __init__(self, rs, decoder, bounds, table: MutableMapping):
+        self.rules = RegionalRules(rs)
+        self.decoder, self.bounds, self.table = decoder, bounds, table
+        self.clock = RecordClock()
+        self.wm = Watermark(rs.minutes_ms("event_time", "global_lateness_minutes"),
+                            int(float(rs["event_time"].get("global_idle_seconds", 10)) * 1000), clock=self.clock)
+        self.state: dict | None = None
+        self.last_wm: int | None = None
+        self.expecting: list | None = None
+        self.wm_dirty = False
+
+    def assigned(self, upstreams: list[str]) -> None:
+        """The worker now holds the stage: every upstream holds its watermark back until it has spoken (or gone
+        idle), from the stage's first record on; the state is read again from the table."""
+        self.state = None
+        self.expecting = upstreams
+
+    def _state(self) -> dict:
+        if self.state is None:
+            fresh = self.rules.new_state()
+            self.state = {sec: (self.table.get(sec) or fresh[sec]) for sec in SECTIONS if sec != "vessel"}
+            # vessels are many and change one at a time: one table key each
+            self.state["vessel"] = {k[len("vessel:"):]: v for k, v in self.table.items() if k.startswith("vessel:")}
+            # the upstreams' event times so far: what was processed before a restart is not read again
+            self.wm.restore(restorable(self.table.get(WATERMARK_KEY) or {}, self.bounds, f"regional[{WATERMARK_KEY}]"))
+        return self.state
+
+    def step(self, raw: bytes, headers: dict, topic: str, timestamp: float | None) -> Step:
+        """One record of streams.regional: a tick, a forwarded event (headers say what and from where), a flow
+        partial or a forwarded clearance. ``step.writes`` are table keys (None: delete)."""
+        source = headers.get("yrd-source", topic)
+        self.clock.advance(timestamp)
+        step = Step()
+        if raw[:1] == b"{":
+            ev = json.loads(raw)
+        else:
+            try:
+                ev = self.decoder.decode(raw, headers.get("yrd-kind"))
+            except EventError as exc:
+                step.error = exc
+                return step
+            if ev["_kind"] == "control":
+                ev["occurred_at"] = ev.get("occurred_at") or ev["starts_at"]
+        state = self._state()
+        if self.expecting:
+            self.wm.expect(self.expecting)
+            self.expecting = None
+        if ev["_kind"] == "tick":
+            metrics.labelled(metrics.TICKS, "regional").inc()
+            self.wm.touch(ev.get("busy") or ())
+            self._watermark(state, set(), step)
+            return step
+        metrics.labelled(metrics.EVENTS_IN, source, "regional").inc()
+        # an operator's control event is issued on its own clock: it does not move event time on
+        upstream = headers.get("yrd-via") or source_of(headers, source)
+        if ev["_kind"] != "control":
+            before = self.wm.peak(upstream)
+            if self.wm.observe(upstream, ev["occurred_at"]):
+                metrics.labelled(metrics.LATE, "regional").inc()
+            if self.wm.peak(upstream) != before:
+                self.wm_dirty = True
+        first_hour = state["trend"]["first_hour"]
+        step.outs += self.rules.on_event(state, ev)
+        touched = set(self.rules.touched(ev))
+        if ev["_kind"] != "case" and state["trend"]["first_hour"] == first_hour:
+            touched.discard("trend")
+        self._watermark(state, touched, step)
+        return step
+
+    def _watermark(self, state: dict, touched: set, step: Step) -> None:
+        """Advance the watermark; the outputs due, then the changed state to write."""
+        wm = self.wm.current()
+        metrics.labelled(metrics.WATERMARK, "regional").set(max(0, wm) / 1000)
+        if self.last_wm is None or wm > self.last_wm:
+            self.last_wm = wm
+            more, changed = self.rules.on_watermark(state, wm)
+            if changed:
+                log.debug("regional watermark %s: trends judged to hour %s, flow to hour %s, %d outputs due",
+                          wm, state["trend"]["judged"], state["flow"]["judged"], len(more))
+            step.outs += more
+            touched |= set(changed)
+        for sec in sorted(touched):
+            step.writes[sec] = state[sec]
+        if self.wm_dirty:
+            step.writes[WATERMARK_KEY] = self.wm.maxima()
+            self.wm_dirty = False
+        for vid in sorted(self.rules.vessel.dirty):
+            step.writes[f"vessel:{vid}"] = state["vessel"].get(vid)
+        self.rules.vessel.dirty.clear()
