@@ -12,7 +12,6 @@ on it; a deadline already due when it is learned fires at once.
 """
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import time
@@ -80,9 +79,12 @@ class SubjectStage:
         self.clock = RecordClock()
         self.wm = Watermark(self.lateness, int(self.idle_s * 1000), clock=self.clock)
         self.deadlines = Deadlines()
+        # A traveller with nothing on record is kept in the table too, as long as a refusal or a flag read late (up
+        # to the allowed delay behind the watermark) may still need the crossings: then forgotten (a tombstone)
+        self.allowed_delay = rs.hours_ms("event_time", "allowed_delay_hours") \
+            if "allowed_delay_hours" in rs["event_time"] else 48 * 3_600_000
+        self.forgets = Deadlines()
         self.rescan = True
-        self.ephemeral: dict[str, dict] = {}       # travellers with nothing on record: their recent crossings
-        self.ephemeral_heap: list = []
         self.flow_dirty: dict[str, int] = {}
         self.flow_wm: dict[str, int] = {}
         self.part_max: dict[int, int] = {}
@@ -123,9 +125,20 @@ class SubjectStage:
         self.expecting = None
 
     def _rescan(self) -> None:
-        pending = ((subject_rules.next_deadline(json.loads(raw)) if raw else None, s)
-                   for s, raw in self.subjects.items())
-        self.deadlines.reset((d, s) for d, s in pending if d is not None)
+        """The pending deadlines and crossings to forget of every subject the worker holds now."""
+        deadlines, forgets = [], []
+        for s, raw in self.subjects.items():
+            if not raw:
+                continue
+            state = json.loads(raw)
+            d = subject_rules.next_deadline(state)
+            if d is not None:
+                deadlines.append((d, s))
+            f = self.forget_at(state)
+            if f is not None:
+                forgets.append((f, s))
+        self.deadlines.reset(deadlines)
+        self.forgets.reset(forgets)
         self.rescan = False
 
     # ------------------------------------------------------------------ state
@@ -135,25 +148,29 @@ class SubjectStage:
 
     def load(self, s: str) -> dict:
         state = self.durable_state(s)
-        if state is None:
-            hit = self.ephemeral.get(s)
-            state = hit if hit is not None else subject_rules.new_state()
-        return state
+        return state if state is not None else subject_rules.new_state()
 
-    def store(self, s: str, state: dict, at: int, writes: dict) -> None:
-        """Keep a subject's state; its write waits in ``writes`` until the outputs are sent."""
+    def forget_at(self, state: dict | None) -> int | None:
+        """When a traveller with nothing on record but crossings may be forgotten: once the watermark is the
+        allowed delay past the newest crossing (None: not such a traveller)."""
+        if state is None or subject_rules.is_durable(state) or not state["crossings"]:
+            return None
+        return max(c["at"] for c in state["crossings"]) + self.allowed_delay
+
+    def store(self, s: str, state: dict, writes: dict) -> None:
+        """Keep a subject's state; its write waits in ``writes`` until the outputs are sent. Every traveller who
+        crossed is kept, nothing on record or not: a refusal or a flag read later, or after a rebalance or a
+        restart, must still find the crossing."""
         if subject_rules.is_durable(state):
             writes[s] = state
-            self.ephemeral.pop(s, None)
             d = subject_rules.next_deadline(state)
             if d is not None:
                 self.deadlines.add(d, s)
-        else:
-            if s in self.subjects or s in writes:
-                writes[s] = None
-            if state["crossings"]:
-                self.ephemeral[s] = state
-                heapq.heappush(self.ephemeral_heap, (at, s))
+        elif state["crossings"]:
+            writes[s] = state
+            self.forgets.add(self.forget_at(state), s)
+        elif s in self.subjects or s in writes:
+            writes[s] = None
 
     def via(self, part: str) -> list:
         """The header naming subject partition ``part`` as the regional stage's upstream."""
@@ -190,7 +207,7 @@ class SubjectStage:
             self.part_max[partition] = ev["occurred_at"]
         state = self.load(s)
         step.outs += self.rules.on_event(state, ev, s)
-        self.store(s, state, ev["occurred_at"], step.writes)
+        self.store(s, state, step.writes)
         part = str(partition)
         fstate = self.flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
@@ -227,6 +244,7 @@ class SubjectStage:
         wm = self.wm.current()
         metrics.labelled(metrics.WATERMARK, "subjects").set(max(0, wm) / 1000)
         rose = self.deadlines.watermark(wm)
+        self.forgets.watermark(wm)
         writes = step.writes
         seen: dict[str, dict | None] = {}
 
@@ -247,13 +265,10 @@ class SubjectStage:
         for _, hs in self.deadlines.due(current):
             hstate = state_of(hs)
             step.outs += self.rules.on_watermark(hstate, hs, self.deadlines.judge)
-            self.store(hs, hstate, self.deadlines.judge, writes)
+            self.store(hs, hstate, writes)
         if rose:
-            while self.ephemeral_heap and self.ephemeral_heap[0][0] < wm - self.lateness:
-                _, es = heapq.heappop(self.ephemeral_heap)
-                e = self.ephemeral.get(es)
-                if e is not None and all(c["at"] < wm - self.lateness for c in e["crossings"]):
-                    del self.ephemeral[es]
+            for _, fs in self.forgets.due(lambda fs: self.forget_at(state_of(fs))):
+                writes[fs] = None
         # A partition's flow counts wait only for the clearance sources it counts (FlowCounter holds them back by
         # the slowest one still active), not for the stage's watermark: that one also waits for sparse alert and
         # case sources, and the regional stage, which hears nothing from a partition until it sends an hour, would
@@ -288,4 +303,3 @@ class SubjectStage:
 
     def sizes(self) -> None:
         metrics.labelled(metrics.TABLE, "subjects").set(len(self.subjects))
-        metrics.labelled(metrics.TABLE, "subjects_recent").set(len(self.ephemeral))
