@@ -79,13 +79,13 @@ class Transit:
             late = ex["at"] > stay["deadline"] if ex is not None else bool(stay.get("overstay"))
             outs += self._one(state, subject, now, f"ov|{stay['entry']}", stay if late else None,
                               lambda _: self._overstay(stay, subject),
-                              lambda e: f"the stay's exit at {ex['port']} ({ex['region']}) at {iso(ex['at'])} "
+                              lambda e: f"the stay's exit at {ex.get('port')} ({ex['region']}) at {iso(ex['at'])} "
                                         f"(event {ex['id']}) was in time: its deadline was {iso(stay['deadline'])}")
             home = ex if ex is not None and ex.get("dest") and stay.get("origin") \
                 and ex["dest"] == stay["origin"] else None
             outs += self._one(state, subject, now, f"eo|{stay['entry']}", home,
                               lambda c: self._exit_to_origin(stay, c, subject),
-                              lambda e: f"the stay's exit is the earlier crossing at {ex['port']} ({ex['region']}) "
+                              lambda e: f"the stay's exit is the earlier crossing at {ex.get('port')} ({ex['region']}) "
                                         f"at {iso(ex['at'])} (event {ex['id']}), toward {ex.get('dest')}")
         return outs
 
@@ -106,7 +106,7 @@ class Transit:
     def _why_not_out(self, stay: dict, entry: dict) -> str:
         ex, away = stay.get("exit"), stay.get("away")
         if ex is not None and ex["at"] < entry["alert"]["occurred_at"]:
-            return (f"the stay ended with the exit at {ex['port']} ({ex['region']}) at {iso(ex['at'])} "
+            return (f"the stay ended with the exit at {ex.get('port')} ({ex['region']}) at {iso(ex['at'])} "
                     f"(event {ex['id']}), before this crossing")
         return (f"one per stay: the subject crossed outside {'/'.join(self.permitted)} earlier, at {away['port']} "
                 f"({away['region']}) at {iso(away['at'])} (event {away['id']})")
