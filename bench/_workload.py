@@ -115,8 +115,8 @@ def _uuid(rng: random.Random):
 
 
 def expected_hits(events) -> int:
-    """Cross-region hits in the input by the rule's definition (``streams/subject.py``): one per flag and
-    other region where the flagged subject crosses within ``active_days`` after the flag."""
+    """Cross-region hits in the input by the rule's definition (``streams/subject/cross_region_hit.py``): one per
+    flag and other region where the flagged subject crosses within ``active_days`` after the flag."""
     flags: dict[str, list[tuple[str, str, int]]] = {}
     for t, _, kind, rec in events:
         if kind == "alert" and rec.get("subject") and rec["kind"] in FLAG_KINDS and rec["status"] == "RAISED":

@@ -51,3 +51,10 @@ def score_record(rs, subject_kind: str, subject: str, factors: list, region: str
 
 def severity_factor(severity: str | None) -> str:
     return f"alert_{(severity or 'LOW').lower()}"
+
+
+def remove_factor(factors: list, name: str, evidence: str) -> bool:
+    """Drop the factor of (name, evidence) (its alert was withdrawn); True when there was one."""
+    n = len(factors)
+    factors[:] = [f for f in factors if not (f["name"] == name and f["evidence"] == evidence)]
+    return len(factors) != n

@@ -283,7 +283,7 @@ def test_a_flag_resolved_before_the_crossing_raises_no_hit_whichever_of_flag_and
                                                                                                        order):
     """A flag is active at t when raised at or before t and not resolved at or before t, whichever record is
     read first: the resolution read before the flag it ends leaves no flag to match. (The orders with the
-    crossing read before the resolution need the hit withdrawn, which the rules do not do yet.)"""
+    crossing read before the resolution raise the hit and then withdraw it: tests/test_rules_subject_order.py.)"""
     s = Script()
     t = token("x")
     s.alert("PVG", T0, "WATCHLIST_HIT", "HIGH", subject=t)
