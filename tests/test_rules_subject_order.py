@@ -1,10 +1,10 @@
 """The subject rules give one answer per set of events, whatever order they are read in.
 
-A small stand-in for the subject stage (streams/app.py), without Kafka: events are read in an arrival order, each
-subject's state goes through JSON between steps, the watermark is the largest event time read so far minus
-``[event_time] lateness_minutes``, and a subject's transit deadline is fired by ``on_watermark`` once the
-watermark passes it, at once when it is learned already due. As in the stage, a state that is not durable is kept
-only while it holds crossings, and forgotten once the watermark is past them by the lateness (``forget_plain``).
+The subject stage itself (streams/subject_stage.py), without Kafka: events are read in an arrival order from one
+source partition, each subject's state goes through JSON between steps, the watermark is the largest event time
+read so far minus ``[event_time] lateness_minutes``, and a subject's transit deadline is fired once the watermark
+passes it, at once when it is learned already due. A traveller with nothing on record but crossings is kept until
+the watermark is the allowed delay past them.
 The answer of an order is its live alert ids: the last version of each id, unless that version withdraws it.
 
 Every arrival order within the allowed delay (no event read more than ``[event_time] allowed_delay_hours`` of
@@ -18,13 +18,19 @@ import random
 
 import pytest
 
+from schemas.codec import get_codec
+from schemas.eventtime import EventTimeBounds
 from streams import derived, ruleset
 from streams import subject as subject_rules
-from streams.events import plain
+from streams.decoding import PlainDecoder
+from streams.events import for_avro
+from streams.subject_stage import SubjectStage
+from yrdbus.settings import get_settings
 from streams.scripted import HOUR, Script, token
 
 T0 = 1_496_304_000_000  # 2017-06-01T08:00Z
 RS = ruleset.default()
+CODEC = get_codec()
 LATENESS = RS.minutes_ms("event_time", "lateness_minutes")
 DELAY = RS.hours_ms("event_time", "allowed_delay_hours")
 DEADLINE = 144 * HOUR
@@ -36,51 +42,32 @@ def rules():
 
 
 class Stage:
-    """One subject stage's partition, played one event at a time."""
+    """The subject stage itself (streams/subject_stage.py) on one partition, its table a dict, fed one event at a
+    time: what it forwards is dropped, what it sends is kept, what it writes goes to the table."""
 
-    def __init__(self, rules, forget_plain: bool = True):
-        self.rules = rules
-        self.forget_plain = forget_plain
-        self.states: dict[str, str] = {}      # subject -> its state as the table keeps it (JSON)
-        self.newest: int | None = None
-        self.judge: int | None = None         # the highest watermark reached
+    def __init__(self, rules=None):
+        self.stage = SubjectStage(RS, PlainDecoder(CODEC, EventTimeBounds.from_settings(get_settings())), None,
+                                  1, {}, {})
+        self.stage.assigned([0], [])
+        self.states = self.stage.subjects     # subject -> its state as the table keeps it (JSON bytes)
         self.versions: list[dict] = []        # every derived alert sent, in order
-
-    def _load(self, s: str) -> dict:
-        raw = self.states.get(s)
-        return json.loads(raw) if raw is not None else subject_rules.new_state()
-
-    def _store(self, s: str, state: dict) -> None:
-        if subject_rules.is_durable(state) or state["crossings"]:
-            self.states[s] = json.dumps(state)
-        else:
-            self.states.pop(s, None)
+        self.n = 0
 
     def read(self, kind: str, rec: dict) -> list:
-        ev = plain(kind, rec)
+        raw = CODEC.encode(kind, for_avro(rec))
         outs: list = []
         for s in (rec["subjects"] if kind == "case" else [rec["subject"]]):
-            state = self._load(s)
-            outs += self.rules.on_event(state, ev, s)
-            self._store(s, state)
-        self.newest = ev["occurred_at"] if self.newest is None else max(self.newest, ev["occurred_at"])
-        wm = self.newest - LATENESS
-        self.judge = wm if self.judge is None else max(self.judge, wm)
-        outs += self._fire()
+            self.n += 1
+            step = self.stage.step(0, kind, raw, s.encode(), 1_500_000_000 + self.n / 1000, 0, "src|0", "src")
+            assert step.error is None, step.error
+            outs += step.outs
+            for k, v in step.writes.items():
+                if v is None:
+                    self.states.pop(k, None)
+                else:
+                    self.states[k] = json.dumps(v)
+            self.stage.flow_table.update(step.flow)
         self.versions += [r for k, r in outs if k == "derived_alert"]
-        return outs
-
-    def _fire(self) -> list:
-        outs: list = []
-        for s in sorted(self.states):
-            state = self._load(s)
-            d = subject_rules.next_deadline(state)
-            if d is not None and d < self.judge:
-                outs += self.rules.on_watermark(state, s, self.judge)
-                self._store(s, state)
-            elif self.forget_plain and not subject_rules.is_durable(state) \
-                    and all(c["at"] < self.judge - LATENESS for c in state["crossings"]):
-                del self.states[s]            # a plain traveller's recent crossings, forgotten
         return outs
 
     def live(self) -> set[str]:
@@ -325,15 +312,12 @@ def test_many_subjects_read_together_in_random_orders_give_the_live_alerts_of_ev
     assert len(want) == sum(len(k) for k in EXPECTED.values())
     for seed in (11, 12, 13):
         for order in random_orders(s.events, 20, seed):
-            stage = Stage(rules, forget_plain=False)
+            stage = Stage(rules)
             for kind, _, _, rec in order:
                 stage.read(kind, rec)
             assert stage.live() == want
 
 
-@pytest.mark.xfail(strict=True, reason="the stage (streams/app.py) keeps a traveller whose state is not durable "
-                                       "(crossings only) in memory until its watermark is past the crossings by the "
-                                       "lateness: a flag, refusal or transit entry read later than that misses them")
 def test_a_plain_travellers_crossing_read_hours_before_its_flag_still_counts_in_the_stage(rules):
     s = many_subjects()
     want = play(rules, in_event_time(s.events)).live()
