@@ -222,3 +222,23 @@ def test_the_summary_counts_each_alert_once_by_its_last_version_and_a_withdrawn_
     live, withdrawn = stored_alerts(client, "2000-01-01 00:00:00", database=db)
     assert [(a["alert_id"], a["kind"], a["status"]) for a in live] == [("b", "PORT_SHOPPING", "RAISED")]
     assert [(a["alert_id"], a["status_reason"]) for a in withdrawn] == [("a", "flag resolved before"), ("c", "duplicate")]
+
+
+def test_the_live_view_counts_a_raised_alert_once_and_takes_a_withdrawn_one_off_the_count():
+    from yrdbus.monitor import BusMonitor
+
+    monitor = BusMonitor("127.0.0.1:9", [])          # nothing is asked of the broker here
+    try:
+        def alert(aid, kind, status="RAISED"):
+            return {"alert_id": aid, "kind": kind, "status": status, "summary": aid,
+                    "status_reason": None if status == "RAISED" else "disproved"}
+
+        for a in (alert("a", "CROSS_REGION_HIT"), alert("a", "CROSS_REGION_HIT"), alert("b", "CROSS_REGION_HIT"),
+                  alert("c", "PORT_SHOPPING"), alert("a", "CROSS_REGION_HIT", "WITHDRAWN"),
+                  alert("c", "PORT_SHOPPING", "WITHDRAWN"), alert("z", "PORT_SHOPPING", "WITHDRAWN")):
+            monitor.take(a)
+        assert dict(monitor.alerts_by_kind) == {"CROSS_REGION_HIT": 1} and monitor.withdrawn == 3
+        assert [(a["alert_id"], a["status"]) for a in monitor.newest] == [
+            ("c", "WITHDRAWN"), ("b", "RAISED"), ("a", "WITHDRAWN")]
+    finally:
+        monitor.close()

@@ -415,8 +415,12 @@ class BusRun:
         for col in ("severity", "kind", "must act", "inform", "summary"):
             newest.add_column(col, overflow="ellipsis", no_wrap=col != "summary")
         for a in (m.last.newest_alerts if m and m.last else [])[:8]:
+            gone = a.get("status") == "WITHDRAWN"
             newest.add_row(f"[{SEVERITY_STYLE.get(a['severity'], '')}]{a['severity']}[/]", a["kind"],
-                           ",".join(a["must_act"]), ",".join(a.get("inform") or []), a["summary"])
+                           ",".join(a["must_act"]), ",".join(a.get("inform") or []),
+                           f"[dim]WITHDRAWN ({escape(a.get('status_reason') or 'no reason given')}):[/] "
+                           f"[strike]{escape(a['summary'])}[/]"
+                           if gone else a["summary"])
         health = Table.grid(padding=(0, 2))
         lag = m.last.lag if m and m.last else {}
         health.add_row(f"elapsed {time.monotonic() - self.t0:,.0f} s",
