@@ -10,6 +10,12 @@ around it: matched, it is not a false alert); recall = detected scenarios /
 scenarios; precision = matched alerts / all alerts.
 Detection delay = emitted_at minus the publication time of the evidence that
 completed the alert (reported, not scored).
+
+An alert id can come in several versions (a re-emission, or the version that
+withdraws it when events read later disprove it): the last one by emitted_at
+decides. A withdrawn alert is not a raised one: neither a true nor a false
+alert, it detects nothing (counted apart, ``withdrawn``). The delay is taken
+from the id's first emission.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from streams.derived import is_live
 from streams.events import iso, to_ms
 
 
@@ -89,24 +96,38 @@ def matches(row: dict, alert: dict) -> bool:
     return True
 
 
-def score(truth: list[dict], alerts: list[dict]) -> dict:
-    seen, unique = set(), []
+def last_versions(alerts: list[dict]) -> list[dict]:
+    """One alert an id: its last version by emitted_at (of two emitted at the same time, the one read later), with
+    ``_first_emitted``, the earliest emitted_at of the id; in the order the ids were first read."""
+    latest: dict[str, dict] = {}
     for a in alerts:
         a = normalise_alert(a)
-        if a["alert_id"] in seen:
-            continue
-        seen.add(a["alert_id"])
-        unique.append(a)
+        prev = latest.get(a["alert_id"])
+        first = a.get("emitted_at")
+        if prev is not None:
+            if prev["_first_emitted"] is not None:
+                first = prev["_first_emitted"] if first is None else min(first, prev["_first_emitted"])
+            if (a.get("emitted_at") or 0) < (prev.get("emitted_at") or 0):
+                prev["_first_emitted"] = first
+                continue
+        latest[a["alert_id"]] = {**a, "_first_emitted": first}
+    return list(latest.values())
+
+
+def score(truth: list[dict], alerts: list[dict]) -> dict:
+    versions = last_versions(alerts)
+    unique = [a for a in versions if is_live(a)]
+    withdrawn = [a for a in versions if not is_live(a)]
     truth = [row if "_start" in row else normalise_row(row, f"truth row {n}") for n, row in enumerate(truth, 1)]
     matched_ids: set[str] = set()
     scenarios: dict[str, dict] = {}
     for row in truth:
         hits = [a for a in unique if matches(row, a)]
         matched_ids |= {a["alert_id"] for a in hits}
-        first = min(hits, key=lambda a: (a.get("emitted_at") or 0)) if hits else None
+        first = min(hits, key=lambda a: (a.get("_first_emitted") or 0)) if hits else None
         delay = None
-        if first is not None and first.get("emitted_at") and (first.get("details") or {}).get("evidence_published_at"):
-            delay = round((first["emitted_at"] - int(first["details"]["evidence_published_at"])) / 1000, 3)
+        if first is not None and first.get("_first_emitted") and (first.get("details") or {}).get("evidence_published_at"):
+            delay = round((first["_first_emitted"] - int(first["details"]["evidence_published_at"])) / 1000, 3)
         sc = scenarios.setdefault(row["scenario_id"], {
             "scenario_id": row["scenario_id"], "scenario": row.get("scenario"), "detected": True, "rows": []})
         sc["rows"].append({"expected_alert_kind": row["expected_alert_kind"], "must_notify": row.get("must_notify"),
@@ -124,6 +145,9 @@ def score(truth: list[dict], alerts: list[dict]) -> dict:
         "recall": round(detected / n_sc, 6) if n_sc else 1.0,
         "alerts": len(unique),
         "matched_alerts": len(unique) - len(false),
+        "withdrawn": len(withdrawn),
+        "withdrawn_alerts": [{"alert_id": a["alert_id"], "kind": a["kind"], "occurred_at": iso(a["occurred_at"]),
+                              "reason": a.get("status_reason"), "summary": a.get("summary")} for a in withdrawn],
         "scenarios": sorted(scenarios.values(), key=lambda s: s["scenario_id"]),
         "false_alerts": [{"alert_id": a["alert_id"], "kind": a["kind"], "rule_id": a.get("rule_id"),
                           "occurred_at": iso(a["occurred_at"]),

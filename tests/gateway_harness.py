@@ -101,6 +101,13 @@ class RunningGateway:
 
 
 # --------------------------------------------------------------------------- alerts on Kafka
+def withdrawal(alert: dict, reason: str, *, seconds_later: float = 5) -> dict:
+    """The version of ``alert`` that withdraws it, as the stream layer sends it (streams.derived.withdrawn)."""
+    from streams import derived
+
+    return dict(derived.withdrawn(alert, reason), emitted_at=alert["emitted_at"] + timedelta(seconds=seconds_later))
+
+
 def derived_alert(*, must_act=("AH",), inform=(), severity="HIGH", kind="CROSS_REGION_HIT", station_id=None,
                   port_code=None, summary=None, **extra) -> dict:
     now = datetime.now(timezone.utc)
@@ -129,9 +136,10 @@ class Publisher:
                                   "acks": "all", "linger.ms": 0})
         self.codec = get_codec()
 
-    def publish(self, record: dict, *, to: list[str] | None = None, derived: bool = True) -> bytes:
-        """Send to the routed topic of each region in ``to`` (default: must_act + inform) and to alerts.derived."""
-        value = self._produce(record, to, derived)
+    def publish(self, record: dict, *, to: list[str] | None = None, derived: bool = True, key: str | None = None) -> bytes:
+        """Send to the routed topic of each region in ``to`` (default: must_act + inform) and to alerts.derived,
+        keyed by the alert id (or ``key``: a record keyed as another alert lands behind it in its partitions)."""
+        value = self._produce(record, to, derived, key)
         assert self.producer.flush(30) == 0
         return value
 
@@ -145,13 +153,14 @@ class Publisher:
             self._produce(r, None, derived)
         assert self.producer.flush(30) == 0
 
-    def _produce(self, record: dict, to: list[str] | None, derived: bool) -> bytes:
+    def _produce(self, record: dict, to: list[str] | None, derived: bool, key: str | None = None) -> bytes:
         value = self.codec.encode("derived_alert", record)
         regions = to if to is not None else list(dict.fromkeys(list(record["must_act"]) + list(record["inform"])))
+        k = (key or record["alert_id"]).encode()
         for r in regions:
-            self.producer.produce(f"{self.prefix}alerts.to.{r}", value=value, key=record["alert_id"].encode())
+            self.producer.produce(f"{self.prefix}alerts.to.{r}", value=value, key=k)
         if derived:
-            self.producer.produce(f"{self.prefix}alerts.derived", value=value, key=record["alert_id"].encode())
+            self.producer.produce(f"{self.prefix}alerts.derived", value=value, key=k)
         return value
 
 

@@ -171,6 +171,54 @@ def test_every_clickhouse_panel_query_returns_rows_on_a_simulated_day(day, uid, 
         client.database = previous
 
 
+ALERT_PANELS = [(uid, title) for uid, title in CLICKHOUSE_PANELS
+                if any("derived_alerts" in t["rawSql"]
+                       for t in report.clickhouse_targets(next(p for p in report.panels(BOARDS[uid]) if p["title"] == title)))]
+
+
+def test_the_panels_on_derived_alerts_count_and_list_only_alerts_that_were_not_withdrawn(ch):
+    """One alert of every kind, raised: every panel on derived alerts shows something; then the version withdrawing
+    each is stored (same id, later emitted_at): they show nothing."""
+    from connectors.clickhouse import Target, migrate
+    from schemas import contract
+
+    client, db = ch
+    migrate(client, Target(database=db))
+    kinds = json.loads((contract.AVSC_DIR / "yrd.border.DerivedAlertKind.avsc").read_text())["symbols"]
+    at = datetime(2017, 6, 5, 10, tzinfo=timezone.utc)
+    cols = ["alert_id", "kind", "severity", "rule_id", "rule_set_version", "must_act", "inform", "station_id",
+            "port_code", "subject", "pattern", "evidence", "occurred_at", "emitted_at", "summary", "details",
+            "status", "status_reason"]
+
+    def versions(status, emitted, reason=None):
+        return [[f"a-{k}", k, "HIGH", "r", "1", ["JS"], ["SH"], "JS-NKG", "NKG", "s" * 64, "p", ["e"], at,
+                 at + timedelta(minutes=emitted), f"{k} summary", {}, status, reason] for k in kinds]
+
+    client.insert(f"{db}.derived_alerts", versions("RAISED", 1), column_names=cols)
+    assert len(ALERT_PANELS) >= 6, ALERT_PANELS
+    start, end = at - timedelta(hours=1), at + timedelta(hours=1)
+
+    def shown() -> dict[str, int]:
+        out = {}
+        previous = client.database
+        client.database = db
+        try:
+            for uid, title in ALERT_PANELS:
+                panel = next(p for p in report.panels(BOARDS[uid]) if p["title"] == title)
+                out[f"{uid}: {title}"] = sum(
+                    len(client.query(report.expand_macros(t["rawSql"], start, end, 3600)).result_rows)
+                    for t in report.clickhouse_targets(panel))
+        finally:
+            client.database = previous
+        return out
+
+    raised = shown()
+    assert all(n > 0 for n in raised.values()), raised
+    client.insert(f"{db}.derived_alerts", versions("WITHDRAWN", 2, "disproved by events read later"),
+                  column_names=cols)
+    assert shown() == {k: 0 for k in raised}
+
+
 def test_report_renders_the_main_panels_to_png_from_the_dashboards_sql(day, clickhouse_url, tmp_path, monkeypatch):
     client, seeded = day
     from yrdbus.cli import app

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx2
 from websockets.sync.client import connect as ws_connect
 
-from gateway_harness import RawSSE, RunningGateway, alerts_of, derived_alert, setup  # noqa: F401  (setup: a fixture)
+from gateway_harness import (  # noqa: F401  (setup: a fixture)
+    RawSSE, RunningGateway, alerts_of, derived_alert, setup, withdrawal)
 from conftest import free_port
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
@@ -100,6 +101,28 @@ def test_a_stalled_subscriber_is_cut_off_with_lagged_while_the_others_keep_up(se
             s.close()
 
 
+def test_a_console_of_two_regions_gets_an_alert_once_and_the_version_withdrawing_it_once(setup):
+    kafka, tokens, prefix, pub = setup
+    with RunningGateway(kafka, tokens, prefix) as gw:
+        s = RawSSE(gw.url, "/alerts/stream?region=AH&region=SH", bearer(tokens["rcc"]))
+        s.read_events(10, until=lambda evs: evs)
+        raised = derived_alert(must_act=["AH"], inform=["SH"])          # routed to both of its topics
+        gone = withdrawal(raised, "flag resolved before the crossing")
+        pub.publish(raised)
+        pub.publish(gone)
+        # one marker a topic, behind the alert's copies in their partitions: once both are read, every copy was
+        markers = {r: derived_alert(must_act=[r], summary=f"marker {r}") for r in ("AH", "SH")}
+        for r, m in markers.items():
+            pub.publish(m, to=[r], derived=False, key=raised["alert_id"])
+        marker_ids = {m["alert_id"] for m in markers.values()}
+        events = s.read_events(20, until=lambda evs: marker_ids <= set(alerts_of(evs)))
+        assert marker_ids <= set(alerts_of(events))
+        got = [(e["json"]["status"], e["json"]["status_reason"]) for e in events
+               if e["event"] == "alert" and e["json"]["alert_id"] == raised["alert_id"]]
+        assert got == [("RAISED", None), ("WITHDRAWN", "flag resolved before the crossing")]
+        s.close()
+
+
 def test_websocket_stream_filters_and_resumes_from_a_cursor(setup):
     kafka, tokens, prefix, pub = setup
     with RunningGateway(kafka, tokens, prefix) as gw:
@@ -153,11 +176,11 @@ def test_yrdbus_gateway_and_alerts_tail_from_the_command_line(setup, tmp_path):
         token_file = tmp_path / "ah.token"
         token_file.write_text(tokens["ah-duty"] + "\n")
         # --json, with the token in a file
-        tail = subprocess.Popen([YRDBUS, "alerts", "tail", "--json", "--count", "2", "--region", "AH",
+        tail = subprocess.Popen([YRDBUS, "alerts", "tail", "--json", "--count", "3", "--region", "AH",
                                  "--token-file", str(token_file)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         # lines, with the token in the environment
-        lines = subprocess.Popen([YRDBUS, "alerts", "tail", "--count", "1", "--min-severity", "CRITICAL"],
+        lines = subprocess.Popen([YRDBUS, "alerts", "tail", "--count", "2", "--min-severity", "CRITICAL"],
                                  env={**env, "YRDBUS_GATEWAY_TOKEN": tokens["ah-duty"]}, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         # both are subscribed once the gateway counts them
@@ -166,15 +189,22 @@ def test_yrdbus_gateway_and_alerts_tail_from_the_command_line(setup, tmp_path):
             assert time.monotonic() < deadline + 30, "the tails never connected"
             time.sleep(0.1)
         alerts = [derived_alert(severity="HIGH"), derived_alert(severity="CRITICAL", summary="Forged passport ring")]
+        alerts.append(withdrawal(alerts[1], "the passport was reported stolen after the crossing"))
         for a in alerts:
             pub.publish(a)
         out, err = tail.communicate(timeout=30)
         assert tail.returncode == 0, err
         printed = [json.loads(line) for line in out.splitlines()]
-        assert [p["alert_id"] for p in printed] == [a["alert_id"] for a in alerts]
+        assert [(p["alert_id"], p["status"], p["status_reason"]) for p in printed] == [
+            (alerts[0]["alert_id"], "RAISED", None), (alerts[1]["alert_id"], "RAISED", None),
+            (alerts[1]["alert_id"], "WITHDRAWN", "the passport was reported stolen after the crossing")]
         out, err = lines.communicate(timeout=30)
         assert lines.returncode == 0, err
-        assert "CRITICAL" in out and "Forged passport ring" in out and alerts[1]["alert_id"] in out
+        first, second = out.splitlines()
+        assert "CRITICAL" in first and "RAISED" in first and "Forged passport ring" in first
+        assert alerts[1]["alert_id"] in first and "WITHDRAWN" not in first
+        assert "WITHDRAWN" in second and alerts[1]["alert_id"] in second
+        assert "withdrawn: the passport was reported stolen after the crossing" in second
 
         refused = subprocess.run([YRDBUS, "alerts", "tail", "--region", "ZJ", "--token-file", str(token_file)],
                                  env=env, capture_output=True, text=True, timeout=30)

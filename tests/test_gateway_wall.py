@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from gateway_harness import STANDARD_SCOPES, Publisher, RunningGateway, derived_alert, write_access_file
+from gateway_harness import STANDARD_SCOPES, Publisher, RunningGateway, derived_alert, withdrawal, write_access_file
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -100,5 +100,61 @@ def test_an_alert_published_to_kafka_appears_on_the_wall_within_two_seconds(kafk
             page.reload()
             page.wait_for_selector("#status.live", timeout=10_000)
             assert page.locator("#login").is_hidden()
+        finally:
+            browser.close()
+
+
+def test_a_withdrawn_alert_replaces_its_row_on_the_wall_struck_through_with_the_reason(kafka, unique, tmp_path, pub):
+    assert os.path.exists(CHROMIUM), "Debian's chromium is needed: `bash infra/os-packages.sh chromium` (make test does it)"
+    tokens = write_access_file(tmp_path, STANDARD_SCOPES)
+    with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            page.goto(gw.url + "/")
+            page.fill("#token", tokens["rcc"])
+            page.click("#login-form button[type=submit]")
+            page.wait_for_selector("#status.live", timeout=10_000)
+
+            hit = derived_alert(must_act=["JS"], inform=["SH"], severity="CRITICAL", station_id="JS-NKG",
+                                summary="Traveller flagged in SH is boarding at Nanjing Lukou")
+            other = derived_alert(must_act=["ZJ"], severity="HIGH", summary="Another alert, emitted after it")
+            other["emitted_at"] = hit["emitted_at"] + timedelta(seconds=1)
+            pub.publish_many([hit, other])
+            row = f'li[data-alert-id="{hit["alert_id"]}"]'
+            page.wait_for_selector(f'li[data-alert-id="{other["alert_id"]}"]', timeout=5_000)
+            page.wait_for_selector(row + '[data-status="RAISED"]', timeout=5_000)
+            before = page.locator("#alerts > li").evaluate_all("els => els.map(e => e.dataset.alertId)")
+            assert before == [other["alert_id"], hit["alert_id"]]
+
+            reason = "the flag on this traveller was resolved before the crossing (uploaded late)"
+            pub.publish(withdrawal(hit, reason))
+            page.wait_for_selector(row + '[data-status="WITHDRAWN"]', timeout=5_000)
+            # the same row, in the same place: not a new alert at the top
+            assert page.locator("#alerts > li").evaluate_all("els => els.map(e => e.dataset.alertId)") == before
+            li = page.locator(row)
+            assert "withdrawn" in li.get_attribute("class")
+            summary = li.locator("summary")
+            assert "WITHDRAWN" in summary.inner_text() and reason in summary.inner_text()
+            assert "line-through" in li.locator("summary .summary").evaluate("e => getComputedStyle(e).textDecorationLine")
+            assert "line-through" not in page.locator(f'li[data-alert-id="{other["alert_id"]}"] summary .summary') \
+                .evaluate("e => getComputedStyle(e).textDecorationLine")
+            li.locator("summary").click()
+            assert reason in li.locator(".evidence").inner_text()
+
+            # a copy of the raised version read again (a replay after a reconnect) does not bring it back
+            pub.publish(hit)
+            marker = derived_alert(must_act=["AH"], summary="marker")
+            pub.publish(marker, key=hit["alert_id"])                 # behind that copy in its partition
+            page.wait_for_selector(f'li[data-alert-id="{marker["alert_id"]}"]', timeout=5_000)
+            assert li.get_attribute("data-status") == "WITHDRAWN" and page.locator(row).count() == 1
+
+            # a withdrawal whose raised version the wall never saw is shown as withdrawn, not as an alert
+            unseen = derived_alert(must_act=["SH"], severity="HIGH", summary="Raised before the wall opened")
+            pub.publish(withdrawal(unseen, "duplicate of another alert"))
+            page.wait_for_selector(f'li[data-alert-id="{unseen["alert_id"]}"][data-status="WITHDRAWN"]', timeout=5_000)
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "gateway-wall-withdrawn.png"), full_page=True)
         finally:
             browser.close()

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer
 
 from schemas.deadletter import read_headers
 
-from gateway_harness import Publisher, Receiver, RunningGateway, derived_alert, write_access_file
+from gateway_harness import Publisher, Receiver, RunningGateway, derived_alert, withdrawal, write_access_file
 
 SECRET = "whsec-test-0123456789"
 
@@ -93,6 +93,39 @@ def test_a_webhook_that_fails_twice_is_retried_with_backoff_and_then_gets_the_si
         assert gw.metric("yrdbus_gateway_webhook_failures_total", webhook="ah-cc", reason="500") == 1
         assert gw.metric("yrdbus_gateway_alerts_delivered_total", kind="webhook") == 1
         assert gw.metric("yrdbus_gateway_webhook_dead_letters_total", webhook="ah-cc") == 0
+
+
+def test_a_webhook_of_two_regions_gets_an_alert_once_and_the_version_withdrawing_it_once_with_its_own_delivery_id(
+        kafka, unique, tmp_path, monkeypatch, receivers, pub):
+    monkeypatch.setenv("YRDBUS_TEST_WEBHOOK_SECRET", SECRET)
+    receiver = receivers([200])
+    tokens = write_access_file(tmp_path, {}, webhook_entry("two", receiver.url, 'regions = ["AH", "SH"]'))
+    with RunningGateway(kafka, tokens, f"{unique}."):
+        raised = derived_alert(must_act=["AH"], inform=["SH"])          # routed to both topics the webhook reads
+        gone = withdrawal(raised, "flag resolved before the crossing")
+        pub.publish_many([raised, gone])
+        # one marker a topic, behind the alert's copies in their partitions: once both are posted, every copy was read
+        markers = [derived_alert(must_act=[r], summary=f"marker {r}") for r in ("AH", "SH")]
+        for m in markers:
+            pub.publish(m, to=m["must_act"], derived=False, key=raised["alert_id"])
+        marker_ids = {m["alert_id"] for m in markers}
+
+        def posted():
+            return [json.loads(r["body"]) for r in receiver.requests]
+
+        deadline = time.monotonic() + 30
+        while not marker_ids <= {b["alert"]["alert_id"] for b in posted()} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bodies = posted()
+        assert marker_ids <= {b["alert"]["alert_id"] for b in bodies}
+        got = [(b["delivery_id"], b["alert"]["status"], b["alert"]["status_reason"]) for b in bodies
+               if b["alert"]["alert_id"] == raised["alert_id"]]
+        aid = raised["alert_id"]
+        assert got == [(aid, "RAISED", None), (f"{aid}:WITHDRAWN", "WITHDRAWN", "flag resolved before the crossing")]
+        headers = [{k.lower(): v for k, v in r["headers"].items()} for r in receiver.requests
+                   if json.loads(r["body"])["alert"]["alert_id"] == aid]
+        assert [(h["x-yrdbus-delivery"], h["x-yrdbus-alert-status"]) for h in headers] == [
+            (aid, "RAISED"), (f"{aid}:WITHDRAWN", "WITHDRAWN")]
 
 
 def test_a_webhook_that_keeps_failing_dead_letters_the_alert_after_n_attempts_and_goes_on(

@@ -84,3 +84,54 @@ def test_truth_row_without_a_window_is_refused_with_its_line_and_field(tmp_path)
     p.write_text(json.dumps(ROW) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(TruthError, match=r"line 2, field `window_end`"):
         load_truth(p)
+
+
+def withdrawn(a: dict, reason: str = "flag resolved before the crossing", later_ms: int = 60_000) -> dict:
+    return {**a, "status": "WITHDRAWN", "status_reason": reason, "emitted_at": a["emitted_at"] + later_ms}
+
+
+def test_a_withdrawn_alert_is_no_true_alert_and_does_not_detect_its_scenario(truth):
+    r = score(truth(ROW), [alert(status="RAISED", status_reason=None), withdrawn(alert())])
+    assert (r["recall"], r["alerts"], r["matched_alerts"], r["false_alerts"]) == (0.0, 0, 0, [])
+    assert r["withdrawn"] == 1 and r["withdrawn_alerts"][0]["reason"] == "flag resolved before the crossing"
+    assert not r["scenarios"][0]["detected"]
+
+
+def test_a_withdrawn_alert_is_no_false_alert(truth):
+    r = score(truth(ROW), [alert(), alert(alert_id="B", subject="other"), withdrawn(alert(alert_id="B", subject="other"))])
+    assert (r["precision"], r["recall"], r["false_alerts"], r["withdrawn"]) == (1.0, 1.0, [], 1)
+
+
+def test_the_last_version_of_an_alert_by_emitted_at_decides_whatever_the_read_order(truth):
+    raised, gone = alert(), withdrawn(alert())
+    for order in ([raised, gone], [gone, raised]):
+        r = score(truth(ROW), order)
+        assert (r["recall"], r["alerts"], r["withdrawn"]) == (0.0, 0, 1), order
+    # raised again after the withdrawal (a later version): it stands, and the delay is the first emission's
+    again = {**alert(), "emitted_at": gone["emitted_at"] + 60_000}
+    r = score(truth(ROW), [raised, gone, again])
+    assert (r["recall"], r["precision"], r["withdrawn"]) == (1.0, 1.0, 0)
+    assert r["scenarios"][0]["delay_s"] == 4.0
+
+
+def test_an_alert_without_status_is_a_raised_one(truth):
+    r = score(truth(ROW), [alert(status=None)])
+    assert (r["recall"], r["precision"], r["withdrawn"]) == (1.0, 1.0, 0)
+
+
+def test_yrdbus_evaluate_lists_a_withdrawn_alert_apart_with_its_reason(tmp_path):
+    from typer.testing import CliRunner
+
+    from yrdbus.cli import app
+
+    (tmp_path / "t.jsonl").write_text(json.dumps(ROW) + "\n")
+    gone = withdrawn(alert(summary="Traveller flagged in SH seen in JS"))
+    (tmp_path / "a.jsonl").write_text(json.dumps(alert()) + "\n" + json.dumps(gone) + "\n")
+    args = ["evaluate", "--truth", str(tmp_path / "t.jsonl"), "--alerts", str(tmp_path / "a.jsonl")]
+    out = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "0 derived alerts (1 more withdrawn)" in out.output
+    assert "withdrawn CROSS_REGION_HIT" in out.output and "flag resolved before the crossing" in out.output
+    assert "recall 0.000" in out.output
+    result = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert (result["alerts"], result["withdrawn"]) == (0, 1)

@@ -117,8 +117,10 @@ def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(t
     for region, kinds in summary["events"].items():
         for kind, n in kinds.items():
             assert stored.get(region, {}).get(kind, 0) == n, (region, kind, n, stored)
-    alerts = _sql(env, "SELECT kind, uniqExact(alert_id) AS n FROM yrdbus.derived_alerts "
-                       f"WHERE ingested_at >= toDateTime64('{since}', 3, 'UTC') GROUP BY kind")
+    alerts = _sql(env, "SELECT kind, count() AS n FROM (SELECT argMax(kind, emitted_at) AS kind, "
+                       "argMax(status, emitted_at) AS status FROM yrdbus.derived_alerts "
+                       f"WHERE ingested_at >= toDateTime64('{since}', 3, 'UTC') GROUP BY alert_id) "
+                       "WHERE status != 'WITHDRAWN' GROUP BY kind")
     assert {r["kind"]: int(r["n"]) for r in alerts} == summary["derived_alerts_by_kind"]
     assert "evaluation" in summary and 0.0 <= summary["evaluation"]["recall"] <= 1.0
 
@@ -194,3 +196,49 @@ def test_a_crash_loop_stops_the_run_with_a_clear_message(tmp_path):
                "run." in line for line in lines), lines
     assert run.crash_loop == ["worker-1"] and [d.name for d in run.sup.deaths] == ["worker-1"]
     assert run.sup.get("worker-1").restarts == 2
+
+
+def test_the_summary_counts_each_alert_once_by_its_last_version_and_a_withdrawn_one_apart(ch):
+    from datetime import datetime, timedelta, timezone
+
+    from connectors.clickhouse import Target, migrate
+    from yrdbus.run import stored_alerts
+
+    client, db = ch
+    migrate(client, Target(database=db))
+    at = datetime(2017, 6, 5, 8, tzinfo=timezone.utc)
+
+    def row(alert_id, kind, emitted, status="RAISED", reason=None):
+        return [alert_id, kind, "HIGH", "r", "1", ["JS"], [], "sub", [], at, at + timedelta(seconds=emitted),
+                f"{kind} {alert_id}", {}, status, reason]
+
+    cols = ["alert_id", "kind", "severity", "rule_id", "rule_set_version", "must_act", "inform", "subject",
+            "evidence", "occurred_at", "emitted_at", "summary", "details", "status", "status_reason"]
+    client.insert(f"{db}.derived_alerts", [
+        row("a", "CROSS_REGION_HIT", 1), row("a", "CROSS_REGION_HIT", 9, "WITHDRAWN", "flag resolved before"),
+        row("b", "PORT_SHOPPING", 2), row("b", "PORT_SHOPPING", 3),                       # re-emitted: one alert
+        row("c", "CROSS_REGION_HIT", 5, "WITHDRAWN", "duplicate"), row("c", "CROSS_REGION_HIT", 4),  # read late
+    ], column_names=cols)
+    live, withdrawn = stored_alerts(client, "2000-01-01 00:00:00", database=db)
+    assert [(a["alert_id"], a["kind"], a["status"]) for a in live] == [("b", "PORT_SHOPPING", "RAISED")]
+    assert [(a["alert_id"], a["status_reason"]) for a in withdrawn] == [("a", "flag resolved before"), ("c", "duplicate")]
+
+
+def test_the_live_view_counts_a_raised_alert_once_and_takes_a_withdrawn_one_off_the_count():
+    from yrdbus.monitor import BusMonitor
+
+    monitor = BusMonitor("127.0.0.1:9", [])          # nothing is asked of the broker here
+    try:
+        def alert(aid, kind, status="RAISED"):
+            return {"alert_id": aid, "kind": kind, "status": status, "summary": aid,
+                    "status_reason": None if status == "RAISED" else "disproved"}
+
+        for a in (alert("a", "CROSS_REGION_HIT"), alert("a", "CROSS_REGION_HIT"), alert("b", "CROSS_REGION_HIT"),
+                  alert("c", "PORT_SHOPPING"), alert("a", "CROSS_REGION_HIT", "WITHDRAWN"),
+                  alert("c", "PORT_SHOPPING", "WITHDRAWN"), alert("z", "PORT_SHOPPING", "WITHDRAWN")):
+            monitor.take(a)
+        assert dict(monitor.alerts_by_kind) == {"CROSS_REGION_HIT": 1} and monitor.withdrawn == 3
+        assert [(a["alert_id"], a["status"]) for a in monitor.newest] == [
+            ("c", "WITHDRAWN"), ("b", "RAISED"), ("a", "WITHDRAWN")]
+    finally:
+        monitor.close()

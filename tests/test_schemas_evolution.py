@@ -110,3 +110,74 @@ def test_register_refuses_an_incompatible_schema(copy):
     out = yrdbus("schemas", "register", "--dir", str(copy))
     assert out.returncode == 1 and "not registering" in out.stderr
     assert (copy / "ids.json").read_text() == before
+
+
+# ---------------------------------------------------------------------- derived alert status (v2)
+def _alert_v(version: int) -> dict:
+    return json.loads(contract.history_file("yrd.border.DerivedAlert", version).read_text())
+
+
+def _derived_alert(**extra) -> dict:
+    return {"alert_id": "3f1c9a52-2d8e-5b7a-9c43-1b2f7e0a9d11", "kind": "CROSS_REGION_HIT", "severity": "HIGH",
+            "rule_id": "cross_region_hit", "rule_set_version": "1", "must_act": ["JS"], "inform": ["SH"],
+            "station_id": None, "port_code": "NKG", "subject": "s-1", "conveyance_id": None, "pattern": None,
+            "evidence": ["e-1", "e-2"], "occurred_at": 1496620800000, "emitted_at": 1496620900000,
+            "summary": "flagged in SH, seen in JS", "details": {}, **extra}
+
+
+def _write_read(writer: dict, reader: dict, record: dict) -> dict:
+    import io
+
+    from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+    buf = io.BytesIO()
+    schemaless_writer(buf, parse_schema(writer), record)
+    buf.seek(0)
+    return schemaless_reader(buf, parse_schema(writer), parse_schema(reader))
+
+
+def test_derived_alert_v2_is_registered_with_status_and_reason_and_the_current_schema_is_it():
+    rows = [r for r in contract.load_ids() if r["name"] == "yrd.border.DerivedAlert"]
+    assert [r["version"] for r in rows] == [1, 2]
+    v2 = {f["name"]: f for f in _alert_v(2)["fields"]}
+    assert v2["status"]["type"]["symbols"] == ["RAISED", "WITHDRAWN"] and v2["status"]["default"] == "RAISED"
+    assert v2["status_reason"]["type"] == ["null", "string"] and v2["status_reason"]["default"] is None
+    assert json.loads(contract.current_schema_json("derived_alert")) == json.loads(
+        json.dumps(_alert_v(2), sort_keys=True))
+
+
+def test_a_v2_reader_reads_a_v1_derived_alert_as_raised_without_reason():
+    got = _write_read(_alert_v(1), _alert_v(2), _derived_alert())
+    assert got["status"] == "RAISED" and got["status_reason"] is None
+    assert got["alert_id"] == _derived_alert()["alert_id"]
+
+
+def test_a_v1_reader_reads_a_v2_withdrawn_derived_alert_ignoring_the_new_fields():
+    record = _derived_alert(status="WITHDRAWN", status_reason="flag resolved before the crossing")
+    got = _write_read(_alert_v(2), _alert_v(1), record)
+    assert "status" not in got and "status_reason" not in got
+    assert got["alert_id"] == record["alert_id"] and got["evidence"] == record["evidence"]
+    assert _write_read(_alert_v(2), _alert_v(2), record)["status"] == "WITHDRAWN"
+
+
+def test_the_codec_decodes_a_v1_framed_derived_alert_as_raised_and_round_trips_a_withdrawn_one():
+    import struct
+
+    from schemas.codec import Codec
+
+    codec = Codec()
+    v1 = next(r["id"] for r in contract.load_ids() if r["name"] == "yrd.border.DerivedAlert" and r["version"] == 1)
+    import io
+
+    from fastavro import parse_schema, schemaless_writer
+
+    buf = io.BytesIO()
+    schemaless_writer(buf, parse_schema(_alert_v(1)), _derived_alert())
+    kind, got = codec.decode(b"\x00" + struct.pack(">I", v1) + buf.getvalue())
+    assert kind == "derived_alert" and (got["status"], got["status_reason"]) == ("RAISED", None)
+
+    record = _derived_alert(status="WITHDRAWN", status_reason="flag resolved before the crossing")
+    data = codec.encode("derived_alert", record, validate=False)
+    assert struct.unpack(">I", data[1:5])[0] == codec.schema_id("derived_alert") != v1
+    got = codec.decode(data)[1]
+    assert (got["status"], got["status_reason"]) == ("WITHDRAWN", "flag resolved before the crossing")

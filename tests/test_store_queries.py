@@ -132,7 +132,7 @@ def rows(client, name, **params):
 def test_library_lists_every_query_with_its_parameters():
     lib = queries.library()
     assert set(lib) == {"subject_history", "cross_region_hits", "rising_case_patterns", "transit_stays",
-                        "port_flow_baseline", "alert_handling"}
+                        "port_flow_baseline", "alert_handling", "late_events"}
     assert [p.name for p in lib["subject_history"].params] == ["subject", "since", "until"]
     assert lib["subject_history"].params[0].required
     with pytest.raises(queries.QueryError, match="parameter subject"):
@@ -224,8 +224,47 @@ def test_port_flow_is_compared_with_the_baseline_of_its_port_hour_and_weekday(se
 def test_alert_handling_summarises_current_status_per_region(seeded):
     client, _ = seeded
     assert rows(client, "alert_handling") == [
-        ("AH", 0, 0, 0, 0, 0, 0, None, 0),
-        ("JS", 1, 1, 0, 0, 0, 1, None, 1),
-        ("SH", 3, 0, 0, 2, 1, 2, 60.0, 1),
-        ("ZJ", 0, 0, 0, 0, 0, 0, None, 1),
+        ("AH", 0, 0, 0, 0, 0, 0, None, 0, 0),
+        ("JS", 1, 1, 0, 0, 0, 1, None, 1, 0),
+        ("SH", 3, 0, 0, 2, 1, 2, 60.0, 1, 0),
+        ("ZJ", 0, 0, 0, 0, 0, 0, None, 1, 0),
     ]
+
+
+def withdraw(client, db, alert_id, subject, when, must_act, reason, minutes_later=5):
+    gone = derived(alert_id, subject, when, must_act)
+    gone.update(status="WITHDRAWN", status_reason=reason, emitted_at=at(when) + timedelta(minutes=minutes_later))
+    insert(client, db, "derived_alerts", [gone])
+
+
+def test_alert_handling_counts_a_withdrawn_derived_alert_as_withdrawn_not_to_act_on(seeded):
+    client, db = seeded
+    withdraw(client, db, "d1", S1, "2017-06-03 12:00:01", ["ZJ"], "flag resolved before the crossing")
+    got = {r[0]: (r[8], r[9]) for r in rows(client, "alert_handling")}
+    assert got == {"AH": (0, 0), "JS": (1, 0), "SH": (1, 0), "ZJ": (0, 1)}
+
+
+def test_subject_history_shows_a_withdrawn_derived_alert_once_as_withdrawn_with_its_reason(seeded):
+    client, db = seeded
+    withdraw(client, db, "d1", S1, "2017-06-03 12:00:01", ["ZJ"], "flag resolved before the crossing")
+    got = [r for r in rows(client, "subject_history", subject=S1) if r[1] == "derived_alert"]
+    assert [(r[5], r[6]) for r in got] == [
+        ("WITHDRAWN (flag resolved before the crossing): CROSS_REGION_HIT d1", "d1")]
+
+
+def test_late_events_lists_events_published_long_after_they_happened_longest_delay_first(seeded):
+    client, db = seeded
+    late = clearance(11, S2, "2017-06-10 08:00:00", "SH", "PVG", "EXIT")
+    late["published_at"] = at("2017-06-12 10:00:00")                       # 50 h late
+    almost = clearance(12, S2, "2017-06-10 09:00:00", "SH", "PVG", "ENTRY")
+    almost["published_at"] = at("2017-06-12 08:00:00")                     # 47 h: in time
+    insert(client, db, "clearances", [late, almost])
+    insert(client, db, "alerts", [
+        alert(111, S3, "2017-06-01 00:00:00", "JS", "NKG", published="2017-06-04 00:00:00"),        # 72 h late
+        alert(112, S3, "2017-06-02 00:00:00", "JS", "NKG"),                                         # on time ...
+        alert(112, S3, "2017-06-02 00:00:00", "JS", "NKG", status="RESOLVED", published="2017-06-06 00:00:00"),
+    ])                                                                      # ... resolved 4 days later: not late
+    got = [(r[0], r[1], r[3], r[7]) for r in rows(client, "late_events")]
+    assert got == [("alert", "JS", _uuid(111), 72.0), ("clearance", "SH", _uuid(11), 50.0)]
+    assert [r[3] for r in rows(client, "late_events", min_delay_hours=60)] == [_uuid(111)]
+    assert [r[3] for r in rows(client, "late_events", since="2017-06-05 00:00:00")] == [_uuid(11)]

@@ -208,3 +208,79 @@ def test_sink_killed_mid_batch_and_restarted_stores_everything_exactly_once(kafk
         except subprocess.TimeoutExpired:
             p.kill()
     assert not (tmp_path / "var" / "run" / "query.json").exists(), "the state file goes with the process"
+
+
+# ---------------------------------------------------------------------- withdrawn derived alerts
+def _alert_versions():
+    """A raised derived alert and the version that withdraws it (a minute later), as the stream layer sends them."""
+    from datetime import datetime, timedelta, timezone
+    import random
+
+    from streams import derived
+
+    raised = dict(synthetic.derived_alert(random.Random(3), datetime(2017, 6, 5, 8, tzinfo=timezone.utc)),
+                  status=derived.RAISED, status_reason=None)
+    gone = dict(derived.withdrawn(raised, "flag resolved before the crossing (read late)"),
+                emitted_at=raised["emitted_at"] + timedelta(minutes=1))
+    return raised, gone
+
+
+def _store_insert(client, db: str, record: dict, version: int = 2) -> None:
+    """Insert one record the way the sink does: its writer schema's fields that are columns, Avro through the engine."""
+    from connectors.sink import Store
+    from schemas import contract
+
+    row = next(r for r in contract.load_ids() if r["name"] == "yrd.border.DerivedAlert" and r["version"] == version)
+    schema_json = contract.read_history(row)
+    body = get_codec().encode("derived_alert", record, validate=False)[5:] if version == 2 else _v1_body(schema_json, record)
+    Store(client, db, embedded=True).insert_avro("derived_alerts", schema_json, [body], token=os.urandom(8).hex())
+
+
+def _v1_body(schema_json: str, record: dict) -> bytes:
+    import io
+
+    from fastavro import parse_schema, schemaless_writer
+
+    buf = io.BytesIO()
+    schemaless_writer(buf, parse_schema(json.loads(schema_json)), record)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("order", ["raised_first", "withdrawn_first"])
+def test_a_withdrawn_version_stored_by_the_sink_replaces_the_raised_alert_whatever_the_insert_order(ch, order):
+    client, db = ch
+    migrate(client, Target(database=db))
+    raised, gone = _alert_versions()
+    for record in ((raised, gone) if order == "raised_first" else (gone, raised)):
+        _store_insert(client, db, record)
+    aid = raised["alert_id"]
+    assert client.query(f"SELECT count() FROM {db}.derived_alerts WHERE alert_id = %(a)s",
+                        parameters={"a": aid}).result_rows == [(2,)]  # both versions stored
+    assert client.query(f"SELECT status, status_reason FROM {db}.derived_alerts FINAL WHERE alert_id = %(a)s",
+                        parameters={"a": aid}).result_rows == [("WITHDRAWN", gone["status_reason"])]
+    assert client.query(f"SELECT argMax(status, emitted_at) FROM {db}.derived_alerts WHERE alert_id = %(a)s",
+                        parameters={"a": aid}).result_rows == [("WITHDRAWN",)]
+    # the subject's history shows it withdrawn, with the reason
+    detail = client.query(f"SELECT detail FROM {db}.subject_events FINAL WHERE id = %(a)s",
+                          parameters={"a": aid}).result_rows
+    assert detail == [(f"WITHDRAWN ({gone['status_reason']}): {raised['summary']}",)]
+
+
+def test_a_v1_derived_alert_is_stored_as_raised(ch):
+    client, db = ch
+    migrate(client, Target(database=db))
+    raised, _ = _alert_versions()
+    v1 = {k: v for k, v in raised.items() if k not in ("status", "status_reason")}
+    _store_insert(client, db, v1, version=1)
+    assert client.query(f"SELECT status, status_reason FROM {db}.derived_alerts FINAL").result_rows == [("RAISED", None)]
+
+
+def test_the_sink_stores_a_v2_derived_alert_in_a_store_not_yet_migrated_to_alert_status(ch):
+    from connectors.clickhouse import load, render
+
+    client, db = ch
+    for mig, sql in render(Target(database=db), [m for m in load() if m.version < 7]):
+        client.command(sql)
+    _, gone = _alert_versions()
+    _store_insert(client, db, gone)
+    assert client.query(f"SELECT alert_id FROM {db}.derived_alerts").result_rows == [(gone["alert_id"],)]

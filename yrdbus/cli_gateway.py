@@ -131,11 +131,16 @@ def _line(alert: dict):
     where = alert.get("station_id") or alert.get("port_code") or "-"
     region = alert.get("routed_to") or "/".join(alert.get("must_act") or []) or "-"
     t = str(alert.get("occurred_at", ""))[11:19]
+    status = alert.get("status") or "RAISED"
+    gone = status == "WITHDRAWN"
     text = Text()
     text.append(f"{t}Z ", style="dim")
-    text.append(f"{sev:<8}", style=SEVERITY_STYLE.get(sev, ""))
+    text.append(f"{sev:<8}", style="dim" if gone else SEVERITY_STYLE.get(sev, ""))
+    text.append(f" {status:<9}", style="bold" if gone else "dim")
     text.append(f" {region:<5} {alert.get('kind', '?'):<22} {where:<10} ")
-    text.append(str(alert.get("summary", "")))
+    text.append(str(alert.get("summary", "")), style="strike" if gone else "")
+    if gone:
+        text.append(f"  (withdrawn: {alert.get('status_reason') or 'no reason given'})")
     text.append(f"  {alert.get('alert_id', '')}", style="dim")
     return text
 
@@ -146,7 +151,7 @@ def tail(
     station: List[str] = typer.Option([], "--station", help="Only alerts for this station."),
     min_severity: Optional[str] = typer.Option(None, "--min-severity", help="LOW, MEDIUM, HIGH or CRITICAL."),
     kind: List[str] = typer.Option([], "--kind", help="Only this alert kind (repeat for several)."),
-    json_out: bool = typer.Option(False, "--json", help="One JSON object per line (the alert), for scripts."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per line (the alert, its status and status_reason included), for scripts."),
     url: Optional[str] = typer.Option(None, "--url", help="Gateway URL (default: YRDBUS_GATEWAY_URL or "
                                       "http://YRDBUS_GATEWAY_HOST:YRDBUS_GATEWAY_PORT)."),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the bearer token "
@@ -155,7 +160,11 @@ def tail(
     from_time: Optional[str] = typer.Option(None, "--from-time", help="Start at this ISO 8601 time (e.g. 2025-03-01T08:00Z)."),
     count: Optional[int] = typer.Option(None, "--count", min=1, help="Exit after this many alerts."),
 ) -> None:
-    """Print alerts as they arrive, one line each (coloured by severity), reconnecting without loss."""
+    """Print alerts as they arrive, one line each (coloured by severity), reconnecting without loss.
+
+    Each line shows the alert's status: RAISED, or WITHDRAWN with the reason (a later version of an alert
+    already printed, same id: events read later disproved it).
+    """
     import httpx2
     from rich.console import Console
 

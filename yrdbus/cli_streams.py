@@ -417,7 +417,11 @@ def evaluate(
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the broker."),
     json_out: bool = typer.Option(False, "--json", help="Print {precision, recall, scenarios, false_alerts} as JSON."),
 ) -> None:
-    """Score the derived alerts (alerts.derived) against a ground-truth file: per scenario, detected or missed."""
+    """Score the derived alerts (alerts.derived) against a ground-truth file: per scenario, detected or missed.
+
+    The last version of each alert id (by emitted_at) counts; a withdrawn alert is neither a true nor a false
+    alert, and is listed apart.
+    """
     from streams.evaluate import TruthError, load_truth, read_alerts_file, read_alerts_topic, score
     from yrdbus import topics
 
@@ -437,7 +441,8 @@ def evaluate(
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"{len(result['scenarios'])} scenarios, {result['alerts']} derived alerts")
+    table = Table(title=f"{len(result['scenarios'])} scenarios, {result['alerts']} derived alerts"
+                        + (f" ({result['withdrawn']} more withdrawn)" if result["withdrawn"] else ""))
     for col in ("scenario", "incident", "result", "delay (s)"):
         table.add_column(col)
     for sc in result["scenarios"]:
@@ -449,4 +454,6 @@ def evaluate(
     for a in result["false_alerts"]:
         console.print(f"[yellow]false alert[/] {a['kind']} {a['occurred_at']} {','.join(a['regions'])} "
                       f"{a['summary']}")
+    for a in result["withdrawn_alerts"]:
+        console.print(f"[dim]withdrawn[/] {a['kind']} {a['occurred_at']} {a['summary']}: {a['reason'] or 'no reason given'}")
     console.print(f"precision {result['precision']:.3f}  recall {result['recall']:.3f}")

@@ -611,12 +611,14 @@ class Bus:
             unexpected += sum(got[i] for i in extra)
             per_table[table] = {"expected": len(want), "distinct": len(got), "missing": sorted(missing)[:5],
                                 "doubled": dup, "unexpected": sorted(extra)[:5]}
-        raw = dict(self.query("SELECT toString(alert_id), count() FROM derived_alerts GROUP BY alert_id"))
+        # re-emissions: rows of one version beyond the first (the version withdrawing an alert is not one)
+        raw = dict(self.query("SELECT concat(toString(alert_id), ':', status), count() FROM derived_alerts "
+                              "GROUP BY alert_id, status"))
         cols = ("alert_id", "kind", "must_act", "inform", "subject", "conveyance_id", "pattern", "port_code",
-                "occurred_at")
+                "occurred_at", "status")
         alerts = [dict(zip(cols, r)) for r in self.query(
             "SELECT toString(alert_id), kind, must_act, inform, subject, conveyance_id, pattern, port_code, "
-            "occurred_at FROM derived_alerts FINAL")]
+            "occurred_at, status FROM derived_alerts FINAL")]
         for a in alerts:
             at = a["occurred_at"]
             if isinstance(at, datetime):

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient
 from schemas.codec import get_codec
 from schemas.contract import SOURCE_KINDS
 from schemas.reference import REGIONS
+from streams.derived import is_live
 from yrdbus import topics
 from yrdbus.kafka_config import kafka_security
 
@@ -44,7 +45,9 @@ class BusMonitor:
                                   "enable.auto.commit": False, **kafka_security()})
         self._alerts: Consumer | None = None
         self._alerts_assigned = False
-        self.alerts_by_kind: Counter = Counter()
+        self.alerts_by_kind: Counter = Counter()        # alerts raised and not withdrawn, by kind
+        self._counted: set[str] = set()
+        self.withdrawn = 0
         self.newest: deque = deque(maxlen=newest)
         self._codec = get_codec()
         self.baseline: Snapshot | None = None
@@ -102,8 +105,27 @@ class BusMonitor:
                 _, alert = self._codec.decode(msg.value())
             except Exception:
                 continue
-            self.alerts_by_kind[alert["kind"]] += 1
-            self.newest.appendleft(alert)
+            self.take(alert)
+
+    def take(self, alert: dict) -> None:
+        """Count a raised alert once; the version withdrawing it takes it off the count and replaces it among the
+        newest (a re-emission changes nothing)."""
+        aid = alert["alert_id"]
+        if is_live(alert):
+            if aid not in self._counted:
+                self._counted.add(aid)
+                self.alerts_by_kind[alert["kind"]] += 1
+                self.newest.appendleft(alert)
+            return
+        if aid in self._counted:
+            self._counted.discard(aid)
+            self.alerts_by_kind[alert["kind"]] -= 1
+            if not self.alerts_by_kind[alert["kind"]]:
+                del self.alerts_by_kind[alert["kind"]]
+        self.withdrawn += 1
+        for i, shown in enumerate(self.newest):
+            if shown["alert_id"] == aid:
+                self.newest[i] = alert
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> Snapshot:

@@ -186,6 +186,22 @@ def _gateway_access(settings: Settings, echo) -> tuple[Path, Path | None]:
 
 
 # --------------------------------------------------------------------------- the run
+_ALERT_FIELDS = ("alert_id", "kind", "severity", "must_act", "inform", "subject", "conveyance_id", "pattern",
+                 "port_code", "occurred_at", "emitted_at", "status", "status_reason")
+
+
+def stored_alerts(client, since: str, database: str = "yrdbus") -> tuple[list[dict], list[dict]]:
+    """The derived alerts stored since ``since`` (ingestion time, UTC), each as its last version by emitted_at:
+    (those that stand, those withdrawn)."""
+    last = ", ".join(f"argMax({f}, emitted_at)" for f in _ALERT_FIELDS[1:])
+    rows = client.query(
+        f"SELECT alert_id, {last} FROM {database}.derived_alerts "
+        "WHERE ingested_at >= {since:DateTime64(3, 'UTC')} GROUP BY alert_id ORDER BY alert_id",
+        parameters={"since": since}).result_rows
+    alerts = [dict(zip(_ALERT_FIELDS, row)) for row in rows]
+    return ([a for a in alerts if a["status"] != "WITHDRAWN"], [a for a in alerts if a["status"] == "WITHDRAWN"])
+
+
 class BusRun:
     def __init__(self, settings: Settings, opts: RunOptions, console: Console | None = None):
         self.settings = settings
@@ -399,8 +415,12 @@ class BusRun:
         for col in ("severity", "kind", "must act", "inform", "summary"):
             newest.add_column(col, overflow="ellipsis", no_wrap=col != "summary")
         for a in (m.last.newest_alerts if m and m.last else [])[:8]:
+            gone = a.get("status") == "WITHDRAWN"
             newest.add_row(f"[{SEVERITY_STYLE.get(a['severity'], '')}]{a['severity']}[/]", a["kind"],
-                           ",".join(a["must_act"]), ",".join(a.get("inform") or []), a["summary"])
+                           ",".join(a["must_act"]), ",".join(a.get("inform") or []),
+                           f"[dim]WITHDRAWN ({escape(a.get('status_reason') or 'no reason given')}):[/] "
+                           f"[strike]{escape(a['summary'])}[/]"
+                           if gone else a["summary"])
         health = Table.grid(padding=(0, 2))
         lag = m.last.lag if m and m.last else {}
         health.add_row(f"elapsed {time.monotonic() - self.t0:,.0f} s",
@@ -423,12 +443,7 @@ class BusRun:
                     f"SELECT region, count() FROM yrdbus.{table} WHERE ingested_at >= {{since:DateTime64(3, 'UTC')}} "
                     f"GROUP BY region", parameters=params).result_rows:
                 events.setdefault(region, {})[kind] = n
-        alerts = client.query(
-            "SELECT alert_id, any(kind), any(severity), any(must_act), any(inform), any(subject), any(conveyance_id), "
-            "any(pattern), any(port_code), any(occurred_at), any(emitted_at) FROM yrdbus.derived_alerts "
-            "WHERE ingested_at >= {since:DateTime64(3, 'UTC')} GROUP BY alert_id", parameters=params).result_rows
-        alert_dicts = [dict(zip(("alert_id", "kind", "severity", "must_act", "inform", "subject", "conveyance_id",
-                                 "pattern", "port_code", "occurred_at", "emitted_at"), row)) for row in alerts]
+        alert_dicts, withdrawn = stored_alerts(client, since)
         by_kind: dict[str, int] = {}
         for a in alert_dicts:
             by_kind[a["kind"]] = by_kind.get(a["kind"], 0) + 1
@@ -437,6 +452,7 @@ class BusRun:
                             parameters=params).result_rows[0][0]
         out = {"events": events, "events_total": sum(sum(v.values()) for v in events.values()),
                "derived_alerts_by_kind": dict(sorted(by_kind.items())), "derived_alerts_total": len(alert_dicts),
+               "derived_alerts_withdrawn": len(withdrawn),
                "dead_letters": dead, "failed_processes": [d.name for d in self.sup.deaths],
                "restarts": {c.name: c.restarts for c in self.sup.children if c.spec.restartable},
                "crash_loop": list(self.crash_loop),
@@ -469,6 +485,9 @@ class BusRun:
         for kind, n in summary["derived_alerts_by_kind"].items():
             a.add_row(kind, str(n))
         c.print(a)
+        if summary.get("derived_alerts_withdrawn"):
+            c.print(f"Derived alerts withdrawn (disproved by events read later; not counted above): "
+                    f"{summary['derived_alerts_withdrawn']}")
         c.print(f"Dead letters: {summary['dead_letters']}")
         ev = summary.get("evaluation")
         if ev:

@@ -40,7 +40,7 @@ from yrdbus.settings import Settings
 
 from connectors.gateway.metrics import GatewayMetrics
 from connectors.gateway.selection import (
-    BadRequest, Item, Position, Selection, TopicNames, format_cursor, make_item, parse_cursor)
+    BadRequest, Item, Position, Selection, TopicNames, format_cursor, make_item, parse_cursor, version_key)
 
 log = logging.getLogger("yrdbus.gateway")
 
@@ -390,13 +390,14 @@ class Feed:
         return format_cursor(self.positions)
 
     def _duplicate(self, item: Item) -> bool:
-        """A subscriber reading several routed topics gets an alert routed to two of them once."""
+        """A subscriber reading several routed topics gets an alert routed to two of them once (and the version
+        withdrawing it once: the key is the id and the status)."""
         if len(self.sub.selection.sources) < 2:
             return False
-        aid = item.alert.get("alert_id")
-        if aid in self._seen:
+        key = version_key(item.alert)
+        if key in self._seen:
             return True
-        self._seen[aid] = None
+        self._seen[key] = None
         if len(self._seen) > 10_000:
             self._seen.popitem(last=False)
         return False

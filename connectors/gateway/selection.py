@@ -86,6 +86,20 @@ def _iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def version_key(alert: dict) -> tuple[str, str]:
+    """What tells two copies of an alert apart when deduplicating: its id and its status. The copies routed to
+    several topics (and a re-emission) are one; the version that withdraws it (same id, status WITHDRAWN) is
+    another, and must reach whoever saw the raised one."""
+    return alert.get("alert_id"), alert.get("status") or "RAISED"
+
+
+def delivery_id(alert: dict) -> str:
+    """The id a receiver deduplicates deliveries by: the alert id for the raised alert (as before statuses),
+    ``<alert id>:WITHDRAWN`` for the version that withdraws it."""
+    aid, status = version_key(alert)
+    return aid if status == "RAISED" else f"{aid}:{status}"
+
+
 def make_item(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes, alert: dict,
               routed_to: str | None) -> Item:
     view = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in alert.items()}

@@ -4,8 +4,10 @@ Each webhook reads its topics with a Kafka consumer group of its own
 (``yrdbus-gateway-webhook-<name>``) and commits an alert's offset only after
 the alert was delivered or dead-lettered: a gateway restart resumes where it
 stopped, and an alert is delivered at least once (receivers deduplicate by
-the ``X-Yrdbus-Delivery`` header, the alert id). Alerts go out one at a time,
-in order; a failing receiver holds up only its own webhook.
+the ``X-Yrdbus-Delivery`` header: the alert id, and ``<alert id>:WITHDRAWN`` for
+the version that withdraws an alert, which is delivered too, its status in
+``X-Yrdbus-Alert-Status``). Alerts go out one at a time, in order; a failing
+receiver holds up only its own webhook.
 
 The body is JSON; ``X-Yrdbus-Signature: sha256=<hex>`` is the HMAC-SHA256 of
 the exact body bytes with the webhook's secret, and the body carries
@@ -42,7 +44,8 @@ from connectors.gateway.access import AccessFile, AccessFileError, Forbidden, pa
 from connectors.gateway.egress import ForbiddenTarget, check_at_load, resolve_target
 from connectors.gateway.hub import decode_item
 from connectors.gateway.metrics import GatewayMetrics
-from connectors.gateway.selection import BadRequest, Item, Selection, TopicNames, select
+from connectors.gateway.selection import (
+    BadRequest, Item, Selection, TopicNames, delivery_id, select, version_key)
 
 log = logging.getLogger("yrdbus.gateway.webhooks")
 
@@ -150,7 +153,7 @@ class WebhookWorker:
         self.ready = asyncio.Event()
         self.delivered = 0
         self.dead_lettered = 0
-        self._seen: dict[str, None] = {}
+        self._seen: dict[tuple[str, str], None] = {}
 
     def status(self) -> dict:
         return {"ready": self.ready.is_set(), "delivered": self.delivered, "dead_lettered": self.dead_lettered,
@@ -218,10 +221,10 @@ class WebhookWorker:
     def _duplicate(self, item: Item) -> bool:
         if len(self.spec.selection.sources) < 2:
             return False
-        aid = item.alert.get("alert_id")
-        if aid in self._seen:
+        key = version_key(item.alert)   # a withdrawal is not a duplicate of the alert it withdraws
+        if key in self._seen:
             return True
-        self._seen[aid] = None
+        self._seen[key] = None
         if len(self._seen) > 10_000:
             self._seen.pop(next(iter(self._seen)))
         return False
@@ -231,7 +234,7 @@ class WebhookWorker:
         now = time.time()
         body = json.dumps({
             "webhook": spec.name,
-            "delivery_id": item.alert["alert_id"],
+            "delivery_id": delivery_id(item.alert),
             "attempt": attempt,
             "sent_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "alert": item.view,
@@ -241,7 +244,8 @@ class WebhookWorker:
             "User-Agent": "yrdbus-gateway",
             "X-Yrdbus-Signature": sign(spec.secret, body),
             "X-Yrdbus-Timestamp": str(int(now)),
-            "X-Yrdbus-Delivery": item.alert["alert_id"],
+            "X-Yrdbus-Delivery": delivery_id(item.alert),
+            "X-Yrdbus-Alert-Status": version_key(item.alert)[1],
             "X-Yrdbus-Attempt": str(attempt),
         }
         self.metrics.webhook_attempts.labels(spec.name).inc()

@@ -2,7 +2,8 @@
 -- description: Station alerts per region by their current status (an alert's status updates are
 --   republished with the same event_id; the latest published wins), how many were high or critical,
 --   the median minutes from the alert to its resolution or dismissal, and the derived alerts the
---   region had to act on in the same period.
+--   region had to act on in the same period: those standing (the last version of each alert id not
+--   withdrawn), and those withdrawn because events read later disproved them.
 -- param since DateTime64(3) = 1970-01-01 00:00:00: alerts from this event time (UTC)
 -- param until DateTime64(3) = 2100-01-01 00:00:00: alerts before this event time (UTC)
 SELECT
@@ -14,7 +15,8 @@ SELECT
     ifNull(a.dismissed, 0) AS dismissed,
     ifNull(a.high_or_critical, 0) AS high_or_critical,
     a.median_minutes_to_close AS median_minutes_to_close,
-    ifNull(d.derived_must_act, 0) AS derived_must_act
+    ifNull(d.derived_must_act, 0) AS derived_must_act,
+    ifNull(d.derived_withdrawn, 0) AS derived_withdrawn
 FROM (SELECT code AS region FROM ref_regions FINAL) AS r
 LEFT JOIN
 (
@@ -42,7 +44,8 @@ LEFT JOIN
 ) AS a ON a.region = r.region
 LEFT JOIN
 (
-    SELECT toString(region) AS region, count() AS derived_must_act
+    SELECT toString(region) AS region, countIf(status != 'WITHDRAWN') AS derived_must_act,
+           countIf(status = 'WITHDRAWN') AS derived_withdrawn
     FROM derived_alerts FINAL
     ARRAY JOIN must_act AS region
     WHERE occurred_at >= {since:DateTime64(3)} AND occurred_at < {until:DateTime64(3)}

@@ -17,7 +17,7 @@ const state = {
   source: null,
   cursor: null,
   retry: null,
-  seen: new Set(),
+  rows: new Map(),   // alert id -> its row: one row an alert, showing its newest version
 };
 
 function setStatus(text, cls) {
@@ -192,13 +192,15 @@ function addRow(dl, label, value) {
   dl.appendChild(dd);
 }
 
-function addAlert(alert) {
-  if (state.seen.has(alert.alert_id)) return;
-  state.seen.add(alert.alert_id);
+function withdrawn(alert) {
+  return alert.status === "WITHDRAWN";
+}
 
-  const li = el("li", "alert fresh sev-" + alert.severity);
+function buildRow(alert) {
+  const li = el("li", "alert fresh sev-" + alert.severity + (withdrawn(alert) ? " withdrawn" : ""));
   li.dataset.alertId = alert.alert_id;
   li.dataset.severity = alert.severity;
+  li.dataset.status = alert.status || "RAISED";
   li._alert = alert;
   const details = el("details");
   const summary = el("summary");
@@ -208,12 +210,21 @@ function addAlert(alert) {
   summary.appendChild(el("span", "region", alert.routed_to || (alert.must_act || []).join("/")));
   summary.appendChild(el("span", "where", alert.station_id || alert.port_code || ""));
   summary.appendChild(el("span", "summary", alert.summary));
+  if (withdrawn(alert)) {
+    const reason = el("span", "reason");
+    reason.appendChild(el("strong", "withdrawn-label", "WITHDRAWN"));
+    reason.appendChild(document.createTextNode(" " + (alert.status_reason || "no reason given") +
+                                               " · " + localTime(alert.emitted_at)));
+    summary.appendChild(reason);
+  }
   details.appendChild(summary);
 
   const body = el("div", "evidence");
   const dl = el("dl");
   const evidence = el("ul");
   for (const id of alert.evidence || []) evidence.appendChild(el("li", null, id));
+  addRow(dl, "status", alert.status || "RAISED");
+  if (withdrawn(alert)) addRow(dl, "withdrawn because", alert.status_reason);
   addRow(dl, "evidence (event ids)", evidence);
   addRow(dl, "rule", alert.rule_id + " (rule set " + alert.rule_set_version + ")");
   addRow(dl, "must act", alert.must_act);
@@ -231,16 +242,35 @@ function addAlert(alert) {
   body.appendChild(dl);
   details.appendChild(body);
   li.appendChild(details);
+  return li;
+}
+
+function addAlert(alert) {
+  const list = $("alerts");
+  const shown = state.rows.get(alert.alert_id);
+  if (shown) {
+    // A later version of an alert already shown (the one that withdraws it) takes the place of its row, so
+    // an officer sees the alert they know change rather than a new alert; an older or the same version
+    // (a routed copy, a replay) changes nothing.
+    if (!(Date.parse(alert.emitted_at) > Date.parse(shown._alert.emitted_at))) return;
+    const li = buildRow(alert);
+    li._when = shown._when;   // keeps its place in the order of the version first shown
+    list.replaceChild(li, shown);
+    state.rows.set(alert.alert_id, li);
+    li.hidden = !visible(alert);
+    return;
+  }
+  const li = buildRow(alert);
+  li._when = Date.parse(alert.emitted_at);
+  state.rows.set(alert.alert_id, li);
 
   // Newest first by emission time: alerts of different partitions can arrive slightly out of order.
-  const list = $("alerts");
-  const when = Date.parse(alert.emitted_at);
   let before = list.firstChild;
-  while (before && Date.parse(before._alert.emitted_at) > when) before = before.nextSibling;
+  while (before && before._when > li._when) before = before.nextSibling;
   list.insertBefore(li, before);
   while (list.children.length > MAX_SHOWN) {
     const last = list.lastChild;
-    state.seen.delete(last.dataset.alertId);
+    state.rows.delete(last.dataset.alertId);
     list.removeChild(last);
   }
   li.hidden = !visible(alert);
