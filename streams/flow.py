@@ -256,7 +256,9 @@ class FlowSurge:
         start = snaps.get(str(lo))
         if start is None:
             if state.get("judged") is not None and lo <= state["judged"] and not (first is not None and lo < first):
-                return []                 # kept before hours were snapshotted: judged as they were
+                # judged before hours were snapshotted (a state of the previous release): judged as it was
+                state["beyond_delay"] = state.get("beyond_delay", 0) + 1
+                return []
             start = live if state.get("judged") is None or lo > state["judged"] else {"active": 0, "run": {},
                                                                                        "fired": {}}
         self._restore(state, start)

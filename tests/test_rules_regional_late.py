@@ -228,15 +228,16 @@ def fraud_scenario(seed=3):
     return s.events
 
 
-def flow_scenario(rs, seed=2, scale=0.01, surge_port="CNSHA-WSK", surge_from=24):
-    """Clearances at every port around the profile's expectation (x scale), four times that at one port from
-    ``surge_from`` h: a surge there, in event-time order."""
+def flow_scenario(rs, seed=2, scale=0.01, surge_port="CNSHA-WSK", surge_from=24, regions=None):
+    """Clearances at every port around the profile's expectation (x scale, x ``regions[region]``), four times that at
+    one port from ``surge_from`` h: a surge there, in event-time order."""
     rng = random.Random(seed)
     s = Script(seed)
     fs = FlowSurge(rs)
     for hour in range(SPAN_H):
         for code in sorted(ports()):
             lam = fs.expected(code, T0 // HOUR + hour) * scale * (4 if code == surge_port and hour >= surge_from else 1)
+            lam *= (regions or {}).get(ports()[code].region, 1)
             for _ in range(_poisson(rng, lam)):
                 at = T0 + hour * HOUR + rng.randrange(HOUR)
                 subject = token(code, at, rng.random())
@@ -482,3 +483,16 @@ def test_cases_of_a_second_source_read_late_move_an_episode_earlier_and_withdraw
     versions = [(a["kind"], a["must_act"], a["status"]) for k, a in outs if k == "derived_alert"]
     assert ("TREND_RISING", ["ZJ"], "WITHDRAWN") in versions
     assert ("SYSTEMIC_ESCALATION", ["SH", "JS", "ZJ", "AH"], "WITHDRAWN") in versions
+
+
+def test_a_surge_judged_before_a_busy_region_was_read_is_withdrawn_when_its_traffic_raises_the_scale(rs):
+    """Shanghai's and Jiangsu's ports run at three times the profile (the source's level, which the scale learns),
+    Hangzhou at four times: in event-time order no surge. Read before Shanghai's traffic, the scale is Zhejiang's
+    and Anhui's level and Hangzhou surges; Shanghai's clearances, read late, withdraw it."""
+    events = flow_scenario(rs, scale=0.008, surge_port="HGH", surge_from=20, regions={"SH": 3, "JS": 3})
+    ordered = play(rs, in_event_time(events))
+    assert ordered.live() == set()
+    late = play(rs, region_delayed(events, "SH"))
+    versions = [(a["kind"], a["port_code"], a["status"]) for k, a in late.outs if k == "derived_alert"]
+    assert ("FLOW_SURGE_SUPPORT", "HGH", "WITHDRAWN") in versions
+    assert late.live() == set()
