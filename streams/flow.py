@@ -50,7 +50,9 @@ class FlowCounter:
     def __init__(self, rs, partitions: int = 1, clock=time.monotonic):
         self.lateness_ms = rs.minutes_ms("event_time", "lateness_minutes")
         self.idle_s = float(rs["event_time"].get("flow_idle_seconds", rs["event_time"]["idle_partition_seconds"]))
-        self.keep_ms = self.lateness_ms + 6 * HOUR
+        # an hour's count is kept for the allowed delay, so that a clearance read that late resends its full count
+        self.delay_ms = rs.allowed_delay_ms()
+        self.keep_ms = self.lateness_ms + self.delay_ms
         self.partitions = partitions
         self._clock = clock
         self._started = clock()
@@ -58,7 +60,7 @@ class FlowCounter:
 
     @staticmethod
     def new_state() -> dict:
-        return {"counts": {}, "sent": {}, "progress": None, "sources": {}}
+        return {"counts": {}, "sent": {}, "progress": None, "sources": {}, "beyond_delay": 0}
 
     def watermark(self, state: dict, watermark: int, partition: int) -> int:
         """The partition's flow watermark: ``watermark``, held back by the slowest source still active."""
@@ -81,9 +83,17 @@ class FlowCounter:
                 sources[source] = ev["occurred_at"]
             self._seen[(partition, source)] = self._clock()
         hour = ev["occurred_at"] // HOUR
+        progress = state.get("progress")
+        if state.get("floor") is not None and (hour + 1) * HOUR < state["floor"]:
+            # older than the counts kept: its hour is no longer judged again (counted, for the stage's metric)
+            state["beyond_delay"] = state.get("beyond_delay", 0) + 1
+            return []
         key = f"{ev['port_code']}|{hour}"
         state["counts"][key] = state["counts"].get(key, 0) + 1
-        if key in state["sent"]:          # a late clearance of an hour already sent: resend its new total
+        if key in state["sent"] or (progress is not None and hour <= progress):
+            # a late clearance of an hour already passed: its partition's new total for the hour, at once (it
+            # replaces the one sent before), whether or not the watermark moves again
+            state["sent"][key] = True
             return [self._partial(key, state["counts"][key], partition)]
         return []
 
@@ -102,7 +112,9 @@ class FlowCounter:
             state["progress"] = done
             outs.append({"_kind": "flow_partial", "port": "", "hour": done, "partition": partition, "count": 0,
                          "progress": True, "partitions": self.partitions, "occurred_at": (done + 1) * HOUR - 1})
-        for key in [k for k in state["counts"] if watermark - (int(k.rsplit("|", 1)[1]) + 1) * HOUR > self.keep_ms]:
+        # the counts of hours ending before the floor are dropped; a clearance of one of them sends nothing
+        state["floor"] = max(state.get("floor") or watermark - self.keep_ms, watermark - self.keep_ms)
+        for key in [k for k in state["counts"] if (int(k.rsplit("|", 1)[1]) + 1) * HOUR < state["floor"]]:
             del state["counts"][key]
             state["sent"].pop(key, None)
         return outs
@@ -130,6 +142,8 @@ class FlowSurge:
         self.stall_ms = rs.hours_ms("flow_surge", "stall_hours")
         self.scale_min_ports = int(f["scale_min_ports"])
         self.cooldown_ms = rs.hours_ms("flow_surge", "cooldown_hours")
+        self.delay_ms = rs.allowed_delay_ms()
+        self._expected: dict = {}
         hm = rs["heightened_mode"]
         self.ratio_floor = float(hm["min_ratio_floor"])
         self.count_floor = float(hm["min_count_floor"])
@@ -138,11 +152,21 @@ class FlowSurge:
 
     @staticmethod
     def new_state() -> dict:
+        # snaps: hour -> what judging it started with (the active hours, runs, last surges, scale), and raised:
+        # alert id -> alert, both kept for the allowed delay so that an hour can be judged again
         return {"partials": {}, "first_hour": None, "judged": None, "history": {}, "run": {}, "fired": {},
-                "progress": {}}
+                "progress": {}, "snaps": {}, "raised": {}, "wm": None, "beyond_delay": 0}
 
     def expected(self, port_code: str, hour: int) -> float:
         """Expected clearances at a port in one UTC hour, before scaling."""
+        got = self._expected.get((port_code, hour))
+        if got is None:
+            if len(self._expected) > 100_000:
+                self._expected.clear()
+            got = self._expected[(port_code, hour)] = self._expect(port_code, hour)
+        return got
+
+    def _expect(self, port_code: str, hour: int) -> float:
         port = self.ports.get(port_code)
         if port is None:
             return 0.0
@@ -152,18 +176,38 @@ class FlowSurge:
                 * float(port.share_of_region) / 8760.0)
         return base * float(p["hour_of_day"][port.kind][local.hour]) * float(p["day_of_week"][local.weekday()])
 
-    def on_partial(self, state: dict, ev: dict) -> None:
+    def on_partial(self, state: dict, ev: dict, hm_state: dict | None = None) -> list:
+        """Keep a partition's count of a (port, hour), replacing what it sent before for them. A count of an hour
+        already judged (a late clearance) has the hour and those after it judged again at once, within the
+        allowed delay; an older one is kept and counted in ``beyond_delay``."""
         if ev.get("progress"):
             part = str(ev["partition"])
             state.setdefault("progress", {})[part] = max(ev["hour"], state["progress"].get(part, ev["hour"]))
             state["partitions"] = max(int(ev.get("partitions") or 1), state.get("partitions") or 1)
-            return
+            # the hours every partition has now sent are judged at once, not when the watermark next rises
+            return self._judge_due(state, hm_state or {"windows": []}) if state.get("wm") is not None else []
         key = f"{ev['port']}|{ev['hour']}"
-        state["partials"].setdefault(key, {})[str(ev["partition"])] = int(ev["count"])
-        if state["first_hour"] is None or ev["hour"] < state["first_hour"]:
+        parts = state["partials"].setdefault(key, {})
+        if parts.get(str(ev["partition"])) == int(ev["count"]):
+            return []
+        parts[str(ev["partition"])] = int(ev["count"])
+        first = state["first_hour"]
+        if first is None or ev["hour"] < first:
             state["first_hour"] = ev["hour"]
+        judged = state.get("judged")
+        if judged is None or ev["hour"] > judged:
+            return []
+        if (ev["hour"] + 1) * HOUR - 1 < (state.get("wm") or 0) - self.delay_ms:
+            state["beyond_delay"] = state.get("beyond_delay", 0) + 1
+            return []
+        return self._rejudge(state, ev["hour"], judged, hm_state or {"windows": []}, first)
 
     def on_watermark(self, state: dict, watermark: int, hm_state: dict) -> list:
+        state["wm"] = max(watermark, state.get("wm") or watermark)
+        return self._judge_due(state, hm_state)
+
+    def _judge_due(self, state: dict, hm_state: dict) -> list:
+        watermark = state["wm"]
         if state["first_hour"] is None:
             return []
         # an hour is judged once every partition that counts clearances has sent it; a partition that
@@ -178,17 +222,102 @@ class FlowSurge:
         else:
             last = (watermark - self.grace_ms) // HOUR - 1
         start = state["first_hour"] if state["judged"] is None else state["judged"] + 1
-        outs: list = []
-        for hour in range(max(start, last - 24 * 14), last + 1):
-            outs += self._judge(state, hour, hm_state)
-            state["judged"] = hour
+        start = max(start, last - 24 * 14)
+        if start > last:
+            return []
+        outs = self._rejudge(state, start, last, hm_state, None)
+        state["judged"] = last
+        self._prune(state, last)
         return outs
 
-    def _scale(self, state: dict) -> float | None:
+    def _snapshot(self, state: dict) -> dict:
+        """What judging an hour carries over to the next: the active hours so far, the runs and the last surges."""
+        return {"active": state.get("active_hours", 0), "run": {c: list(r) for c, r in state["run"].items() if r},
+                "fired": dict(state["fired"])}
+
+    def rejudge_since(self, state: dict, at: int, until: int, hm_state: dict) -> list:
+        """Judge again the hours from ``at`` on (a heightened-mode window read after them: its thresholds apply
+        to the hours before ``until``), within the allowed delay."""
+        judged = state.get("judged")
+        if judged is None or state.get("wm") is None:
+            return []
+        lo = max(at // HOUR, (state["wm"] - self.delay_ms) // HOUR + 1, state["first_hour"] or 0)
+        if lo > judged or str(lo) not in state.get("snaps", {}):
+            return []
+        return self._rejudge(state, lo, judged, hm_state, None, force=min(judged, (until - 1) // HOUR))
+
+    def _rejudge(self, state: dict, lo: int, hi: int, hm_state: dict, first: int | None,
+                 force: int | None = None) -> list:
+        """Judge hours ``lo`` to ``hi`` again from what judging ``lo`` started with (kept), or for the first time;
+        an hour whose counts, scale and carried state are as when it was last judged is passed over. Sent: the
+        signals of the hours judged, the alerts not raised before for them and the withdrawal of those gone."""
+        snaps = state.setdefault("snaps", {})
+        live = self._snapshot(state)
+        start = snaps.get(str(lo))
+        if start is None:
+            if state.get("judged") is not None and lo <= state["judged"] and not (first is not None and lo < first):
+                # judged before hours were snapshotted (a state of the previous release): judged as it was
+                state["beyond_delay"] = state.get("beyond_delay", 0) + 1
+                return []
+            start = live if state.get("judged") is None or lo > state["judged"] else {"active": 0, "run": {},
+                                                                                       "fired": {}}
+        self._restore(state, start)
+        outs: list = []
+        judged: set[int] = set()
+        new: list = []
+        cols = None
+        for hour in range(lo, hi + 1):
+            pre = self._snapshot(state)
+            kept = snaps.get(str(hour))
+            if kept is not None and hour - self.scale_h > lo:
+                scale = kept["scale"]         # only the counts of lo changed: a scale not looking back to lo stays
+            elif kept is not None and hour > lo:
+                # hours judged before: their history is what it was, lo's is written: one pass for all their scales
+                cols = cols or self._columns(state, lo + 1 - self.scale_h, min(hi, lo + self.scale_h))
+                scale = self._scale(state, hour, cols)
+            else:
+                scale = self._scale(state, hour)
+            if hour > max(lo, force or lo) and kept is not None and kept["scale"] == scale \
+                    and {**pre, "scale": scale} == kept:
+                if hour > lo + self.scale_h:   # (and past the hours forced)
+                    self._restore(state, live)
+                    break                 # nothing this hour on can differ from before
+                nxt = snaps.get(str(hour + 1))
+                self._restore(state, nxt if nxt is not None and hour < hi else live)
+                continue
+            snaps[str(hour)] = {**pre, "scale": scale}
+            judged.add(hour)
+            for kind, rec in self._judge(state, hour, hm_state, scale):
+                (new if kind == "derived_alert" else outs).append(rec if kind == "derived_alert" else (kind, rec))
+        raised = state.setdefault("raised", {})
+        before = {i: a for i, a in raised.items() if a["occurred_at"] // HOUR in judged}
+        after = {a["alert_id"] for a in new}
+        for i, a in sorted(before.items()):
+            if i not in after:
+                outs.append(("derived_alert", derived.withdrawn(a, "clearances counted late change the hours it "
+                                                                   "was raised for")))
+                del raised[i]
+        for a in new:
+            if a["alert_id"] not in before:
+                raised[a["alert_id"]] = a
+                outs.append(("derived_alert", a))
+        return outs
+
+    @staticmethod
+    def _restore(state: dict, snap: dict) -> None:
+        state["active_hours"] = snap["active"]
+        state["run"] = {c: list(r) for c, r in snap["run"].items()}
+        state["fired"] = dict(snap["fired"])
+
+    def _scale(self, state: dict, hour: int, cols: tuple | None = None) -> float | None:
+        """The median observed/expected ratio of the ports over the ``scale_hours`` before ``hour`` (from the
+        history's ``_columns`` when given: several hours' scales at the cost of one)."""
+        first, ports = cols if cols is not None else self._columns(state, hour - self.scale_h, hour - 1)
+        i, j = max(0, hour - self.scale_h - first), hour - first
         ratios = []
-        for port, hist in state["history"].items():
-            obs = sum(v[0] for v in hist.values())
-            exp = sum(v[1] for v in hist.values())
+        for obs_h, exp_h in ports:
+            obs = sum(obs_h[i:j])
+            exp = math.fsum(exp_h[i:j])       # correctly rounded: the same scale however it is worked out
             if exp > 0 and obs > 0:
                 ratios.append(obs / exp)
         if len(ratios) < self.scale_min_ports:
@@ -197,14 +326,22 @@ class FlowSurge:
         mid = len(ratios) // 2
         return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
 
-    def _judge(self, state: dict, hour: int, hm_state: dict) -> list:
-        outs: list = []
-        scale = self._scale(state)
-        end = (hour + 1) * HOUR
-        counts = {code: sum(state["partials"].pop(f"{code}|{hour}", {}).values()) for code in self.ports}
+    @staticmethod
+    def _columns(state: dict, first: int, last: int) -> tuple:
+        """Each port's observed and expected counts of hours ``first`` to ``last`` (0 where none)."""
+        hours = [str(h) for h in range(first, last + 1)]
+        ports = []
         for hist in state["history"].values():
-            for h in [h for h in hist if int(h) <= hour - self.scale_h]:
-                del hist[h]
+            vals = [hist.get(h) or (0, 0.0) for h in hours]
+            ports.append(([v[0] for v in vals], [v[1] for v in vals]))
+        return first, ports
+
+    def _judge(self, state: dict, hour: int, hm_state: dict, scale: float | None) -> list:
+        outs: list = []
+        end = (hour + 1) * HOUR
+        counts = {code: sum(state["partials"].get(f"{code}|{hour}", {}).values()) for code in self.ports}
+        for hist in state["history"].values():
+            hist.pop(str(hour), None)
         if not any(counts.values()):
             # an hour without any traffic at all is a gap in the input (before it started, a stop), not a
             # fall in flow: it neither feeds the scale nor counts as history
@@ -253,7 +390,20 @@ class FlowSurge:
                 outs.append(("derived_alert", a))
             if state["fired"].get(code) == end:
                 run[:] = run[-self.consecutive:]
-        for key in [k for k in state["partials"] if int(k.rsplit("|", 1)[1]) <= hour - 48]:
-            del state["partials"][key]
         state["fired"] = {c: t for c, t in state["fired"].items() if end - t <= self.cooldown_ms}
         return outs
+
+    def _prune(self, state: dict, judged: int) -> None:
+        """Counts, snapshots and alerts are kept for the allowed delay, history for the scale's hours before it."""
+        oldest = judged - self.delay_ms // HOUR - 1
+        for key in [k for k in state["partials"] if int(k.rsplit("|", 1)[1]) < oldest]:
+            del state["partials"][key]
+        for hist in state["history"].values():
+            for h in [h for h in hist if int(h) < oldest - self.scale_h]:
+                del hist[h]
+        snaps = state.setdefault("snaps", {})
+        for h in [h for h in snaps if int(h) < oldest]:
+            del snaps[h]
+        raised = state.setdefault("raised", {})
+        for i in [i for i, a in raised.items() if a["occurred_at"] // HOUR < oldest]:
+            del raised[i]

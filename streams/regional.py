@@ -5,6 +5,12 @@ surge, conveyance following, heightened mode and broadcast, vessel risk.
 Pure: ``on_event(state, event)`` and ``on_watermark(state, watermark)`` change
 the plain state in place and return ``[(kind, record)]`` outputs. The state is
 one dict per detector so the stage can store each under its own table key.
+
+Late events: within ``[event_time] allowed_delay_hours`` of the watermark, an event read after the window it falls
+in was judged (a flow hour, a trend window, a fraud-spread window, an escalation; a heightened-mode window read
+after the hours it covers) has the windows it changes judged again at once, in ``on_event``: the alerts are then
+those of the event-time order, with the same ids, and one it disproves is withdrawn (``derived.withdrawn``).
+Older events judge nothing again; ``beyond_delay`` counts them.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ class RegionalRules:
         if kind == "case":
             return ("trend",)
         if kind == "control":
-            return ("heightened", "trend")
+            return ("heightened", "trend", "flow")
         if kind == "clearance":
             # the conveyance section changes only for a flight that landed away from its scheduled port; most
             # clearances the stage reads are vessel crews', and a write of the unchanged section would cost a
@@ -58,23 +64,35 @@ class RegionalRules:
         kind = ev["_kind"]
         outs: list = []
         if kind != "flow_partial":
-            self.trend.note_time(state["trend"], ev["occurred_at"])
+            outs += self.trend.note_time(state["trend"], ev["occurred_at"], state["heightened"])
         if kind == "alert":
             outs += self.heightened.on_alert(state["heightened"], ev)
             outs += self.fraud.on_alert(state["fraud"], ev)
             outs += self.conveyance.on_alert(state["conveyance"], ev)
             outs += self.vessel.on_alert(state["vessel"], ev)
         elif kind == "case":
-            self.trend.on_case(state["trend"], ev)
+            outs += self.trend.on_case(state["trend"], ev, state["heightened"])
             outs += self.vessel.on_case(state["vessel"], ev)
         elif kind == "control":
+            windows = len(state["heightened"]["windows"])
             outs += self.heightened.on_control(state["heightened"], ev)
+            if len(state["heightened"]["windows"]) > windows:
+                # a window read after hours it covers were judged: they are judged again with its thresholds
+                w = state["heightened"]["windows"][-1]
+                outs += self.trend.rejudge_since(state["trend"], w["start"], state["heightened"])
+                outs += self.flow.rejudge_since(state["flow"], w["start"], w["end"], state["heightened"])
         elif kind == "clearance":
             outs += self.conveyance.on_clearance(state["conveyance"], ev)
             outs += self.vessel.on_clearance(state["vessel"], ev)
         elif kind == "flow_partial":
-            self.flow.on_partial(state["flow"], ev)
+            outs += self.flow.on_partial(state["flow"], ev, state["heightened"])
         return outs
+
+    @staticmethod
+    def beyond_delay(state: dict) -> dict:
+        """Events read later than the allowed delay, by section (kept in the state): counted where they can be,
+        but they judged no window again. The stage exports them as a metric."""
+        return {sec: int(state[sec].get("beyond_delay", 0)) for sec in ("fraud", "trend", "flow")}
 
     def on_watermark(self, state: dict, watermark: int) -> tuple[list, tuple[str, ...]]:
         """Outputs due at this watermark, and the sections it changed."""
