@@ -20,6 +20,11 @@ UNDELIVERED = Counter("yrdbus_streams_undelivered_records_total",
 TICKS = Counter("yrdbus_streams_ticks_total", "Tick records a stage read (its clock and its upstreams' idleness, "
                 "not events): with events_in, every record of the stage's topic.", ["stage"])
 LATE = Counter("yrdbus_streams_late_events_total", "Events older than the watermark when they arrived.", ["stage"])
+BEYOND_DELAY = Counter("yrdbus_streams_beyond_delay_events_total",
+                       "Events older than a stage's watermark minus the allowed delay ([event_time] "
+                       "allowed_delay_hours): stored and counted, they judge no window again. Per stage and detector "
+                       "section (flow: the subject stage's hourly counts and the regional stage's surges).",
+                       ["stage", "section"])
 DEAD = Counter("yrdbus_streams_dead_letters_total", "Records sent to a dead-letter topic.", ["topic", "reason"])
 TABLE = Gauge("yrdbus_streams_table_entries", "Entries in the worker's state, per table.", ["table"])
 WATERMARK = Gauge("yrdbus_streams_watermark_timestamp_seconds", "Current watermark (event time, epoch seconds), per stage.",

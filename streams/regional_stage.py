@@ -108,9 +108,14 @@ class RegionalStage:
             if self.wm.peak(upstream) != before:
                 self.wm_dirty = True
         first_hour = state["trend"]["first_hour"]
+        beyond = self.rules.beyond_delay(state)
         step.outs += self.rules.on_event(state, ev)
+        for sec, n in self.rules.beyond_delay(state).items():
+            if n > beyond[sec]:
+                metrics.labelled(metrics.BEYOND_DELAY, "regional", sec).inc(n - beyond[sec])
         touched = set(self.rules.touched(ev))
-        if ev["_kind"] != "case" and state["trend"]["first_hour"] == first_hour:
+        # a case changes the trend section; a control (a heightened window read late) may judge trends again
+        if ev["_kind"] not in ("case", "control") and state["trend"]["first_hour"] == first_hour:
             touched.discard("trend")
         self._watermark(state, touched, step)
         return step

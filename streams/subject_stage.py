@@ -81,8 +81,7 @@ class SubjectStage:
         self.deadlines = Deadlines()
         # A traveller with nothing on record is kept in the table too, as long as a refusal or a flag read late (up
         # to the allowed delay behind the watermark) may still need the crossings: then forgotten (a tombstone)
-        self.allowed_delay = rs.hours_ms("event_time", "allowed_delay_hours") \
-            if "allowed_delay_hours" in rs["event_time"] else 48 * 3_600_000
+        self.allowed_delay = rs.allowed_delay_ms()
         self.forgets = Deadlines()
         self.rescan = True
         self.flow_dirty: dict[str, int] = {}
@@ -212,8 +211,11 @@ class SubjectStage:
         fstate = self.flow_table.get(part) or FlowCounter.new_state()
         if kind == "clearance":
             via = self.via(part)
+            beyond = fstate.get("beyond_delay", 0)
             for p in self.counter.on_clearance(fstate, ev, partition, self.wm.current(), source=src):
                 step.forward.append((json.dumps(p).encode(), via))
+            if fstate.get("beyond_delay", 0) > beyond:
+                metrics.labelled(metrics.BEYOND_DELAY, "subjects", "flow").inc(fstate["beyond_delay"] - beyond)
             if ev.get("scheduled_port") or self.wants_regional(ev):
                 step.forward.append((raw, [("yrd-kind", b"clearance"), ("yrd-source", source.encode()), *via]))
             self.flow_dirty[part] = self.flow_dirty.get(part, 0) + 1
