@@ -141,7 +141,7 @@ def _poisoned_state(now: int):
     assert honest_judged == (now - 4 * HOUR) // HOUR - 1
     rr.on_watermark(state, _ms(9999))      # the forged watermark: every hour up to 9999 judged
     assert state["trend"]["judged"] > _ms(9999) // HOUR - 2 and state["flow"]["judged"] > _ms(9999) // HOUR - 200
-    state["trend"]["episodes"]["SH|STOWAWAY"] = {"since": _ms(9999), "last": _ms(9999), "alert_id": "x"}
+    state["trend"]["raised"]["x"] = {"alert_id": "x", "kind": "TREND_RISING", "occurred_at": _ms(9999)}
     regional = {sec: state[sec] for sec in ("trend", "flow", "fraud")}
     regional[WATERMARK_KEY] = {"subjects|0": _ms(9999), "border.SH.alert|1": now - 3 * HOUR,
                                "border.JS.case|0": _ms(1000)}
@@ -158,7 +158,8 @@ def test_the_repair_command_s_plan_clamps_a_poisoned_state_and_the_stage_judges_
     cap = (now + 5 * MIN) // HOUR - 1      # the last hour that ends by now + skew
     assert by["regional", "watermark"]["value"] == {"border.SH.alert|1": now - 3 * HOUR}
     trend, flow, fc = by["regional", "trend"]["value"], by["regional", "flow"]["value"], by["flowcounts", "0"]["value"]
-    assert trend["judged"] == cap and trend["episodes"] == {}
+    assert trend["judged"] == cap and "x" not in trend["raised"] and trend["wm"] is None
+    assert all(int(h) <= now // HOUR for h in trend["rising"]) and all(int(h) <= now // HOUR for h in flow["snaps"])
     assert flow["judged"] == cap and set(flow["progress"].values()) == {cap}
     assert fc["wm"] == fc["sources"] == {"border.SH.clearance|0": now - 2 * HOUR}
     assert fc["progress"] == cap and all(int(k.rsplit("|", 1)[1]) <= now // HOUR for k in fc["counts"])

@@ -205,8 +205,12 @@ def _repair_trend(f: _Fixer, t: dict) -> None:
     t["first_hour"] = f.first(t.get("first_hour"), "trend first_hour")
     for sec in ("buckets", "ids"):
         t[sec] = {k: f.hours(v, f"trend {sec}[{k}]") for k, v in (t.get(sec) or {}).items()}
-    t["episodes"] = f.times(t.get("episodes") or {}, "trend episode",
-                            lambda e: max(e.get("last") or 0, e.get("since") or 0) if isinstance(e, dict) else None)
+    _forget_watermark(f, t, "trend")
+    t["rising"] = f.hours(t.get("rising") or {}, "trend rising window")
+    t["raised"] = f.times(t.get("raised") or {}, "trend alert", _alert_time)
+    if "episodes" in t:     # a state written before episodes were worked out from the rising windows
+        t["episodes"] = f.times(t.get("episodes") or {}, "trend episode",
+                                lambda e: max(e.get("last") or 0, e.get("since") or 0) if isinstance(e, dict) else None)
     for ct, sys_ in (t.get("systemic") or {}).items():
         sys_["rising"] = f.times(sys_.get("rising") or {}, f"systemic[{ct}] rising",
                                  lambda r: r.get("at") if isinstance(r, dict) else None)
@@ -222,6 +226,22 @@ def _repair_flow(f: _Fixer, fl: dict) -> None:
     fl["partials"] = f.hours(fl.get("partials") or {}, "flow partial", _port_hour)
     fl["history"] = {port: f.hours(h, f"flow history[{port}]") for port, h in (fl.get("history") or {}).items()}
     fl["fired"] = f.times(fl.get("fired") or {}, "flow fired")
+    _forget_watermark(f, fl, "flow")
+    fl["snaps"] = f.hours(fl.get("snaps") or {}, "flow judged hour")
+    fl["raised"] = f.times(fl.get("raised") or {}, "flow alert", _alert_time)
+
+
+def _alert_time(a):
+    """A kept derived alert's event time (None: not an alert)."""
+    return a.get("occurred_at") if isinstance(a, dict) else None
+
+
+def _forget_watermark(f: _Fixer, d: dict, label: str) -> None:
+    """The watermark a detector judged at last, beyond the limit: forgotten (the stage's next one sets it)."""
+    wm = d.get("wm")
+    if isinstance(wm, (int, float)) and wm > f.limit_ms:
+        f.changes.append(f"{label} watermark {_when(wm)} removed")
+        d["wm"] = None
 
 
 def _repair_counts(f: _Fixer, fc: dict) -> None:
