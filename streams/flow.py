@@ -99,6 +99,11 @@ class FlowCounter:
 
     def on_watermark(self, state: dict, watermark: int, partition: int) -> list:
         watermark = self.watermark(state, watermark, partition)
+        done = watermark // HOUR - 1
+        if state.get("progress") is not None and done <= state["progress"]:
+            # no hour completed since the last call: every count of a passed hour has gone out (a late one at once,
+            # ``on_clearance``), and the counts kept are looked at once an hour, not on every clearance
+            return []
         outs = []
         for key, n in state["counts"].items():
             hour = int(key.rsplit("|", 1)[1])
@@ -107,7 +112,6 @@ class FlowCounter:
                 outs.append(self._partial(key, n, partition))
         # "this partition has sent every hour up to here": the judge waits for all partitions' progress,
         # not for the regional stage's own watermark, which runs ahead of the busy subject stage
-        done = watermark // HOUR - 1
         if state.get("progress") is None or done > state["progress"]:
             state["progress"] = done
             outs.append({"_kind": "flow_partial", "port": "", "hour": done, "partition": partition, "count": 0,
