@@ -139,7 +139,8 @@ class Pipeline:
             if v is None:
                 self.regional.table.pop(k, None)
             else:
-                self.regional.table[k] = json.loads(json.dumps(v))    # as the changelog keeps it
+                json.dumps(v)               # what the table's changelog writes (the stage goes on with its own copy)
+                self.regional.table[k] = v
 
     def _sent(self, outs: list) -> None:
         self.outputs += len(outs)
