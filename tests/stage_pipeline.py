@@ -19,9 +19,11 @@ from connectors.publisher import StationPublisher
 from schemas.codec import get_codec
 from schemas.eventtime import EventTimeBounds
 from streams import derived, ruleset
+from streams.evaluate import last_versions
 from streams.decoding import PlainDecoder
 from streams.faust_workarounds import subject_partition
 from streams.regional_stage import RegionalStage
+from streams.scripted import _dt
 from streams.subject_stage import SubjectStage, upstream_key
 from yrdbus import topics
 from yrdbus.settings import get_settings
@@ -153,3 +155,20 @@ class Pipeline:
         for a in self.versions:
             last[a["alert_id"]] = a
         return {i: a["kind"] for i, a in last.items() if derived.is_live(a)}
+
+
+def live(alerts: list[dict]) -> dict[str, str]:
+    """The alerts that stand among records read from a topic: id -> kind of the last version of each id, unless it
+    withdraws it."""
+    return {a["alert_id"]: a["kind"] for a in last_versions(alerts) if derived.is_live(a)}
+
+
+def answer_in_order(script, partitions: int = 4) -> dict[str, str]:
+    """The live alerts of the two stages fed a ``streams.scripted.Script``'s events in event-time order, at an
+    hour of event time a second: the answer a worker must give however the same events reach it."""
+    events = sorted(script.events, key=lambda e: (e[3]["occurred_at"], e[3]["event_id"]))
+    t0 = events[0][3]["occurred_at"]
+    times = ("occurred_at", "published_at", "starts_at", "ends_at")
+    return Pipeline(partitions=partitions).deliver(
+        [((rec["occurred_at"] - t0) / 3_600_000, kind, {k: (_dt(v) if k in times else v) for k, v in rec.items()})
+         for kind, _, _, rec in events]).live()

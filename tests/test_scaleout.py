@@ -23,10 +23,10 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.codec import get_codec
-from stage_pipeline import Pipeline
+from stage_pipeline import answer_in_order, live
 from streams import derived
 from streams.evaluate import last_versions, read_alerts_topic
-from streams.scripted import HOUR, Script, _dt, background, incidents
+from streams.scripted import HOUR, Script, background, incidents
 from test_streams_worker import publish
 from yrdbus import topics
 from yrdbus.settings import Settings
@@ -321,15 +321,10 @@ def test_a_worker_joining_mid_stream_takes_a_share_of_every_stage(scaled):
         assert {p for t, p in mine if ".border." in t}, "a worker holds no source partition"
 
 
-def live(alerts: list[dict]) -> list[dict]:
-    """The alerts that stand: the last version of each id, unless it withdraws it."""
-    return [a for a in last_versions(alerts) if derived.is_live(a)]
-
-
 def test_rebalance_loses_and_doubles_no_subject_stage_alert(scaled):
     one, two = scaled["alerts"]
     assert len({x["alert_id"] for x in one}) == len(one) >= 10
-    ids = lambda alerts: {x["alert_id"]: x["kind"] for x in live(alerts) if x["kind"] in SUBJECT_KINDS}  # noqa: E731
+    ids = lambda alerts: {i: k for i, k in live(alerts).items() if k in SUBJECT_KINDS}  # noqa: E731
     assert len(ids(one)) >= 5
     assert ids(two) == ids(one), {"only one worker": {i: k for i, k in ids(one).items() if i not in ids(two)},
                                   "only two workers": {i: k for i, k in ids(two).items() if i not in ids(one)}}
@@ -349,21 +344,17 @@ def test_rebalance_changes_no_stored_row(scaled):
 def test_regional_stage_alerts_are_the_same_with_a_second_worker(scaled):
     one, two = scaled["alerts"]
     what = lambda alerts: sorted({x["alert_id"]: (x["kind"], x.get("pattern") or "", x.get("conveyance_id") or "")  # noqa: E731
-                                  for x in live(alerts) if x["kind"] not in SUBJECT_KINDS}.values())
+                                  for x in last_versions(alerts) if derived.is_live(x)
+                                  and x["kind"] not in SUBJECT_KINDS}.values())
     assert what(two) == what(one)
 
 
 def test_the_workers_give_the_answer_of_the_stages_run_without_kafka(scaled):
     """One answer per set of events: the live alerts of one worker, and of two sharing the work after a rebalance,
     are those of the two stages fed the same events in event-time order without Kafka (tests/stage_pipeline.py)."""
-    events = sorted(script().events, key=lambda e: (e[3]["occurred_at"], e[3]["event_id"]))
-    t0 = events[0][3]["occurred_at"]
-    delivery = [((rec["occurred_at"] - t0) / 3_600_000, kind,
-                 {k: (_dt(v) if k in ("occurred_at", "published_at", "starts_at", "ends_at") else v)
-                  for k, v in rec.items()}) for kind, _, _, rec in events]
-    want = Pipeline(partitions=PARTITIONS).deliver(delivery).live()
+    want = answer_in_order(script(), PARTITIONS)
     assert len(want) >= 10
     for n, alerts in enumerate(scaled["alerts"], 1):
-        got = {a["alert_id"]: a["kind"] for a in live(alerts)}
+        got = live(alerts)
         assert got == want, (f"{n} worker(s): missing {sorted((k, i) for i, k in want.items() if i not in got)}, "
                              f"extra {sorted((k, i) for i, k in got.items() if i not in want)}")

@@ -22,6 +22,7 @@ from schemas.codec import get_codec
 from streams import derived
 from streams.app import StreamsConfig, ensure_topics, subject_partition
 from streams.evaluate import read_alerts_topic, score
+from stage_pipeline import answer_in_order, live
 from streams.scripted import HOUR, Script, background, incidents
 from yrdbus import topics
 
@@ -263,6 +264,8 @@ def test_worker_killed_mid_stream_recovers_its_state_and_loses_or_doubles_no_ale
     # a record re-read after a kill may be derived again: it carries the same id, never a new one
     assert len(distinct) == len({(a["kind"], tuple(a["must_act"]), a["subject"], a["pattern"], a["occurred_at"])
                                  for a in alerts})
+    # one answer per set of events: the alerts that stand are those of the stages fed the events in order
+    assert live(alerts) == answer_in_order(script)
 
 
 def test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_headers(kafka):
