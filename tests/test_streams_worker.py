@@ -252,7 +252,11 @@ def test_worker_killed_mid_stream_recovers_its_state_and_loses_or_doubles_no_ale
     wait_for(lambda: score(script.truth, read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS))
              ["recall"] == 1.0, 180, "every incident after the restarts", w,
              lambda: missing(kafka.bootstrap, prefix, script.truth))
-    time.sleep(4)
+    # one answer per set of events: the alerts that stand come to be those of the stages fed the events in order
+    want = answer_in_order(script)
+    wait_for(lambda: live(read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS)) == want, 60,
+             "the alerts that stand to be those of the events in order", w,
+             lambda: {"want": want, "got": live(read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS))})
     w.stop()
     alerts = read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS)
     result = score(script.truth, alerts)
@@ -264,8 +268,7 @@ def test_worker_killed_mid_stream_recovers_its_state_and_loses_or_doubles_no_ale
     # a record re-read after a kill may be derived again: it carries the same id, never a new one
     assert len(distinct) == len({(a["kind"], tuple(a["must_act"]), a["subject"], a["pattern"], a["occurred_at"])
                                  for a in alerts})
-    # one answer per set of events: the alerts that stand are those of the stages fed the events in order
-    assert live(alerts) == answer_in_order(script)
+    assert live(alerts) == want
 
 
 def test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_headers(kafka):
