@@ -22,7 +22,7 @@ from schemas.errors import EventError
 from streams import metrics, subject as subject_rules
 from streams.deadlines import Deadlines
 from streams.event_time import RecordClock, Watermark
-from streams.flow import FlowCounter
+from streams.flow import HOUR, FlowCounter
 
 log = logging.getLogger("yrdbus.streams")
 
@@ -116,7 +116,16 @@ class SubjectStage:
         # what the partitions' upstreams had given before a restart (kept with their flow counts): the
         # stage must not fall back behind it, or a restart at the end of a stream would judge nothing more
         for p in self.parts:
-            kept = restorable((self.flow_table.get(str(p)) or {}).get("wm") or {}, self.bounds, f"flowcounts[{p}]")
+            fstate = self.flow_table.get(str(p)) or {}
+            kept = restorable(fstate.get("wm") or {}, self.bounds, f"flowcounts[{p}]")
+            progress = fstate.get("progress")
+            if isinstance(progress, int) and not self.bounds.contains((progress + 1) * HOUR - 1):
+                # hours "sent" up to a forged date: every clearance would count as late and go out at once, its
+                # hour's end moving the regional watermark on; left out as the maxima are (repair-watermark
+                # rewrites it), the partition reports its hours again as its own watermark passes them
+                log.warning("flowcounts[%s]: the persisted progress (hour of %s) is outside the event-time bounds; "
+                            "not restored (yrdbus worker repair-watermark rewrites it)", p, (progress + 1) * HOUR - 1)
+                fstate["progress"] = None
             self.wm.restore({(p, src): m for src, m in kept.items()})
             if kept:
                 self.part_max[p] = max(self.part_max.get(p, NEVER), *kept.values())
