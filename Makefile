@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 YRDBUS := $(VENV)/bin/yrdbus
 KAFKA_LIB := infra/kafka/target/lib/.pom-mtime
 
-.PHONY: run test bench faults fuzz deps jars os-test-deps clean help
+.PHONY: run test bench faults fuzz order-suite deps jars os-test-deps clean help
 
 help:
 	@echo "make run    - bring the bus up on its embedded default and run its main job"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench  - run the benchmarks and write docs/benchmarks.md (BENCH=e2e: only that one)"
 	@echo "make fuzz   - every fuzz target on 100,000 hostile inputs (docs/security.md)"
 	@echo "make faults - the fault suite in full (docs/faults.md); make test runs its short form"
+	@echo "make order-suite - the stage-level order suite over several seeds (ORDER_SEEDS, ORDER_DRAWS)"
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (3.11+) is needed to build .venv" >&2; exit 1; }
@@ -63,6 +64,14 @@ fuzz: deps jars
 # `make test` runs the same tests in their short form (YRDBUS_FAULTS=short, the default).
 faults: deps jars
 	YRDBUS_FAULTS=full $(VENV)/bin/pytest tests/faults -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The order suite (tests/test_order_suite.py) over several seeds and draws of each random order, at full
+# volume; `make test` runs one seed and one draw. Each seed's deliveries take some 20 s of CPU each.
+ORDER_SEEDS ?= 11,23,31,47,59
+ORDER_DRAWS ?= 2
+order-suite: deps
+	YRDBUS_ORDER_SEEDS=$(ORDER_SEEDS) YRDBUS_ORDER_DRAWS=$(ORDER_DRAWS) $(VENV)/bin/pytest tests/test_order_suite.py \
+		-q -p no:cacheprovider -n 0 $(PYTEST_ARGS)
 
 # Benchmark tools (the `bench` extra: psutil, py-spy) and the Quix Streams peer of bench/peer_quix.py in
 # a venv of its own (quixstreams pins confluent-kafka<2.13, the bus 2.16). `make bench BENCH=e2e` runs one.

@@ -91,11 +91,18 @@ class FlowCounter:
         key = f"{ev['port_code']}|{hour}"
         state["counts"][key] = state["counts"].get(key, 0) + 1
         if key in state["sent"] or (progress is not None and hour <= progress):
-            # a late clearance of an hour already passed: its partition's new total for the hour, at once (it
-            # replaces the one sent before), whether or not the watermark moves again
+            # a late clearance of an hour already passed: its partition's new total for the hour goes out at the
+            # next tick (``flush``) or completed hour, whether or not the watermark moves again; one partial for
+            # all the clearances of a late file read in between, not one each (it replaces the one sent before)
             state["sent"][key] = True
-            return [self._partial(key, state["counts"][key], partition)]
+            state.setdefault("pending", {})[key] = True
         return []
+
+    def flush(self, state: dict, partition: int) -> list:
+        """The new totals of the hours already passed that late clearances have changed since the last flush."""
+        pending = state.pop("pending", None) or {}
+        return [self._partial(key, state["counts"][key], partition) for key in sorted(pending)
+                if key in state["counts"]]
 
     def on_watermark(self, state: dict, watermark: int, partition: int) -> list:
         watermark = self.watermark(state, watermark, partition)
@@ -104,7 +111,7 @@ class FlowCounter:
             # no hour completed since the last call: every count of a passed hour has gone out (a late one at once,
             # ``on_clearance``), and the counts kept are looked at once an hour, not on every clearance
             return []
-        outs = []
+        outs = self.flush(state, partition)
         for key, n in state["counts"].items():
             hour = int(key.rsplit("|", 1)[1])
             if (hour + 1) * HOUR <= watermark and key not in state["sent"]:
@@ -182,8 +189,9 @@ class FlowSurge:
 
     def on_partial(self, state: dict, ev: dict, hm_state: dict | None = None) -> list:
         """Keep a partition's count of a (port, hour), replacing what it sent before for them. A count of an hour
-        already judged (a late clearance) has the hour and those after it judged again at once, within the
-        allowed delay; an older one is kept and counted in ``beyond_delay``."""
+        already judged (a late clearance) has the hour and those after it judged again, within the allowed
+        delay, at the stage's next tick or judging (``judge_late``: once for all the hours changed in between);
+        an older one is kept and counted in ``beyond_delay``."""
         if ev.get("progress"):
             part = str(ev["partition"])
             state.setdefault("progress", {})[part] = max(ev["hour"], state["progress"].get(part, ev["hour"]))
@@ -204,7 +212,20 @@ class FlowSurge:
         if (ev["hour"] + 1) * HOUR - 1 < (state.get("wm") or 0) - self.delay_ms:
             state["beyond_delay"] = state.get("beyond_delay", 0) + 1
             return []
-        return self._rejudge(state, ev["hour"], judged, hm_state or {"windows": []}, first)
+        # hours: those whose counts changed; first: the first hour before them (an hour before it was never judged)
+        late = state.setdefault("late", {"hours": [], "first": first})
+        if ev["hour"] not in late["hours"]:
+            late["hours"] = sorted(late["hours"] + [ev["hour"]])
+        return []
+
+    def judge_late(self, state: dict, hm_state: dict) -> list:
+        """Judge again, once, the hours whose counts changed after they were judged, and those after them."""
+        late = state.pop("late", None)
+        if not late or state.get("judged") is None:
+            return []
+        hours = [h for h in late["hours"] if h <= state["judged"]]
+        return self._rejudge(state, hours[0], state["judged"], hm_state, late["first"], changed=set(hours)) \
+            if hours else []
 
     def on_watermark(self, state: dict, watermark: int, hm_state: dict) -> list:
         state["wm"] = max(watermark, state.get("wm") or watermark)
@@ -214,6 +235,8 @@ class FlowSurge:
         watermark = state["wm"]
         if state["first_hour"] is None:
             return []
+        # the hours changed late first: the hours judged next carry on from them
+        late = self.judge_late(state, hm_state)
         # an hour is judged once every partition that counts clearances has sent it; a partition that
         # lags stall_hours behind the most advanced one no longer holds the judge back. Without any
         # progress report (input that is not the subject stage's) the stage's own watermark decides.
@@ -228,8 +251,8 @@ class FlowSurge:
         start = state["first_hour"] if state["judged"] is None else state["judged"] + 1
         start = max(start, last - 24 * 14)
         if start > last:
-            return []
-        outs = self._rejudge(state, start, last, hm_state, None)
+            return late
+        outs = late + self._rejudge(state, start, last, hm_state, None)
         state["judged"] = last
         self._prune(state, last)
         return outs
@@ -242,19 +265,21 @@ class FlowSurge:
     def rejudge_since(self, state: dict, at: int, until: int, hm_state: dict) -> list:
         """Judge again the hours from ``at`` on (a heightened-mode window read after them: its thresholds apply
         to the hours before ``until``), within the allowed delay."""
+        late = self.judge_late(state, hm_state)
         judged = state.get("judged")
         if judged is None or state.get("wm") is None:
-            return []
+            return late
         lo = max(at // HOUR, (state["wm"] - self.delay_ms) // HOUR + 1, state["first_hour"] or 0)
         if lo > judged or str(lo) not in state.get("snaps", {}):
-            return []
-        return self._rejudge(state, lo, judged, hm_state, None, force=min(judged, (until - 1) // HOUR))
+            return late
+        return late + self._rejudge(state, lo, judged, hm_state, None, force=min(judged, (until - 1) // HOUR))
 
     def _rejudge(self, state: dict, lo: int, hi: int, hm_state: dict, first: int | None,
-                 force: int | None = None) -> list:
+                 force: int | None = None, changed: set | None = None) -> list:
         """Judge hours ``lo`` to ``hi`` again from what judging ``lo`` started with (kept), or for the first time;
-        an hour whose counts, scale and carried state are as when it was last judged is passed over. Sent: the
-        signals of the hours judged, the alerts not raised before for them and the withdrawal of those gone."""
+        ``changed``: the hours whose counts changed (``lo`` alone unless given). An hour whose counts, scale and
+        carried state are as when it was last judged is passed over. Sent: the signals of the hours judged, the
+        alerts not raised before for them and the withdrawal of those gone."""
         snaps = state.setdefault("snaps", {})
         live = self._snapshot(state)
         start = snaps.get(str(lo))
@@ -266,29 +291,35 @@ class FlowSurge:
             start = live if state.get("judged") is None or lo > state["judged"] else {"active": 0, "run": {},
                                                                                        "fired": {}}
         self._restore(state, start)
+        changed = changed or {lo}
         outs: list = []
         judged: set[int] = set()
         new: list = []
-        cols = None
+        cols, cols_last = None, None
         for hour in range(lo, hi + 1):
             pre = self._snapshot(state)
             kept = snaps.get(str(hour))
-            if kept is not None and hour - self.scale_h > lo:
-                scale = kept["scale"]         # only the counts of lo changed: a scale not looking back to lo stays
+            if kept is not None and hour > lo and not any(hour - self.scale_h <= c < hour for c in changed):
+                scale = kept["scale"]         # no hour it looks back to changed: the scale stays
             elif kept is not None and hour > lo:
-                # hours judged before: their history is what it was, lo's is written: one pass for all their scales
-                cols = cols or self._columns(state, lo + 1 - self.scale_h, min(hi, lo + self.scale_h))
+                # hours judged before: their history is what it was, unless changed (written when judged again):
+                # one pass for the scales of the hours up to the next changed one
+                if cols is None or hour - 1 > cols_last:
+                    cols_last = min(hi, hour + self.scale_h - 1)
+                    cols = self._columns(state, hour - self.scale_h, cols_last)
                 scale = self._scale(state, hour, cols)
             else:
                 scale = self._scale(state, hour)
-            if hour > max(lo, force or lo) and kept is not None and kept["scale"] == scale \
-                    and {**pre, "scale": scale} == kept:
-                if hour > lo + self.scale_h:   # (and past the hours forced)
+            if hour > max(lo, force or lo) and hour not in changed and kept is not None \
+                    and kept["scale"] == scale and {**pre, "scale": scale} == kept:
+                if hour > max(changed) + self.scale_h:   # (and past the hours forced)
                     self._restore(state, live)
                     break                 # nothing this hour on can differ from before
                 nxt = snaps.get(str(hour + 1))
                 self._restore(state, nxt if nxt is not None and hour < hi else live)
                 continue
+            if hour in changed:
+                cols = None               # its history is written anew
             snaps[str(hour)] = {**pre, "scale": scale}
             judged.add(hour)
             for kind, rec in self._judge(state, hour, hm_state, scale):

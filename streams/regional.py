@@ -8,7 +8,8 @@ one dict per detector so the stage can store each under its own table key.
 
 Late events: within ``[event_time] allowed_delay_hours`` of the watermark, an event read after the window it falls
 in was judged (a flow hour, a trend window, a fraud-spread window, an escalation; a heightened-mode window read
-after the hours it covers) has the windows it changes judged again at once, in ``on_event``: the alerts are then
+after the hours it covers) has the windows it changes judged again at once, in ``on_event`` (flow hours at the
+stage's next tick or judging, ``on_tick``: once for a late region's whole file, not once a count): the alerts are then
 those of the event-time order, with the same ids, and one it disproves is withdrawn (``derived.withdrawn``).
 Older events judge nothing again; ``beyond_delay`` counts them.
 """
@@ -94,9 +95,16 @@ class RegionalRules:
         but they judged no window again. The stage exports them as a metric."""
         return {sec: int(state[sec].get("beyond_delay", 0)) for sec in ("fraud", "trend", "flow")}
 
+    def on_tick(self, state: dict) -> tuple[list, tuple[str, ...]]:
+        """The flow hours whose counts changed after they were judged, judged again; and the sections changed."""
+        if not state["flow"].get("late"):
+            return [], ()
+        return self.flow.judge_late(state["flow"], state["heightened"]), ("flow",)
+
     def on_watermark(self, state: dict, watermark: int) -> tuple[list, tuple[str, ...]]:
         """Outputs due at this watermark, and the sections it changed."""
         before = _sizes(state)
+        late = bool(state["flow"].get("late"))
         judged = (state["trend"]["judged"], state["flow"]["judged"])
         outs = self.fraud.on_watermark(state["fraud"], watermark)
         spread = bool(outs)
@@ -110,7 +118,7 @@ class RegionalRules:
                         or (sec == "fraud" and spread))
         if state["trend"]["judged"] != judged[0]:
             changed += ("trend",)
-        if state["flow"]["judged"] != judged[1]:
+        if state["flow"]["judged"] != judged[1] or late:
             changed += ("flow",)
         return outs, changed
 

@@ -96,7 +96,9 @@ class RegionalStage:
         if ev["_kind"] == "tick":
             metrics.labelled(metrics.TICKS, "regional").inc()
             self.wm.touch(ev.get("busy") or ())
-            self._watermark(state, set(), step)
+            outs, changed = self.rules.on_tick(state)
+            step.outs += outs
+            self._watermark(state, set(changed), step)
             return step
         metrics.labelled(metrics.EVENTS_IN, source, "regional").inc()
         # an operator's control event is issued on its own clock: it does not move event time on

@@ -192,7 +192,11 @@ class SubjectStage:
         metrics.labelled(metrics.TICKS, "subjects").inc()
         self.wm.touch((p, s) for p in self.parts for s in busy or ())
         step = Step()
-        self._close(partition, self.flow_table.get(str(partition)) or FlowCounter.new_state(), step)
+        fstate = self.flow_table.get(str(partition)) or FlowCounter.new_state()
+        # the new totals of passed hours that late clearances changed since the last tick
+        via = self.via(str(partition))
+        step.forward += [(json.dumps(p).encode(), via) for p in self.counter.flush(fstate, partition)]
+        self._close(partition, fstate, step)
         return step
 
     def step(self, partition: int, kind: str, raw: bytes, key: bytes | None, timestamp: float | None,

@@ -43,7 +43,8 @@ LONGEST_FIRST = (
     "faults/test_faults_processes.py",    # ~150 s
     "test_run.py",                        # ~110 s
     "test_streams_worker.py",             # ~110 s
-    "test_order_suite.py",                # ~80 s of CPU: late regions re-judged at the stages
+    "test_order_suite_broker.py",         # ~100 s: a worker killed twice, a second one joining and leaving
+    "test_order_suite.py",                # ~90 s of CPU: 205,000 events in four orders at the stages
     "test_security_kafka.py",             # ~70 s
     "test_store_sink.py",                 # ~65 s
     "test_hostile_worker.py",             # ~60 s

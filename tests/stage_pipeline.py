@@ -75,11 +75,9 @@ class Pipeline:
         assert unread_from == len(placed)
         return self
 
-    def _place(self, kind: str, rec: dict) -> tuple[str, int, bytes | None]:
-        key = StationPublisher.key_for(kind, rec)
-        if kind == "control":
-            return topics.CONTROL, 0, key
-        return topics.source(rec["region"], kind), subject_partition(key, SOURCE_PARTITIONS), key
+    @staticmethod
+    def _place(kind: str, rec: dict) -> tuple[str, int, bytes | None]:
+        return place(kind, rec)
 
     @staticmethod
     def _behind(published: list, i: int, t: float) -> set[str]:
@@ -155,6 +153,23 @@ class Pipeline:
         for a in self.versions:
             last[a["alert_id"]] = a
         return {i: a["kind"] for i, a in last.items() if derived.is_live(a)}
+
+
+def place(kind: str, rec: dict) -> tuple[str, int, bytes | None]:
+    """The topic, partition and key a station's producer gives a record."""
+    key = StationPublisher.key_for(kind, rec)
+    if kind == "control":
+        return topics.CONTROL, 0, key
+    return topics.source(rec["region"], kind), subject_partition(key, SOURCE_PARTITIONS), key
+
+
+def kafka_records(events, codec, prefix: str) -> list[tuple[str, bytes | None, bytes]]:
+    """(topic, key, value) of (kind, record) events, as the stations publish them to a bus of ``prefix``."""
+    out = []
+    for kind, rec in events:
+        topic, _, key = place(kind, rec)
+        out.append((prefix + topic, key, codec.encode(kind, rec)))
+    return out
 
 
 def live(alerts: list[dict]) -> dict[str, str]:

@@ -6,8 +6,8 @@ Deliveries (tests/stage_pipeline.py plays both stages as the worker wires them):
   (a') everything published before the worker reads it: a pure backlog, read at 5,000 records a second;
   (b)  one region's whole file after another, in a random region order (each file published at once);
   (c)  one region delayed by a random number of hours within the allowed delay, at live pace.
-The real-broker variants (a worker SIGKILLed and restarted, a second worker joining and leaving) are
-tests/test_scaleout.py and tests/test_streams_worker.py; these try many more orders than a broker can.
+The real-broker variants ((d) a worker SIGKILLed and restarted, (e) a second worker joining and leaving) are
+tests/test_order_suite_broker.py; these try many more orders than a broker can.
 """
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from stage_pipeline import REGIONS, Pipeline
 from streams import evaluate, ruleset
 
 SPAN_HOURS = 30
-# `make test` tries one seed; more with e.g. YRDBUS_ORDER_SEEDS=11,23,31 YRDBUS_ORDER_DRAWS=3 (a re-judged region's
-# whole file costs some 15-40 s of CPU a draw)
+# `make test` tries one seed at the paper's full volume (some 205,000 events; about 20 s of CPU a delivery);
+# `make order-suite` tries several seeds and draws (YRDBUS_ORDER_SEEDS=11,23,31 YRDBUS_ORDER_DRAWS=3;
+# YRDBUS_ORDER_SCALE=0.1 for a tenth of the volume)
 SEEDS = [int(x) for x in os.environ.get("YRDBUS_ORDER_SEEDS", "11").split(",") if x.strip()]
-DRAWS = int(os.environ.get("YRDBUS_ORDER_DRAWS", "2"))
+DRAWS = int(os.environ.get("YRDBUS_ORDER_DRAWS", "1"))
+SCALE = float(os.environ.get("YRDBUS_ORDER_SCALE", "1.0"))
 SPEED = 3600.0                                  # simulated seconds a wall second: live pace, sped up
 DELAY_H = ruleset.default()["event_time"]["allowed_delay_hours"]
 
@@ -74,9 +76,9 @@ def differ(want: dict, got: dict) -> str:
 
 @pytest.fixture(scope="module", params=SEEDS)
 def day(request):
-    """A seed's 30 hours of incidents a-j and baseline (0.1 of the paper's volume), and event-time order's answer,
-    which must find every incident with no false alert."""
-    sim, events = simulate(request.param, 0.1)
+    """A seed's 30 hours of incidents a-j and baseline (``SCALE`` of the paper's volume), and event-time order's
+    answer, which must find every incident with no false alert."""
+    sim, events = simulate(request.param, SCALE)
     want = Pipeline().deliver(in_event_time(events))
     truth = [evaluate.normalise_row(r.as_json()) for r in sim.truth_rows()]
     scored = evaluate.score(truth, list({a["alert_id"]: a for a in want.versions}.values()))

@@ -300,8 +300,12 @@ def test_flow_counter_sends_an_hour_once_the_watermark_passes_it_and_resends_lat
     sent = fc.on_watermark(st, 11 * HOUR, 0)
     assert [(p["port"], p["hour"], p["count"]) for p in sent if not p.get("progress")] == [("PVG", 10, 1)]
     assert [p["hour"] for p in sent if p.get("progress")] == [10]
-    late = fc.on_clearance(st, ev, 0, 11 * HOUR)
-    assert [(p["hour"], p["count"]) for p in late] == [(10, 2)]
+    # a late clearance: the hour's new total at the next flush (the stage's tick) or completed hour
+    assert fc.on_clearance(st, ev, 0, 11 * HOUR) == []
+    assert [(p["hour"], p["count"]) for p in fc.flush(st, 0)] == [(10, 2)]
+    fc.on_clearance(st, ev, 0, 11 * HOUR)
+    sent = fc.on_watermark(st, 12 * HOUR, 0)
+    assert [(p["hour"], p["count"]) for p in sent] == [(10, 3), (11, 0)] and sent[-1]["progress"]
 
 
 def test_flow_hour_waits_for_the_slowest_source_and_not_for_a_silent_one(rs):

@@ -22,7 +22,6 @@ from schemas.codec import get_codec
 from streams import derived
 from streams.app import StreamsConfig, ensure_topics, subject_partition
 from streams.evaluate import read_alerts_topic, score
-from stage_pipeline import answer_in_order, live
 from streams.scripted import HOUR, Script, background, incidents
 from yrdbus import topics
 
@@ -219,56 +218,6 @@ def test_replaying_the_same_input_from_the_start_gives_the_same_alerts(scripted_
     w.stop()
     ids = collections.Counter(keys_on(boot, prefix + topics.DERIVED_ALERTS))
     assert sorted(ids) == first and set(ids.values()) == {2}
-
-
-def test_worker_killed_mid_stream_recovers_its_state_and_loses_or_doubles_no_alert(kafka, workers):
-    prefix = f"k{uuid.uuid4().hex[:6]}."
-    script = scripted(11)
-    expected_kinds = collections.Counter(a["expected_alert_kind"] for a in script.truth)
-    cfg = StreamsConfig(bootstrap=kafka.bootstrap, prefix=prefix)
-    ensure_topics(cfg)
-    records = script.encoded(get_codec(), prefix)
-    cut = T0 + 8 * HOUR    # before the cut: flags, refusals, transit entries, a first fraud hit
-    first = [r for r, (_, _, _, rec) in zip(records, sorted(script.events, key=lambda e: (e[3]["occurred_at"],
-                                                                                            e[3]["event_id"])))
-             if rec["occurred_at"] < cut]
-    rest = records[len(first):]
-    publish(kafka.bootstrap, first)
-    w = workers(prefix, f"{prefix}k")
-    w.start()
-    sources = [prefix + t for t in topics.source_topics()]
-    internal = [f"{prefix}streams.subjects", f"{prefix}streams.regional"]
-    wait_for(lambda: committed_everything(kafka.bootstrap, f"{prefix}k", sources + internal), 90,
-             "the first part to be processed and committed", w)
-    w.stop(signal.SIGKILL)
-    before = len(keys_on(kafka.bootstrap, prefix + topics.DERIVED_ALERTS))
-    # the second part, with the worker killed again while it is reading it
-    publish(kafka.bootstrap, rest)
-    w.start()
-    wait_for(lambda: len(keys_on(kafka.bootstrap, prefix + topics.DERIVED_ALERTS)) > before, 60,
-             "the restarted worker to derive its first alert", w)
-    w.stop(signal.SIGKILL)
-    w.start()
-    wait_for(lambda: score(script.truth, read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS))
-             ["recall"] == 1.0, 180, "every incident after the restarts", w,
-             lambda: missing(kafka.bootstrap, prefix, script.truth))
-    # one answer per set of events: the alerts that stand come to be those of the stages fed the events in order
-    want = answer_in_order(script)
-    wait_for(lambda: live(read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS)) == want, 60,
-             "the alerts that stand to be those of the events in order", w,
-             lambda: {"want": want, "got": live(read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS))})
-    w.stop()
-    alerts = read_alerts_topic(kafka.bootstrap, prefix + topics.DERIVED_ALERTS)
-    result = score(script.truth, alerts)
-    assert result["precision"] == 1.0, result["false_alerts"]
-    distinct = {a["alert_id"]: a for a in alerts}
-    # each expected alert exactly once: the h scenario's two rows are two alerts, the d scenario's
-    # two TREND_RISING rows are two alerts, and nothing else was derived
-    assert collections.Counter(a["kind"] for a in distinct.values()) == expected_kinds
-    # a record re-read after a kill may be derived again: it carries the same id, never a new one
-    assert len(distinct) == len({(a["kind"], tuple(a["must_act"]), a["subject"], a["pattern"], a["occurred_at"])
-                                 for a in alerts})
-    assert live(alerts) == want
 
 
 def test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_headers(kafka):
