@@ -5,7 +5,10 @@ Deliveries (tests/stage_pipeline.py plays both stages as the worker wires them):
   (a)  event-time order at live pace (a simulated hour a second), the worker keeping up;
   (a') everything published before the worker reads it: a pure backlog, read at 5,000 records a second;
   (b)  one region's whole file after another, in a random region order (each file published at once);
-  (c)  one region delayed by a random number of hours within the allowed delay, at live pace.
+  (c)  one region delayed by a random number of hours within the allowed delay, at live pace;
+and, on a tenth of the volume, other orders stations produce: one kind's file after another, each region's
+file of each kind in a random order, every event delayed by its own random hours, a day's hours uploaded in a
+random order.
 The real-broker variants ((d) a worker SIGKILLed and restarted, (e) a second worker joining and leaving) are
 tests/test_order_suite_broker.py; these try many more orders than a broker can.
 """
@@ -62,6 +65,40 @@ def region_delayed(events, rng: random.Random) -> tuple[list, str, float]:
              for t, kind, rec in events], late, hours)
 
 
+def kind_files(events, rng: random.Random) -> list:
+    """Each kind's file (clearances, alerts, cases, controls) published at once, one after another."""
+    order = ["clearance", "alert", "case", "control"]
+    rng.shuffle(order)
+    return _files(events, lambda e: order.index(e[1]))
+
+
+def region_kind_files(events, rng: random.Random) -> list:
+    """Each region's file of each kind, the files in a random order."""
+    files = sorted({(e[2].get("region", ""), e[1]) for e in events})
+    rng.shuffle(files)
+    rank = {f: n for n, f in enumerate(files)}
+    return _files(events, lambda e: rank[(e[2].get("region", ""), e[1])])
+
+
+def shuffled_hours(events, rng: random.Random) -> list:
+    """The day uploaded an hour of events at a time, the hours in a random order."""
+    hours = sorted({t // 3_600_000 for t, _, _ in events})
+    rng.shuffle(hours)
+    rank = {h: n for n, h in enumerate(hours)}
+    return _files(events, lambda e: rank[e[0] // 3_600_000])
+
+
+def each_delayed(events, rng: random.Random, hours: float = 6.0) -> list:
+    """Every event published its own random number of hours (up to ``hours``) after it happened, at live pace."""
+    t0 = events[0][0]
+    return [((t - t0 + rng.uniform(0, hours) * 3_600_000) / 1000 / SPEED, kind, rec) for t, kind, rec in events]
+
+
+def _files(events, rank) -> list:
+    files = sorted(events, key=lambda e: (rank(e), e[0]))
+    return [(n / 50_000, kind, rec) for n, (_, kind, rec) in enumerate(files)]
+
+
 def kinds(live: dict) -> dict:
     out: dict = {}
     for k in live.values():
@@ -106,3 +143,18 @@ def test_a_region_delayed_within_the_allowed_delay_gives_the_answer_of_event_tim
     delivery, late, hours = region_delayed(events, random.Random(seed * 100 + 50 + draw))
     got = Pipeline().deliver(delivery).live()
     assert got == want, f"seed {seed}, {late} {hours:.1f} h late: {differ(want, got)}"
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def small_day(request):
+    """A seed's day at 0.1 of the volume, and event-time order's answer."""
+    sim, events = simulate(request.param, 0.1)
+    return request.param, events, Pipeline().deliver(in_event_time(events)).live()
+
+
+@pytest.mark.parametrize("order", [kind_files, region_kind_files, shuffled_hours, each_delayed],
+                         ids=lambda f: f.__name__)
+def test_other_orders_within_the_allowed_delay_give_the_answer_of_event_time_order(small_day, order):
+    seed, events, want = small_day
+    got = Pipeline().deliver(order(events, random.Random(seed * 100 + 70))).live()
+    assert got == want, f"seed {seed} {order.__name__}: {differ(want, got)}"
