@@ -1,17 +1,13 @@
 """The wheel works on its own: built from the repository, installed into a fresh virtual environment
 (not editable), the `yrdbus` command finds every package and every data file it reads at run time.
 
-Offline: the wheel is built with the setuptools of this Python, without build isolation (``pip wheel
---no-build-isolation`` when ``bdist_wheel`` is importable; otherwise, as with the setuptools a
-``python -m venv`` brings along, the same ``build_py`` and ``egg_info`` commands ``bdist_wheel`` runs,
-zipped here). The fresh environment gets the wheel alone (``--no-deps``); the dependencies come from this
+Offline: the wheel is built with the setuptools of this environment (the `test` extra pins one that builds
+wheels), without build isolation. The fresh environment gets the wheel alone (``--no-deps``); the dependencies come from this
 Python's site-packages through a ``.pth`` line. Such a line adds the folder to ``sys.path`` without running
 the ``.pth`` files in it, so the editable install's hook does not put the repository's source back.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
 import subprocess
@@ -41,55 +37,16 @@ def _source_copy(dest: Path) -> Path:
     return dest
 
 
-def _has_bdist_wheel() -> bool:
-    """setuptools 70.1 and later have bdist_wheel; older ones need the `wheel` package."""
-    probe = ("import importlib.util as u, sys; "
-             "sys.exit(not (u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel.bdist_wheel')))")
-    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
-
-
-def _zip_wheel(src: Path, out: Path) -> Path:
-    """A pure-Python wheel of ``src`` from setuptools' build_py and egg_info (what bdist_wheel packs)."""
-    lib, egg = out.parent / "lib", out.parent / "egg"
-    egg.mkdir()
-    _run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q",
-          "egg_info", "--egg-base", egg, "build_py", "--build-lib", lib], cwd=src)
-    (info_dir,) = egg.glob("*.egg-info")
-    pkg_info = (info_dir / "PKG-INFO").read_text()
-    meta = dict(line.split(": ", 1) for line in pkg_info.splitlines() if ": " in line and not line[0].isspace())
-    name, version = meta["Name"], meta["Version"]
-    dist_info = f"{name}-{version}.dist-info"
-    files = {p.relative_to(lib).as_posix(): p.read_bytes() for p in sorted(lib.rglob("*")) if p.is_file()}
-    files[f"{dist_info}/METADATA"] = pkg_info.encode()
-    files[f"{dist_info}/entry_points.txt"] = (info_dir / "entry_points.txt").read_bytes()
-    files[f"{dist_info}/top_level.txt"] = (info_dir / "top_level.txt").read_bytes()
-    files[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: tests/test_wheel.py\nRoot-Is-Purelib: true\n" \
-                                  b"Tag: py3-none-any\n"
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{dist_info}/RECORD,,")
-    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    wheel = out / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path, data in files.items():
-            zf.writestr(path, data)
-    return wheel
-
-
 def build_wheel(work: Path) -> Path:
     src = work / "src"
     src.mkdir()
     _source_copy(src)
     out = work / "dist"
     out.mkdir()
-    if _has_bdist_wheel():
-        _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "--no-index",
-              "-w", out], cwd=work)
-        (wheel,) = out.glob("yrdbus-*.whl")
-        return wheel
-    return _zip_wheel(src, out)
+    _run([sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation", "--no-index",
+          "-w", out], cwd=work)
+    (wheel,) = out.glob("yrdbus-*.whl")
+    return wheel
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +60,9 @@ def installed(tmp_path_factory):
     python = venv / "bin" / "python"
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", wheel])
     site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip())
-    (site / "yrdbus-test-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # the dependencies: every site-packages folder this Python imports from
+    deps = [p for p in sys.path if p.endswith("site-packages")] or [sysconfig.get_path("purelib")]
+    (site / "yrdbus-test-deps.pth").write_text("".join(f"{p}\n" for p in deps))
     cwd = work / "cwd"
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items()
