@@ -44,9 +44,15 @@ def day():
     return ordered, truth, want.live()
 
 
-def bus(kafka, prefix: str, ordered) -> list:
+def bus(kafka, variant: str, ordered) -> tuple[str, str, list, tuple[int, int]]:
+    """A private bus for a variant: its prefix, the workers' group, the day's records and two random points of
+    them (record counts, drawn for the seed and the variant)."""
+    prefix = f"o{variant}{uuid.uuid4().hex[:6]}."
     ensure_topics(StreamsConfig(bootstrap=kafka.bootstrap, prefix=prefix, partitions=PARTITIONS))
-    return kafka_records(ordered, get_codec(), prefix)
+    records = kafka_records(ordered, get_codec(), prefix)
+    rng = random.Random(f"{SEED}-{variant}")
+    first, second = sorted(int(len(records) * rng.uniform(0.1, 0.9)) for _ in range(2))
+    return prefix, f"{prefix}w", records, (first, second)
 
 
 def inputs(prefix: str) -> list[str]:
@@ -81,11 +87,7 @@ def check_alerts(alerts: list[dict], truth: list[dict], want: dict) -> None:
 
 def test_d_a_worker_sigkilled_twice_at_random_points_gives_the_answer_of_event_time_order(kafka, workers, day):
     ordered, truth, want = day
-    rng = random.Random(SEED * 1000 + 4)
-    prefix = f"od{uuid.uuid4().hex[:6]}."
-    group = f"{prefix}w"
-    records = bus(kafka, prefix, ordered)
-    first, second = sorted(int(len(records) * rng.uniform(0.1, 0.9)) for _ in range(2))
+    prefix, group, records, (first, second) = bus(kafka, "d", ordered)
     w = workers(prefix, group, partitions=PARTITIONS)
     # up to the first point: read and committed, then killed (what it wrote must be what it restores)
     publish(kafka.bootstrap, records[:first])
@@ -112,11 +114,7 @@ def test_d_a_worker_sigkilled_twice_at_random_points_gives_the_answer_of_event_t
 
 def test_e_a_second_worker_joining_and_leaving_mid_stream_gives_the_answer_of_event_time_order(kafka, workers, day):
     ordered, truth, want = day
-    rng = random.Random(SEED * 1000 + 5)
-    prefix = f"oe{uuid.uuid4().hex[:6]}."
-    group = f"{prefix}w"
-    records = bus(kafka, prefix, ordered)
-    joins, leaves = sorted(int(len(records) * rng.uniform(0.1, 0.9)) for _ in range(2))
+    prefix, group, records, (joins, leaves) = bus(kafka, "e", ordered)
     a = workers(prefix, group, partitions=PARTITIONS)
     b = workers(prefix, group, partitions=PARTITIONS)
     publish(kafka.bootstrap, records[:joins])
