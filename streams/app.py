@@ -170,6 +170,7 @@ class Worker:
         self.in_place: set[str] = set()
         # every stage's records in their partition's order, a run Faust skipped read again first
         faust_workarounds.commit_past_known_gaps()
+        faust_workarounds.flush_before_commit()
         self.turns = faust_workarounds.Turns(
             lambda: app.consumer, kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap}),
             on_skip=lambda topic, n: metrics.labelled(metrics.UNDELIVERED, topic).inc(n))
@@ -262,7 +263,8 @@ class Worker:
             metrics.labelled(metrics.EVENTS_IN, msg.topic, "clearances").inc()
             async with self.subject_turn:
                 await self.guarded("subjects", event,
-                                   lambda e: self.subject_step(e, "clearance", msg.topic, (msg.partition, src), src))
+                                   lambda e: self.subject_step(e, "clearance", msg.topic, (msg.partition, src), src,
+                                                               (msg.partition, msg.offset)))
         else:
             await self.rekey_event(event)
 
@@ -314,7 +316,8 @@ class Worker:
 
     async def subject_step(self, event, kind: str, source: str, upstream, src: str, origin=None) -> None:
         msg = event.message
-        step = self.subject.step(msg.partition, kind, event.value, event.key, msg.timestamp, upstream, src, source)
+        step = self.subject.step(msg.partition, kind, event.value, event.key, msg.timestamp, upstream, src, source,
+                                 origin[1] if origin else None)
         if step.error is not None:
             await self.emitter.dead_letter(source, event.value, event.key, step.error,
                                            *(origin or (msg.partition, msg.offset)))
@@ -326,8 +329,11 @@ class Worker:
         for value, headers in step.forward:
             await self.regional_topic.send(key=b"regional", value=value, headers=headers)
         await self.emitter.emit(step.outs)
-        for part, fstate in step.flow.items():
-            self.flow_table[part] = fstate
+        for key, value in step.flow.items():
+            if value is not None:
+                self.flow_table[key] = value
+            elif key in self.flow_table:
+                del self.flow_table[key]
         for ws, wstate in step.writes.items():
             if wstate is not None:
                 self.subjects_table[ws] = json.dumps(wstate, separators=(",", ":")).encode()

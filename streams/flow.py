@@ -62,6 +62,15 @@ class FlowCounter:
     def new_state() -> dict:
         return {"counts": {}, "sent": {}, "progress": None, "sources": {}, "beyond_delay": 0}
 
+    @staticmethod
+    def key_of(ev: dict) -> str:
+        """The count a clearance goes to: ``<port>|<hour>``."""
+        return f"{ev['port_code']}|{ev['occurred_at'] // HOUR}"
+
+    @staticmethod
+    def hour_of(key: str) -> int:
+        return int(key.rsplit("|", 1)[1])
+
     def watermark(self, state: dict, watermark: int, partition: int) -> int:
         """The partition's flow watermark: ``watermark``, held back by the slowest source still active."""
         sources = state.get("sources") or {}
@@ -76,7 +85,10 @@ class FlowCounter:
         for src in sources:
             self._seen[(partition, src)] = now
 
-    def on_clearance(self, state: dict, ev: dict, partition: int, watermark: int, source: str | None = None) -> list:
+    def on_clearance(self, state: dict, ev: dict, partition: int, watermark: int, source: str | None = None,
+                     offset: int | None = None) -> list:
+        """Count a clearance read from ``source`` at ``offset``; one a count already holds (read again after a
+        restart: the offsets committed lag the counts written) is not counted twice."""
         if source is not None:
             sources = state.setdefault("sources", {})
             if ev["occurred_at"] > sources.get(source, -(1 << 62)):
@@ -88,7 +100,12 @@ class FlowCounter:
             # older than the counts kept: its hour is no longer judged again (counted, for the stage's metric)
             state["beyond_delay"] = state.get("beyond_delay", 0) + 1
             return []
-        key = f"{ev['port_code']}|{hour}"
+        key = self.key_of(ev)
+        if source is not None and offset is not None:
+            upto = state.setdefault("upto", {}).setdefault(key, {})
+            if offset <= upto.get(source, -1):
+                return []
+            upto[source] = offset
         state["counts"][key] = state["counts"].get(key, 0) + 1
         if key in state["sent"] or (progress is not None and hour <= progress):
             # a late clearance of an hour already passed: its partition's new total for the hour goes out at the
@@ -104,7 +121,9 @@ class FlowCounter:
         return [self._partial(key, state["counts"][key], partition) for key in sorted(pending)
                 if key in state["counts"]]
 
-    def on_watermark(self, state: dict, watermark: int, partition: int) -> list:
+    def on_watermark(self, state: dict, watermark: int, partition: int, dropped: list | None = None) -> list:
+        """The partials of the hours the watermark has passed, and the progress; ``dropped``: the keys of the
+        counts dropped (older than the allowed delay)."""
         watermark = self.watermark(state, watermark, partition)
         done = watermark // HOUR - 1
         if state.get("progress") is not None and done <= state["progress"]:
@@ -125,9 +144,12 @@ class FlowCounter:
                          "progress": True, "partitions": self.partitions, "occurred_at": (done + 1) * HOUR - 1})
         # the counts of hours ending before the floor are dropped; a clearance of one of them sends nothing
         state["floor"] = max(state.get("floor") or watermark - self.keep_ms, watermark - self.keep_ms)
-        for key in [k for k in state["counts"] if (int(k.rsplit("|", 1)[1]) + 1) * HOUR < state["floor"]]:
+        for key in [k for k in state["counts"] if (self.hour_of(k) + 1) * HOUR < state["floor"]]:
             del state["counts"][key]
             state["sent"].pop(key, None)
+            state.get("upto", {}).pop(key, None)
+            if dropped is not None:
+                dropped.append(key)
         return outs
 
     @staticmethod

@@ -12,6 +12,7 @@ on it; a deadline already due when it is learned fires at once.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -64,8 +65,9 @@ class Step:
 
 class SubjectStage:
     """One worker's share of the subject stage: the subject partitions it holds, their tables
-    (``subjects``: token -> the JSON bytes of its state; ``flow``: partition -> its flow counts) and their
-    watermark, deadlines and flow counters."""
+    (``subjects``: token -> the JSON bytes of its state; ``flow``: ``<partition>|<port>|<hour>`` -> a count of
+    clearances, one key each, written with the step that changes it, and ``<partition>`` -> the rest of its flow
+    counter's state, written every so often) and their watermark, deadlines and flow counters."""
 
     def __init__(self, rs, decoder, bounds, partitions: int, subjects: MutableMapping, flow: MutableMapping,
                  wants_regional=None):
@@ -85,6 +87,8 @@ class SubjectStage:
         self.forgets = Deadlines()
         self.rescan = True
         self.flow_dirty: dict[str, int] = {}
+        self.fstates: dict[str, dict] = {}      # partition -> its flow counter's state, read from the table once
+        self.held: set[str] = set()             # the partitions held before the last assignment too
         self.flow_wm: dict[str, int] = {}
         self.part_max: dict[int, int] = {}
         self.parts: list[int] = []
@@ -100,6 +104,10 @@ class SubjectStage:
         for k in list(self.wm.maxima()):
             if (k if isinstance(k, int) else k[0]) not in mine:
                 self.wm.forget(k)
+        # the flow states of the partitions it held before are its own; the others are read once their tables
+        # are recovered (at the first record after the assignment, ``_start``)
+        self.held = {str(p) for p in mine if p in self.parts}
+        self.fstates = {p: st for p, st in self.fstates.items() if p in self.held}
         self.parts = mine
         if mine:
             # ticks for a while, whether or not there is anything to re-key: the stage's clock must move on for
@@ -112,25 +120,59 @@ class SubjectStage:
 
     def _start(self) -> None:
         """The first record after an assignment: what was kept before is restored, and every upstream expected."""
+        # (a state read before the tables were recovered, by ``behind``, is not kept)
+        self.fstates = {p: st for p, st in self.fstates.items() if p in self.held}
         self.wm.touch(self.wm.maxima())
         # what the partitions' upstreams had given before a restart (kept with their flow counts): the
         # stage must not fall back behind it, or a restart at the end of a stream would judge nothing more
         for p in self.parts:
-            fstate = self.flow_table.get(str(p)) or {}
+            fstate = self._fstate(str(p))
             kept = restorable(fstate.get("wm") or {}, self.bounds, f"flowcounts[{p}]")
-            progress = fstate.get("progress")
-            if isinstance(progress, int) and not self.bounds.contains((progress + 1) * HOUR - 1):
-                # hours "sent" up to a forged date: every clearance would count as late and go out at once, its
-                # hour's end moving the regional watermark on; left out as the maxima are (repair-watermark
-                # rewrites it), the partition reports its hours again as its own watermark passes them
-                log.warning("flowcounts[%s]: the persisted progress (hour of %s) is outside the event-time bounds; "
-                            "not restored (yrdbus worker repair-watermark rewrites it)", p, (progress + 1) * HOUR - 1)
-                fstate["progress"] = None
             self.wm.restore({(p, src): m for src, m in kept.items()})
             if kept:
                 self.part_max[p] = max(self.part_max.get(p, NEVER), *kept.values())
         self.wm.expect(self.expecting)
         self.expecting = None
+
+    def _fstate(self, part: str) -> dict:
+        """Partition ``part``'s flow counter state, read from the table the first time after an assignment."""
+        fstate = self.fstates.get(part)
+        if fstate is None:
+            fstate = self.fstates[part] = self._load_flow(part)
+        return fstate
+
+    def _load_flow(self, part: str) -> dict:
+        """The flow counter state kept in the table: its counts (one key each; inside the state in a table of an
+        earlier release), those of hours outside the event-time bounds left out. Every count of an hour the
+        partition had passed is sent again at the next tick: what it sent after the state was last written is not
+        known (a partial replaces what the partition sent before, so sending one again changes nothing)."""
+        kept = self.flow_table.get(part)
+        fstate = {**FlowCounter.new_state(), **copy.deepcopy(kept)} if isinstance(kept, dict) else \
+            FlowCounter.new_state()
+        counts, upto = dict(fstate.get("counts") or {}), {}
+        prefix = part + "|"
+        for k, v in list(self.flow_table.items()):
+            if isinstance(k, str) and k.startswith(prefix):
+                if isinstance(v, dict) and isinstance(v.get("n"), int):
+                    counts[k[len(prefix):]], upto[k[len(prefix):]] = v["n"], dict(v.get("upto") or {})
+                elif isinstance(v, int):
+                    counts[k[len(prefix):]] = v
+        fstate["counts"] = {k: n for k, n in counts.items()
+                            if self.bounds.contains((FlowCounter.hour_of(k) + 1) * HOUR - 1)}
+        fstate["upto"] = {k: u for k, u in upto.items() if k in fstate["counts"]}
+        progress = fstate.get("progress")
+        if isinstance(progress, int) and not self.bounds.contains((progress + 1) * HOUR - 1):
+            # hours "sent" up to a forged date: every clearance would count as late and go out at once, its
+            # hour's end moving the regional watermark on; left out as the maxima are (repair-watermark
+            # rewrites it), the partition reports its hours again as its own watermark passes them
+            log.warning("flowcounts[%s]: the persisted progress (hour of %s) is outside the event-time bounds; "
+                        "not restored (yrdbus worker repair-watermark rewrites it)", part, (progress + 1) * HOUR - 1)
+            fstate["progress"] = progress = None
+        if isinstance(progress, int):
+            passed = {k: True for k in fstate["counts"] if FlowCounter.hour_of(k) <= progress}
+            fstate["pending"] = {**(fstate.get("pending") or {}), **passed}
+            fstate["sent"] = {**(fstate.get("sent") or {}), **passed}
+        return fstate
 
     def _rescan(self) -> None:
         """The pending deadlines and crossings to forget of every subject the worker holds now."""
@@ -192,7 +234,7 @@ class SubjectStage:
         metrics.labelled(metrics.TICKS, "subjects").inc()
         self.wm.touch((p, s) for p in self.parts for s in busy or ())
         step = Step()
-        fstate = self.flow_table.get(str(partition)) or FlowCounter.new_state()
+        fstate = self._fstate(str(partition))
         # the new totals of passed hours that late clearances changed since the last tick
         via = self.via(str(partition))
         step.forward += [(json.dumps(p).encode(), via) for p in self.counter.flush(fstate, partition)]
@@ -200,9 +242,10 @@ class SubjectStage:
         return step
 
     def step(self, partition: int, kind: str, raw: bytes, key: bytes | None, timestamp: float | None,
-             upstream, src: str, source: str) -> Step:
+             upstream, src: str, source: str, offset: int | None = None) -> Step:
         """One record of ``kind`` read in subject partition ``partition``: ``upstream`` is the watermark's key of
-        where it came from (subject partition, source partition), ``src`` the source partition's."""
+        where it came from (subject partition, source partition), ``src`` the source partition's, ``offset`` the
+        record's offset there (a clearance counted once, however often it is read)."""
         self._begin(timestamp)
         self.active_at = time.monotonic()
         metrics.labelled(metrics.EVENTS_IN, source, "subjects").inc()
@@ -221,14 +264,21 @@ class SubjectStage:
         step.outs += self.rules.on_event(state, ev, s)
         self.store(s, state, step.writes)
         part = str(partition)
-        fstate = self.flow_table.get(part) or FlowCounter.new_state()
+        fstate = self._fstate(part)
         if kind == "clearance":
             via = self.via(part)
             beyond = fstate.get("beyond_delay", 0)
-            for p in self.counter.on_clearance(fstate, ev, partition, self.wm.current(), source=src):
+            counted = fstate["counts"].get(FlowCounter.key_of(ev))
+            for p in self.counter.on_clearance(fstate, ev, partition, self.wm.current(), source=src, offset=offset):
                 step.forward.append((json.dumps(p).encode(), via))
             if fstate.get("beyond_delay", 0) > beyond:
                 metrics.labelled(metrics.BEYOND_DELAY, "subjects", "flow").inc(fstate["beyond_delay"] - beyond)
+            elif fstate["counts"].get(FlowCounter.key_of(ev)) != counted:
+                # the count goes to the changelog with the step that changed it, with the offset of the last
+                # clearance of each source in it: a restart loses none and counts none twice
+                key = FlowCounter.key_of(ev)
+                step.flow[f"{part}|{key}"] = {"n": fstate["counts"][key], "upto": fstate["upto"][key]} \
+                    if key in fstate.get("upto", {}) else fstate["counts"][key]
             if ev.get("scheduled_port") or self.wants_regional(ev):
                 step.forward.append((raw, [("yrd-kind", b"clearance"), ("yrd-source", source.encode()), *via]))
             self.flow_dirty[part] = self.flow_dirty.get(part, 0) + 1
@@ -246,11 +296,12 @@ class SubjectStage:
         """The end of a step (an event or a tick): what the watermark has passed, and the flow counts kept."""
         self._watermark(partition, fstate, step)
         part = str(partition)
-        # the partition's flow counts go to its changelog every so often, not on every clearance, with the
-        # largest event time each of its upstreams has given so far (restored after a restart)
+        # the rest of the partition's flow counter goes to its changelog every so often, not on every clearance,
+        # with the largest event time each of its upstreams has given so far (restored after a restart): what it
+        # loses in a crash (hours sent, sources' event times) makes it send again or wait longer, never count less
         if self.flow_dirty.get(part, 0) >= 200 or part not in self.flow_table:
             fstate["wm"] = {k[1]: m for k, m in self.wm.maxima().items() if isinstance(k, tuple) and k[0] == partition}
-            step.flow[part] = fstate
+            step.flow[part] = {k: v for k, v in fstate.items() if k not in ("counts", "pending", "upto")}
             self.flow_dirty[part] = 0
 
     def _watermark(self, partition: int, fstate: dict, step: Step) -> None:
@@ -287,13 +338,19 @@ class SubjectStage:
         # A partition's flow counts wait only for the clearance sources it counts (FlowCounter holds them back by
         # the slowest one still active), not for the stage's watermark: that one also waits for sparse alert and
         # case sources, and the regional stage, which hears nothing from a partition until it sends an hour, would
-        # judge the hours without it. Each partition's counts are judged on the largest event time it has read.
+        # judge the hours without it. Each partition's counts are judged on the largest event time it has read,
+        # held back by its slowest active source: so it moves on when that source goes idle as well (at a tick:
+        # after the last record nothing else comes), not only when a record raises the largest event time.
         fwm = self.part_max.get(partition, NEVER) - self.lateness
-        if fwm > self.flow_wm.get(part, NEVER):
-            self.flow_wm[part] = fwm
+        held = self.counter.watermark(fstate, fwm, partition)
+        if held > self.flow_wm.get(part, NEVER):
+            self.flow_wm[part] = held
             via = self.via(part)
-            for p in self.counter.on_watermark(fstate, fwm, partition):
+            dropped: list[str] = []
+            for p in self.counter.on_watermark(fstate, fwm, partition, dropped):
                 step.forward.append((json.dumps(p).encode(), via))
+            for key in dropped:
+                step.flow[f"{part}|{key}"] = None
                 self.flow_dirty[part] = 1 << 30
 
     # ------------------------------------------------------------------ backlog
@@ -305,16 +362,18 @@ class SubjectStage:
         if parts:
             self.wm.touch(k for k in self.wm.maxima() if isinstance(k, tuple) and k[0] in parts)
             for bp in parts:
-                self.counter.touch(bp, ((self.flow_table.get(str(bp)) or {}).get("sources") or {}))
+                self.counter.touch(bp, self._fstate(str(bp)).get("sources") or {})
         if clearance_sources:
             for p in self.parts:
                 self.counter.touch(p, clearance_sources)
 
     def wants_ticks(self, sources_behind) -> bool:
-        """While a backlog lasts, and after the last record until the silent upstreams have gone idle on the
-        stage's clock (which ticks move) and what is due is judged, however late the ticks come on a busy
+        """While a backlog lasts, and after the last record until the silent upstreams (and flow sources) have gone
+        idle on the stage's clock (which ticks move) and what is due is judged, however late the ticks come on a busy
         machine; then a quiet bus's topics stay quiet."""
-        return bool(sources_behind) or time.monotonic() - self.active_at < self.idle_s + 5 or not self.wm.settled()
+        # (the flow counters' sources go idle on their own clock, ``flow_idle_seconds``)
+        idle_s = max(self.idle_s, self.counter.idle_s)
+        return bool(sources_behind) or time.monotonic() - self.active_at < idle_s + 5 or not self.wm.settled()
 
     def sizes(self) -> None:
         metrics.labelled(metrics.TABLE, "subjects").set(len(self.subjects))

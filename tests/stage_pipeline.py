@@ -36,37 +36,60 @@ EPOCH_S = 1_700_000_000.0        # the reader's clock starts here (any fixed poi
 
 class Pipeline:
     def __init__(self, partitions: int = 4, rs=None, rate: float = 5_000.0):
-        rs = rs or ruleset.default()
+        self.rs = rs or ruleset.default()
         self.codec = get_codec()
-        bounds = EventTimeBounds.from_settings(get_settings())
-        decoder = PlainDecoder(self.codec, bounds)
         self.partitions, self.rate = partitions, rate
-        self.subject = SubjectStage(rs, decoder, bounds, partitions, {}, {})
-        self.regional = RegionalStage(rs, decoder, bounds, {})
-        self.subject.wants_regional = self.regional.rules.vessel.wants
         self.sources = [topics.source(r, k) for r in REGIONS for k in ("clearance", "alert", "case")]
-        regional_sources = [t for t in self.sources if not t.endswith(".clearance")]
-        self.subject.assigned(list(range(partitions)), [upstream_key(t, p) for t in self.sources
-                                                        for p in range(SOURCE_PARTITIONS)])
-        self.regional.assigned([upstream_key("subjects", p) for p in range(partitions)]
-                               + [upstream_key(t, p) for t in regional_sources for p in range(SOURCE_PARTITIONS)])
+        self.restarts = 0
+        self._start({}, {}, {})
         self.offsets: dict = defaultdict(int)
         self.versions: list[dict] = []      # every derived alert sent, in order
         self.outputs = 0
 
+    def _start(self, subjects: dict, flow: dict, regional: dict) -> None:
+        """Both stages on these tables (what their changelogs hold), assigned every partition."""
+        bounds = EventTimeBounds.from_settings(get_settings())
+        decoder = PlainDecoder(self.codec, bounds)
+        self.subject = SubjectStage(self.rs, decoder, bounds, self.partitions, subjects, flow)
+        self.regional = RegionalStage(self.rs, decoder, bounds, regional)
+        self.subject.wants_regional = self.regional.rules.vessel.wants
+        regional_sources = [t for t in self.sources if not t.endswith(".clearance")]
+        self.subject.assigned(list(range(self.partitions)), [upstream_key(t, p) for t in self.sources
+                                                             for p in range(SOURCE_PARTITIONS)])
+        self.regional.assigned([upstream_key("subjects", p) for p in range(self.partitions)]
+                               + [upstream_key(t, p) for t in regional_sources for p in range(SOURCE_PARTITIONS)])
+
+    def restart(self) -> None:
+        """A worker killed after it committed what it had read, and started again: new stages, on nothing but
+        what the tables hold."""
+        self.restarts += 1
+        self._start(self.subject.subjects, self.subject.flow_table, self.regional.table)
+
     # ------------------------------------------------------------------ delivery
-    def deliver(self, delivery: list) -> "Pipeline":
-        """Every (publish time, kind, record) of ``delivery`` read in publish order, with the worker's ticks."""
+    def deliver(self, delivery: list, restarts=(), replay: int = 0) -> "Pipeline":
+        """Every (publish time, kind, record) of ``delivery`` read in publish order, with the worker's ticks;
+        the stages restarted (``restart``) before each of the records numbered in ``restarts``, and the
+        ``replay`` records before it read again (the worker had read them after its last commit)."""
+        restarts = set(restarts)
         placed = sorted(((at, n, kind, rec, *self._place(kind, rec)) for n, (at, kind, rec) in enumerate(delivery)),
                         key=lambda x: (x[0], x[1]))
+        offsets = []
+        for x in placed:                      # each record's offset in its topic's partition
+            offsets.append(self.offsets[(x[4], x[5])])
+            self.offsets[(x[4], x[5])] += 1
         published = [(x[0], (x[4], x[5])) for x in placed]
         now, next_tick, unread_from = 0.0, TICK_S, 0
         for i, (at, _, kind, rec, topic, part, key) in enumerate(placed):
+            if i in restarts:
+                self.restart()
+                for j in range(max(0, i - replay), i):
+                    x = placed[j]
+                    self._read(x[2], x[3], x[4], x[5], x[6], offsets[j], x[0], now)
             now = max(now + 1.0 / self.rate, at)
             while next_tick <= now:
                 self._tick(next_tick, self._behind(published, i, next_tick))
                 next_tick += TICK_S
-            self._read(kind, rec, topic, part, key, at, now)
+            self._read(kind, rec, topic, part, key, offsets[i], at, now)
             unread_from = i + 1
         for _ in range(int(30 / TICK_S)):            # silence: every upstream goes idle, what is due is judged
             now = next_tick
@@ -90,14 +113,13 @@ class Pipeline:
         return busy
 
     # ------------------------------------------------------------------ the worker's steps
-    def _read(self, kind, rec, topic, part, key, published: float, now: float) -> None:
+    def _read(self, kind, rec, topic, part, key, offset: int, published: float, now: float) -> None:
         raw = self.codec.encode(kind, rec)
-        offset = self.offsets[(topic, part)]
-        self.offsets[(topic, part)] += 1
         src = upstream_key(topic, part)
         if kind == "clearance":            # read in place: the stations key clearances by subject
             assert subject_partition(key, self.partitions) == part
-            self._subject(self.subject.step(part, kind, raw, key, EPOCH_S + published, (part, src), src, topic), now)
+            self._subject(self.subject.step(part, kind, raw, key, EPOCH_S + published, (part, src), src, topic,
+                                            offset), now)
             return
         headers = {"yrd-kind": kind, "yrd-source": topic, "yrd-source-partition": str(part),
                    "yrd-source-offset": str(offset)}
@@ -125,7 +147,11 @@ class Pipeline:
             h = {k: v.decode() for k, v in headers}
             self._regional(self.regional.step(value, h, "streams.regional", EPOCH_S + now))
         self._sent(step.outs)
-        self.subject.flow_table.update(step.flow)
+        for k, v in step.flow.items():
+            if v is None:
+                self.subject.flow_table.pop(k, None)
+            else:
+                self.subject.flow_table[k] = json.loads(json.dumps(v))   # as the changelog keeps it
         for k, v in step.writes.items():
             if v is None:
                 self.subject.subjects.pop(k, None)
@@ -139,8 +165,8 @@ class Pipeline:
             if v is None:
                 self.regional.table.pop(k, None)
             else:
-                json.dumps(v)               # what the table's changelog writes (the stage goes on with its own copy)
-                self.regional.table[k] = v
+                # what the table's changelog keeps (the stage goes on with its own copy)
+                self.regional.table[k] = json.loads(json.dumps(v))
 
     def _sent(self, outs: list) -> None:
         self.outputs += len(outs)

@@ -146,7 +146,12 @@ def _poisoned_state(now: int):
     regional = {sec: state[sec] for sec in ("trend", "flow", "fraud")}
     regional[WATERMARK_KEY] = {"subjects|0": _ms(9999), "border.SH.alert|1": now - 3 * HOUR,
                                "border.JS.case|0": _ms(1000)}
-    return rr, json.loads(json.dumps({"regional": regional, "flowcounts": {"0": fc}}))
+    # as the subject stage keeps them: each count under its own key, the rest under the partition's
+    flowcounts = {"0": {k: v for k, v in fc.items() if k not in ("counts", "pending", "upto")},
+                  **{f"0|{k}": {"n": n, "upto": {"border.SH.clearance|0": 7}} for k, n in fc["counts"].items()},
+                  # (the forged watermark pruned the honest hour's count; one of an hour in bounds, kept)
+                  f"0|PVG|{(now - 2 * HOUR) // HOUR}": {"n": 1, "upto": {"border.SH.clearance|0": 3}}}
+    return rr, json.loads(json.dumps({"regional": regional, "flowcounts": flowcounts}))
 
 
 def test_the_repair_command_s_plan_clamps_a_poisoned_state_and_the_stage_judges_again():
@@ -155,7 +160,10 @@ def test_the_repair_command_s_plan_clamps_a_poisoned_state_and_the_stage_judges_
     rr, tables = _poisoned_state(now)
     repairs = plan_watermark_repair(tables, bounds)
     by = {(r["table"], r["key"]): r for r in repairs}
-    assert set(by) == {("regional", "watermark"), ("regional", "trend"), ("regional", "flow"), ("flowcounts", "0")}
+    forged = [k for k in tables["flowcounts"] if "|" in k and int(k.rsplit("|", 1)[1]) > now // HOUR]
+    assert len(forged) == 1 and len(tables["flowcounts"]) == 3
+    assert set(by) == {("regional", "watermark"), ("regional", "trend"), ("regional", "flow"), ("flowcounts", "0"),
+                       ("flowcounts", forged[0])}
     cap = (now + 5 * MIN) // HOUR - 1      # the last hour that ends by now + skew
     assert by["regional", "watermark"]["value"] == {"border.SH.alert|1": now - 3 * HOUR}
     trend, flow, fc = by["regional", "trend"]["value"], by["regional", "flow"]["value"], by["flowcounts", "0"]["value"]
@@ -163,7 +171,9 @@ def test_the_repair_command_s_plan_clamps_a_poisoned_state_and_the_stage_judges_
     assert all(int(h) <= now // HOUR for h in trend["rising"]) and all(int(h) <= now // HOUR for h in flow["snaps"])
     assert flow["judged"] == cap and set(flow["progress"].values()) == {cap}
     assert fc["wm"] == fc["sources"] == {"border.SH.clearance|0": now - 2 * HOUR}
-    assert fc["progress"] == cap and all(int(k.rsplit("|", 1)[1]) <= now // HOUR for k in fc["counts"])
+    assert fc["progress"] == cap and "counts" not in fc
+    # the count of the forged hour is deleted (a tombstone); the honest one is left as it is
+    assert by["flowcounts", forged[0]]["value"] is None and "removed" in by["flowcounts", forged[0]]["changes"][0]
     assert any("upstream subjects|0: 9999-06-01" in c for c in by["regional", "watermark"]["changes"])
     # the fraud section holds no event time beyond the bounds: not rewritten
     assert ("regional", "fraud") not in by
@@ -177,7 +187,7 @@ def test_the_repair_command_s_plan_clamps_a_poisoned_state_and_the_stage_judges_
         assert full["trend"]["judged"] == judged
     # a repaired state needs no second repair; a clean one none at all
     again = {"regional": {**tables["regional"], **{k: r["value"] for (t, k), r in by.items() if t == "regional"}},
-             "flowcounts": {"0": fc}}
+             "flowcounts": {"0": fc, **{k: v for k, v in tables["flowcounts"].items() if k not in ("0", forged[0])}}}
     assert plan_watermark_repair(again, bounds) == []
     assert plan_watermark_repair({"regional": {"trend": Trends.new_state(), "flow": FlowSurge.new_state()},
                                   "flowcounts": {"1": FlowCounter.new_state()}}, bounds) == []

@@ -8,7 +8,9 @@ Deliveries (tests/stage_pipeline.py plays both stages as the worker wires them):
   (c)  one region delayed by a random number of hours within the allowed delay, at live pace;
 and, on a tenth of the volume, other orders stations produce: one kind's file after another, each region's
 file of each kind in a random order, every event delayed by its own random hours, a day's hours uploaded in a
-random order.
+random order; and (d') the stages restarted at random points on nothing but what their tables hold, the
+records read since a commit read again (a worker killed: what lives only in memory is lost, what it had read
+after its last commit is read twice).
 The real-broker variants ((d) a worker SIGKILLed and restarted, (e) a second worker joining and leaving) are
 tests/test_order_suite_broker.py; these try many more orders than a broker can.
 """
@@ -158,3 +160,15 @@ def test_other_orders_within_the_allowed_delay_give_the_answer_of_event_time_ord
     seed, events, want = small_day
     got = Pipeline().deliver(order(events, random.Random(seed * 100 + 70))).live()
     assert got == want, f"seed {seed} {order.__name__}: {differ(want, got)}"
+
+
+@pytest.mark.parametrize("order", [in_event_time, backlog, region_files], ids=lambda f: f.__name__)
+def test_stages_restarted_at_random_points_from_their_tables_give_the_answer_of_event_time_order(small_day, order):
+    seed, events, want = small_day
+    rng = random.Random(seed * 100 + 90)
+    delivery = order(events, rng) if order is region_files else order(events)
+    points = sorted(rng.sample(range(len(events)), 3))
+    pipeline = Pipeline().deliver(delivery, restarts=points, replay=500)
+    assert pipeline.restarts == 3
+    got = pipeline.live()
+    assert got == want, f"seed {seed} {order.__name__}, restarted before records {points}: {differ(want, got)}"

@@ -23,9 +23,11 @@ from streams import evaluate
 from streams.app import StreamsConfig, ensure_topics
 from streams.evaluate import read_alerts_topic
 from test_order_suite import in_event_time, simulate
-from test_scaleout import group_offsets, members
-from test_streams_worker import committed_everything, keys_on, publish, wait_for, workers  # noqa: F401 (a fixture)
+from test_scaleout import group_offsets, members, short_partitions
+from test_streams_worker import WorkerProcess, committed_everything, keys_on, publish, wait_for, workers  # noqa: F401
 from yrdbus import topics
+from yrdbus.cli_streams import changelog_topic, read_changelog
+from yrdbus.settings import Settings
 
 SEED = int(os.environ.get("YRDBUS_ORDER_SEEDS", "11").split(",")[0])
 SCALE = 0.05
@@ -70,9 +72,19 @@ def the_answer(kafka, prefix: str, group: str, want: dict, worker) -> list[dict]
              and live(alerts_of(kafka, prefix)) == want, 240,
              "the alerts that stand to be those of event-time order", worker,
              lambda: {"committed/end": group_offsets(kafka.bootstrap, group, inputs(prefix)),
+                      "short": short_partitions(kafka.bootstrap, group, inputs(prefix) + internal),
                       "missing": sorted((k, i) for i, k in want.items() if i not in live(alerts_of(kafka, prefix))),
-                      "extra": sorted((k, i) for i, k in live(alerts_of(kafka, prefix)).items() if i not in want)})
+                      "extra": sorted((k, i) for i, k in live(alerts_of(kafka, prefix)).items() if i not in want),
+                      "flow": flow_progress(kafka, group)})
     return alerts_of(kafka, prefix)
+
+
+def flow_progress(kafka, group: str) -> dict:
+    """The regional stage's flow section as its changelog holds it: the last hour judged, and the last hour each
+    subject partition has sent its counts for (a partition whose hours stopped shows here)."""
+    flow = (read_changelog(Settings(kafka_bootstrap=kafka.bootstrap), changelog_topic(group, "regional"))
+            .get("flow") or (0, {}))[1]
+    return {"judged": flow.get("judged"), "progress": flow.get("progress")}
 
 
 def check_alerts(alerts: list[dict], truth: list[dict], want: dict) -> None:
@@ -112,11 +124,12 @@ def test_d_a_worker_sigkilled_twice_at_random_points_gives_the_answer_of_event_t
     check_alerts(alerts, truth, want)
 
 
-def test_e_a_second_worker_joining_and_leaving_mid_stream_gives_the_answer_of_event_time_order(kafka, workers, day):
+def test_e_a_second_worker_joining_and_leaving_mid_stream_gives_the_answer_of_event_time_order(kafka, workers, day,
+                                                                                              tmp_path):
     ordered, truth, want = day
     prefix, group, records, (joins, leaves) = bus(kafka, "e", ordered)
     a = workers(prefix, group, partitions=PARTITIONS)
-    b = workers(prefix, group, partitions=PARTITIONS)
+    b = WorkerProcess(kafka, tmp_path / "second", prefix, group, partitions=PARTITIONS)   # its own folder and log
     publish(kafka.bootstrap, records[:joins])
     a.start()
     wait_for(lambda: group_offsets(kafka.bootstrap, group, inputs(prefix))[0] >= joins // 2, 180,
@@ -124,10 +137,14 @@ def test_e_a_second_worker_joining_and_leaving_mid_stream_gives_the_answer_of_ev
     # the second joins with records in flight: the next part is published while the group rebalances
     b.start()
     publish(kafka.bootstrap, records[joins:leaves])
-    wait_for(lambda: (lambda m: len(m) == 2 and all(m))(members(kafka.bootstrap, group)), 180,
-             "the second worker to hold partitions", b)
-    for w in (a, b):
-        assert w.proc.poll() is None, w.tail()
+    try:
+        wait_for(lambda: (lambda m: len(m) == 2 and all(m))(members(kafka.bootstrap, group)), 180,
+                 "the second worker to hold partitions", b)
+        for w in (a, b):
+            assert w.proc.poll() is None, w.tail()
+    except BaseException:
+        b.stop(signal.SIGKILL)
+        raise
     # and leaves (a clean stop) before the end: the first takes its partitions back, with their state
     b.stop()
     publish(kafka.bootstrap, records[leaves:])

@@ -404,3 +404,34 @@ def test_what_a_subject_remembers_to_withdraw_is_forgotten_in_event_time(rules, 
     rules.on_watermark(state, t, far)
     assert "raised" not in state and not (state["crossings"] or state["stays"] or state["refusals"])
     assert subject_rules.is_durable({**subject_rules.new_state(), "raised": {"x": {}}})
+
+
+def test_flow_hours_a_silent_source_held_back_go_out_at_a_tick_once_it_is_idle_with_no_record_after_it():
+    """The last records of a backlog: a sparse clearance source holds a partition's flow hours back; once it has
+    been silent for ``flow_idle_seconds`` the hours go out at the next tick, though no record raises the largest
+    event time again (the end of the input)."""
+    clock = [0.0]
+    stage = SubjectStage(RS, PlainDecoder(CODEC, EventTimeBounds.from_settings(get_settings())), None, 1, {}, {})
+    stage.counter = type(stage.counter)(RS, 1, clock=lambda: clock[0])
+    stage.assigned([0], [])
+    s = Script(5)
+    n = [0]
+
+    def read(at, src):
+        n[0] += 1
+        rec = s.clearance("PVG", at, token("flow", n[0]), "ENTRY")
+        step = stage.step(0, "clearance", CODEC.encode("clearance", for_avro(rec)), rec["subject"].encode(),
+                          1_500_000_000 + n[0] / 1000, (0, src), src, "border.SH.clearance", n[0])
+        assert step.error is None, step.error
+        return step
+
+    def progress(step) -> list[int]:
+        return [p["hour"] for p in (json.loads(raw) for raw, _ in step.forward) if p.get("progress")]
+
+    read(T0 + 5 * 60_000, "b|0")                                    # sparse: one clearance, hour 0
+    sent = [h for i in range(1, 60) for h in progress(read(T0 + i * 6 * 60_000, "a|0"))]   # hours 0-5
+    assert sent == []                                               # held back by b|0 at hour 0
+    clock[0] = float(RS["event_time"]["flow_idle_seconds"]) + 1     # b|0 silent for longer than the idle time
+    assert stage.wants_ticks([])
+    hours = progress(stage.tick(0, [], 1_500_000_100))
+    assert hours and hours[-1] == (T0 + 59 * 6 * 60_000 - LATENESS) // HOUR - 1

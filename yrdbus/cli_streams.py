@@ -248,7 +248,8 @@ def _repair_counts(f: _Fixer, fc: dict) -> None:
     fc["wm"] = f.maxima(fc.get("wm") or {}, "upstream")
     fc["sources"] = f.maxima(fc.get("sources") or {}, "flow source")
     fc["progress"] = f.mark(fc.get("progress"), "progress")
-    fc["counts"] = f.hours(fc.get("counts") or {}, "count", _port_hour)
+    if "counts" in fc:      # (the counts inside the partition's state: a table of an earlier release)
+        fc["counts"] = f.hours(fc.get("counts") or {}, "count", _port_hour)
     fc["sent"] = f.hours(fc.get("sent") or {}, "sent", _port_hour)
 
 
@@ -257,10 +258,12 @@ def plan_watermark_repair(tables: dict[str, dict], bounds) -> list[dict]:
     its clock is now).
 
     ``tables``: {"regional": {key: value}, "flowcounts": {key: value}}, each table's current values. Returns one
-    {"table", "key", "value", "changes"} per entry that changes (``value`` the corrected one), in table, key order.
+    {"table", "key", "value", "changes"} per entry that changes (``value`` the corrected one; None: the entry is
+    deleted, a tombstone), in table, key order.
     Repaired: the upstreams' largest event times (regional["watermark"], flowcounts[p]["wm"] and ["sources"]);
     the judged-up-to marks (regional["trend"]["judged"], regional["flow"]["judged"] and ["progress"],
-    flowcounts[p]["progress"]); first-hour marks, hourly counts and cooldown times dated beyond the limit. Not
+    flowcounts[p]["progress"]); first-hour marks, hourly counts (flowcounts["<p>|<port>|<hour>"] deleted) and
+    cooldown times dated beyond the limit. Not
     repaired: what a judgement at a forged watermark pruned (those hours' counts and windows are gone), state
     other than these keys (subjects, fraud, conveyance, heightened, vessels).
     """
@@ -269,9 +272,14 @@ def plan_watermark_repair(tables: dict[str, dict], bounds) -> list[dict]:
     for table in REPAIRED_TABLES:
         for key in sorted(tables.get(table) or {}):
             value = tables[table][key]
+            f = _Fixer(bounds.floor_ms, now_ms + bounds.skew_ms)
+            if table == "flowcounts" and "|" in key:
+                # one count (``<partition>|<port>|<hour>``): one of an hour beyond the limit is deleted
+                if f.hours({key.split("|", 1)[1]: value}, "count", _port_hour) == {}:
+                    repairs.append({"table": table, "key": key, "value": None, "changes": f.changes})
+                continue
             if not isinstance(value, dict):
                 continue
-            f = _Fixer(bounds.floor_ms, now_ms + bounds.skew_ms)
             new = copy.deepcopy(value)
             if table == "regional" and key == "watermark":
                 new = f.maxima(new, "upstream")
@@ -365,7 +373,7 @@ def read_changelog(settings, topic: str, timeout: float = 60.0) -> dict[str, tup
 
 def write_changelog(settings, topic: str, records: list[tuple[int, str, object]]) -> None:
     """(partition, key, value) records to a changelog topic, serialized as Faust writes these tables' (key and
-    value with its json serializer); raises unless the broker acknowledged every one."""
+    value with its json serializer; a value None is a deletion); raises unless the broker acknowledged every one."""
     from confluent_kafka import Producer
 
     from yrdbus.kafka_config import client_config
@@ -373,7 +381,8 @@ def write_changelog(settings, topic: str, records: list[tuple[int, str, object]]
     errors = []
     p = Producer(client_config(settings, **{"enable.idempotence": True, "acks": "all"}))
     for partition, key, value in records:
-        p.produce(topic, key=json.dumps(key).encode(), value=json.dumps(value, separators=(",", ":")).encode(),
+        p.produce(topic, key=json.dumps(key).encode(),
+                  value=None if value is None else json.dumps(value, separators=(",", ":")).encode(),
                   partition=partition, on_delivery=lambda err, _msg: err and errors.append(err))
     if p.flush(60) or errors:
         raise RuntimeError(f"{topic}: not every record was acknowledged: {errors or 'flush timed out'}")
