@@ -173,7 +173,7 @@ class Worker:
         faust_workarounds.flush_before_commit()
         self.turns = faust_workarounds.Turns(
             lambda: app.consumer, kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap}),
-            on_skip=lambda topic, n: metrics.labelled(metrics.UNDELIVERED, topic).inc(n))
+            on_skip=lambda topic, n: metrics.labelled(metrics.UNDELIVERED, topic).inc(n), group=cfg.app_id)
         # The subject stage reads two agents' records (streams.subjects, and the clearances read where they are):
         # one step at a time, or two steps of one subject could interleave at their awaits.
         self.subject_turn = asyncio.Lock()

@@ -112,6 +112,19 @@ def read_range(conf: dict, tp, first: int, end: int, timeout: float = 60.0) -> l
     return out
 
 
+def read_committed(conf: dict, group: str, tps: list, timeout: float = 30.0) -> dict:
+    """Consumer group ``group``'s committed offsets of partitions ``tps`` at the broker: {tp: offset}, the
+    partitions with nothing committed left out. A plain consumer asks (it joins no group)."""
+    consumer = Consumer({**conf, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in tps], timeout=timeout)
+    except KafkaException as exc:
+        raise CatchUpError(f"committed offsets of {group}: {exc}") from exc
+    finally:
+        consumer.close()
+    return {tp: c.offset for tp, c in zip(tps, got) if c.offset >= 0}
+
+
 class Turns:
     """The stages' partitions' next offsets to process, and the catch-up of the runs the consumer skipped.
 
@@ -122,20 +135,53 @@ class Turns:
 
     def __init__(self, consumer: Callable[[], object], conf: dict,
                  on_skip: Callable[[str, int], None] = lambda topic, n: None,
-                 read: Callable[..., list] = read_range):
+                 read: Callable[..., list] = read_range, group: str | None = None,
+                 committed: Callable[..., dict] = read_committed):
         self.consumer, self.conf, self.on_skip, self.read = consumer, conf, on_skip, read
+        self.group, self.committed = group, committed
         self.done: dict = {}   # partition -> the offset last processed here
         self._suspects: dict = {}   # partition -> (next offset to process, calls in a row it was the same)
+        self._asked: dict = {}      # partition -> its committed offset at the broker (None: nothing), once asked
 
     def forget(self, tps) -> None:
         """Partitions (re)assigned: their next offset is the committed one again."""
         for tp in tps:
             self.done.pop(tp, None)
+            self._asked.pop(tp, None)
 
     def next_offset(self, tp):
         """The next offset of ``tp`` to process: after the last one processed here, or (none yet) the committed
         one; not the consumer's read offset, which runs ahead into its buffers. None when not known."""
         return self.done[tp] + 1 if tp in self.done else self.consumer()._committed_offset.get(tp)
+
+    async def _first(self, tp):
+        """The next offset of ``tp`` to process, its committed offset asked of the broker when Faust does not know
+        it yet. Just after an assignment, before Faust's seek, the consumer can deliver records it fetched before
+        the rebalance, from past the committed offset: taken as they came, the records between were never
+        processed in this assignment, Faust's commit waits for them for ever (it commits nothing while the first
+        offset acknowledged is past the committed one), and a partition read to its end shows no stall. Asked
+        once per assignment, for every partition Faust does not know yet in one request."""
+        first = self.next_offset(tp)
+        if first is not None or self.group is None:
+            return first
+        if tp not in self._asked:
+            consumer = self.consumer()
+            try:
+                assigned = list(consumer.assignment())
+            except Exception:  # noqa: BLE001 - not running (a test's consumer): this partition alone
+                assigned = []
+            tps = [t for t in assigned if t not in self._asked and t not in self.done
+                   and consumer._committed_offset.get(t) is None]
+            if tp not in tps:
+                tps.append(tp)
+            try:
+                got = await asyncio.to_thread(self.committed, self.conf, self.group, tps)
+            except CatchUpError as exc:
+                log.critical("cannot read the committed offsets, stopping the worker: %s", exc)
+                os._exit(75)
+            for t in tps:
+                self._asked[t] = got.get(t)
+        return self._asked.get(tp)
 
     async def __call__(self, event, handler: Callable[[object], Awaitable[None]]) -> None:
         """``handler(event)``, after the records of its partition the consumer skipped when the record is past
@@ -143,7 +189,7 @@ class Turns:
         skipped records cannot be read, the worker exits (75): going on would lose them, and a restart reads the
         partition from its committed offset."""
         msg = event.message
-        first, end = self.next_offset(msg.tp), msg.offset
+        first, end = await self._first(msg.tp), msg.offset
         if first is not None and end < first:
             # delivered again (a seek back): processed here already, or committed; twice would double its outputs
             log.info("%s[%d]: record %d was processed before; not again", msg.topic, msg.partition, end)

@@ -108,6 +108,38 @@ def test_a_partition_whose_committed_offset_is_not_known_yet_is_taken_as_it_come
     assert seen == [40, 41] and reader.calls == []
 
 
+def test_records_fetched_before_a_rebalance_and_delivered_before_faust_knows_the_committed_offset_come_in_turn():
+    """Just after an assignment, before Faust's seek, the consumer delivers what it fetched before the rebalance,
+    from past the committed offset: the committed offset is asked of the broker (once), the records between are
+    read again and processed first, and Faust's commit then goes past them (it commits nothing while the first
+    offset acknowledged is past the committed one)."""
+    consumer, reader, seen, asked = faust_consumer(), Reader(), [], []
+    tp2 = TP(TOPIC, 2)
+
+    def committed(conf, group, tps):
+        asked.append((group, sorted(tps)))
+        return {TP1: 5}                     # nothing committed of tp2
+
+    turns = catchup.Turns(lambda: consumer, {"bootstrap.servers": "-"}, read=reader, group="g", committed=committed)
+
+    async def handler(e):
+        seen.append((e.message.partition, e.message.offset))
+
+    for e in (event(8), event(9), event(3, tp2), event(4, tp2)):
+        run(turns(e, handler))
+    assert seen == [(1, o) for o in range(5, 10)] + [(2, 3), (2, 4)]
+    assert reader.calls == [(TP1, 5, 8)] and asked == [("g", [TP1]), ("g", [tp2])]
+    # Faust learns the committed offset, acknowledges what it delivered: its commit goes to the end
+    consumer._committed_offset[TP1] = 5
+    acked_by_faust(consumer, 8, 9)
+    assert consumer._new_offset(TP1) == 10
+    # reassigned: asked again
+    turns.forget([TP1])
+    consumer._committed_offset.pop(TP1)
+    run(turns(event(10), handler))
+    assert len(asked) == 3 and seen[-1] == (1, 10)
+
+
 def test_skipped_records_that_cannot_be_read_stop_the_worker_rather_than_being_lost(monkeypatch):
     consumer, seen, skipped = faust_consumer(), [], []
     consumer._committed_offset[TP1] = 5
