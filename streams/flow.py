@@ -132,7 +132,7 @@ class FlowCounter:
             return []
         outs = self.flush(state, partition)
         for key, n in state["counts"].items():
-            hour = int(key.rsplit("|", 1)[1])
+            hour = self.hour_of(key)
             if (hour + 1) * HOUR <= watermark and key not in state["sent"]:
                 state["sent"][key] = True
                 outs.append(self._partial(key, n, partition))

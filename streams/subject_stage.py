@@ -268,15 +268,15 @@ class SubjectStage:
         if kind == "clearance":
             via = self.via(part)
             beyond = fstate.get("beyond_delay", 0)
-            counted = fstate["counts"].get(FlowCounter.key_of(ev))
+            key = FlowCounter.key_of(ev)
+            counted = fstate["counts"].get(key)
             for p in self.counter.on_clearance(fstate, ev, partition, self.wm.current(), source=src, offset=offset):
                 step.forward.append((json.dumps(p).encode(), via))
             if fstate.get("beyond_delay", 0) > beyond:
                 metrics.labelled(metrics.BEYOND_DELAY, "subjects", "flow").inc(fstate["beyond_delay"] - beyond)
-            elif fstate["counts"].get(FlowCounter.key_of(ev)) != counted:
+            elif fstate["counts"].get(key) != counted:
                 # the count goes to the changelog with the step that changed it, with the offset of the last
                 # clearance of each source in it: a restart loses none and counts none twice
-                key = FlowCounter.key_of(ev)
                 step.flow[f"{part}|{key}"] = {"n": fstate["counts"][key], "upto": fstate["upto"][key]} \
                     if key in fstate.get("upto", {}) else fstate["counts"][key]
             if ev.get("scheduled_port") or self.wants_regional(ev):
