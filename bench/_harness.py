@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,27 +19,12 @@ YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 
 
 def free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free ports on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65000:
-            continue
-        ok = True
-        for p in range(base + 1, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError(f"no {n} consecutive free ports found")
+    """The first of ``n`` consecutive free ports on 127.0.0.1 (yrdbus.faults.free_port_run)."""
+    from yrdbus.faults import free_port_run
+
+    return free_port_run(n)
 
 
-@contextlib.contextmanager
 def private_broker(brokers: int = 1, heap: str = "1g"):
     """A private embedded Kafka cluster on free ports in a temporary folder; yields its Settings.
     ``YRDBUS_KAFKA_BOOTSTRAP`` set: that cluster instead."""

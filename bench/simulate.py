@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,9 @@ YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from yrdbus.faults import free_port
+
+    return free_port()
 
 
 def _children_cpu() -> float:

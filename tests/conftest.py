@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -83,19 +82,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     terminalreporter.write_line(f"(also in {out})")
 
 
-_GIVEN: set[int] = set()
-
-
 def free_port() -> int:
-    """A port nothing listens on now, never one this process was given before: two calls in a row may
-    otherwise get the same port from the kernel (a broker's client and controller listeners on one port)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
+    """A port nothing listens on now, below the ephemeral range, never one this process was given before
+    (yrdbus.faults.free_port_run says why)."""
+    from yrdbus.faults import free_port_run
+
+    return free_port_run(1)
 
 
 def embedded_settings(var_dir: Path, **overrides) -> Settings:

@@ -198,6 +198,53 @@ def test_a_crash_loop_stops_the_run_with_a_clear_message(tmp_path):
     assert run.sup.get("worker-1").restarts == 2
 
 
+def test_a_timed_run_whose_simulator_ends_past_its_time_waits_for_it_and_then_drains(tmp_path, monkeypatch):
+    """Without a broker: a slow start-up moves the simulator's end past the run's. Stopping it there would lose
+    its ground truth (nothing to score); the run waits for it and says so, then drains."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from yrdbus import run as run_module
+    from yrdbus.run import BusRun, RunOptions
+    from yrdbus.settings import Settings
+    from yrdbus.supervisor import ChildSpec, Supervisor
+
+    class QuietBus:   # what the monitor reads of a bus with nothing left to consume
+        last = SimpleNamespace(lag={}, newest_alerts=[])
+
+        def snapshot(self):
+            return self.last
+
+        def rates(self):
+            return {r: 0.0 for r in run_module.REGIONS}
+
+        def since_start(self):
+            return {}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(run_module, "_drain_quiet_s", lambda: 1)
+    out = io.StringIO()
+    run = BusRun(Settings(_env_file=None, var_dir=tmp_path / "var"),
+                 RunOptions(duration=2.0, drain_s=1.0, live=False), console=Console(file=out, soft_wrap=True))
+    run.sup = Supervisor(tmp_path / "log")
+    run.monitor = QuietBus()
+    done = tmp_path / "truth.jsonl"
+    run.sup.start(ChildSpec("simulator", [sys.executable, "-c", "import pathlib, time; time.sleep(5); "
+                                                               f"pathlib.Path({str(done)!r}).write_text('{{}}')"],
+                            finite=True))
+    try:
+        run.watch()
+        assert done.is_file(), "the run stopped before its simulator finished"
+        assert "The simulator is still publishing" in out.getvalue(), out.getvalue()
+    finally:
+        run.stop()
+    assert run.sup.deaths == []
+
+
 def test_the_summary_counts_each_alert_once_by_its_last_version_and_a_withdrawn_one_apart(ch):
     from datetime import datetime, timedelta, timezone
 

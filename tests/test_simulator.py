@@ -288,6 +288,48 @@ def _consume_all(bootstrap: str, names: list[str]) -> dict[str, list]:
     return out
 
 
+def test_simulate_stopped_with_sigterm_sums_up_and_writes_the_truth_of_the_incidents_it_completed(kafka, unique,
+                                                                                                    tmp_path):
+    """A supervisor stops the simulator with SIGTERM (`yrdbus run` past its time): like Ctrl-C, the run ends with
+    its summary and the ground truth of what it published, not with nothing."""
+    import signal
+
+    prefix = f"{unique}."
+    truth = tmp_path / "t.jsonl"
+    env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": kafka.bootstrap}
+    proc = subprocess.Popen([YRDBUS, "simulate", "--seed", "7", "--speed", "7200", "--duration", "600", "--scale",
+                             "0.05", "--scenarios", "all", "--truth", str(truth), "--json", "--prefix", prefix],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        topic = prefix + topics.source("SH", "clearance")
+        c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"{unique}-probe"})
+        deadline, published = time.monotonic() + 90, 0
+        while time.monotonic() < deadline and not published and proc.poll() is None:
+            try:   # a topic the simulator just created has no leader for a moment
+                meta = c.list_topics(timeout=5).topics.get(topic)
+                if meta is not None and not meta.error:
+                    published = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                                    for p in meta.partitions)
+            except KafkaException:
+                pass
+            time.sleep(0.2)
+        c.close()
+        assert published, "the simulator published nothing"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-2000:]
+    summary = json.loads(out)
+    assert summary["stopped"] == "interrupted" and summary["events"] == summary["delivered"] > 0
+    rows = [json.loads(line) for line in truth.read_text().splitlines() if line.strip()]
+    assert summary["truth_rows"] == len(rows)
+    complete = {i["scenario_id"] for i in summary["incidents"] if i["complete"]}
+    assert {r["scenario_id"] for r in rows} <= complete
+    assert any(not i["complete"] for i in summary["incidents"]), "the whole span was published before the signal"
+
+
 def test_simulate_publishes_consumable_events_in_per_subject_order_with_the_truth_file(kafka, unique, tmp_path):
     prefix = f"{unique}."
     truth = tmp_path / "t.jsonl"

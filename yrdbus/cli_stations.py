@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -296,7 +297,13 @@ def simulate(
             bar.update(task, completed=max(0.0, p["simulated_seconds"]), at=p["event_time"], events=p["events"],
                        rate=p["events"] / p["wall_seconds"] if p["wall_seconds"] else 0.0)
 
-        summary = sim.run(publisher.publish, progress=progress)
+        # SIGTERM (a supervisor stopping it) ends the run as Ctrl-C does: what was published is summed up and
+        # the ground truth of the incidents it completed is still written.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            summary = sim.run(publisher.publish, progress=progress)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         bar.update(task, completed=span_s if (span_s and not summary["stopped"]) else None, events=summary["events"])
     remaining = publisher.close()
     stats = publisher.stats()
@@ -311,6 +318,10 @@ def simulate(
         _print_summary(summary, Console())
     if summary["failed"]:
         raise typer.Exit(2)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_summary(s: dict, console) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -307,21 +308,39 @@ class Stations:
 
 
 # =========================================================================== processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_GIVEN: set[int] = set()
 
 
-def free_port_run(n: int, avoid: Iterable[int] = ()) -> int:
-    """The first of ``n`` consecutive free ports (a multi-broker stack takes port, port+1, ...)."""
-    avoid = set(avoid)
-    for _ in range(200):
-        base = free_port()
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_run(n: int = 1, avoid: Iterable[int] = ()) -> int:
+    """The first of ``n`` consecutive free ports (a multi-broker stack takes port, port+1, ...).
+
+    Drawn at random below the kernel's ephemeral range: a port from that range (what binding port 0 gives) is
+    free when it is probed, yet any outgoing connection on the machine may take it as its local port before the
+    server binds it (seen: a Kafka node of a test cluster exiting at start-up while parallel tests connected).
+    A port this process was given before is not given again."""
+    avoid = set(avoid) | _GIVEN
+    lo, hi = 15000, _ephemeral_start()
+    if hi - lo < 1000:
+        lo, hi = 1024, 65000
+    rng = random.SystemRandom()
+    for _ in range(500):
+        base = rng.randrange(lo, hi - n)
         ports = range(base, base + n)
-        if base + n < 65000 and not avoid.intersection(ports) and all(_free(p) for p in ports):
+        if not avoid.intersection(ports) and all(_free(p) for p in ports):
+            _GIVEN.update(ports)
             return base
     raise FaultError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+def free_port() -> int:
+    return free_port_run(1)
 
 
 def _free(port: int) -> bool:

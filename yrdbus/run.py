@@ -354,17 +354,27 @@ class BusRun:
             display.start()
         try:
             sim = self.sup.get("simulator")
+            overran = False
             while True:
                 tick()
                 now = time.monotonic()
                 if end is not None and now >= end - drain_s and (sim is None or not sim.running):
                     break
                 if end is not None and now >= end:
-                    break
+                    # The simulator publishes for its own wall seconds, counted from when it started: a slow
+                    # start-up (a loaded machine) moves its end past the run's. Stopping it there would lose its
+                    # ground truth and score nothing, so the run waits for it, then drains in full.
+                    if sim is None or not sim.running or now >= end + (sim_s or 0.0) + 60.0:
+                        break
+                    if not overran:
+                        overran = True
+                        self.say("The simulator is still publishing (the bus took longer to start than planned); "
+                                 "waiting for it to finish before the drain.")
                 time.sleep(1.0)
             # Drain: let the worker and the sink catch up with what was published, and the regional stage see
             # its upstreams fall idle (global_idle_seconds, 10 s) and judge the hours and hits that are due.
-            drain_end = time.monotonic() + max(5.0, (end - time.monotonic()) if end else drain_s)
+            left = (end - time.monotonic()) if end else drain_s
+            drain_end = time.monotonic() + (drain_s if overran else max(5.0, left))
             quiet, quiet_s = 0, _drain_quiet_s()
             while time.monotonic() < drain_end:
                 tick()

@@ -384,8 +384,8 @@ class KafkaStack:
                 # The JVM launcher may re-exec itself at start, so ask the child we started, not /proc.
                 proc = started.get(n.node_id)
                 if (proc.poll() is not None) if proc else n.pid() is None:
-                    raise StackError(f"Kafka node {n.node_id} exited during start-up. Last lines of {n.log_file}:\n"
-                                     + _tail(n.log_file))
+                    raise StackError(f"Kafka node {n.node_id} exited during start-up. {_cause(n.log_file)}"
+                                     f"Last lines of {n.log_file}:\n" + _tail(n.log_file))
             if _answers(bootstrap, expect_brokers=len(nodes), config=self.admin_config()):
                 return
             time.sleep(0.5)
@@ -477,6 +477,19 @@ class _SilentLogger:
 
     def __getattr__(self, name):
         return lambda *a, **k: None
+
+
+def _cause(path: Path) -> str:
+    """The first ERROR or FATAL line of a node's log and the line after it (the exception): a node that exits
+    logs its whole shutdown after the cause, so the last lines alone do not say why."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for i, line in enumerate(lines):
+        if " ERROR " in line or " FATAL " in line:
+            return "Cause: " + "\n".join(lines[i:i + 2]) + "\n"
+    return ""
 
 
 def _tail(path: Path, lines: int = 30) -> str:
