@@ -386,9 +386,14 @@ class Worker:
             tick = json.dumps({"_kind": "tick", "busy": sources_behind}).encode()
             for p in range(self.app.consumer.topic_partitions(cfg.subject_topic) or cfg.partitions):
                 await self.subject_topic.send(value=tick, partition=p, headers=[("yrd-kind", b"tick")])
-        if busy or self.has_regional:
-            await self.regional_topic.send(key=b"regional", value=json.dumps({"_kind": "tick", "busy": sorted(busy)})
-                                           .encode(), headers=[("yrd-via", b"tick")])
+        # what this worker holds of the regional stage's upstreams (and of the clearance sources that feed them):
+        # a partition no worker's tick names is in a rebalance, and the regional stage must not see it go idle
+        held = sorted(upstream_key("subjects", tp.partition) if tp.topic == cfg.subject_topic
+                      else upstream_key(tp.topic, tp.partition)
+                      for tp in self.app.consumer.assignment() if tp.topic == cfg.subject_topic or tp.topic in self.sources)
+        if busy or held or self.has_regional:
+            await self.regional_topic.send(key=b"regional", value=json.dumps(
+                {"_kind": "tick", "busy": sorted(busy), "held": held}).encode(), headers=[("yrd-via", b"tick")])
 
     def backlogged(self, names) -> list:
         """The partitions of ``names`` of which this worker has records not yet processed."""

@@ -123,6 +123,30 @@ class Watermark:
         return self._cached
 
 
+class Claims:
+    """Which upstreams some worker says it holds, as their ticks name them (on a stage's clock).
+
+    Silence means idleness only for an upstream someone holds and reads to its end. In a rebalance a partition is
+    held by nobody for a while (revoked from one worker, its new one still recovering its tables): silent, yet
+    with records to read. The ticks the other workers go on sending move the stage's clock; without this it
+    would see the partition go idle and judge hours whose events it holds. An upstream claimed before and not
+    claimed by any tick for ``expire_s`` on the clock is unclaimed: the stage holds it back (``Watermark.touch``)
+    until a worker claims it again. One never claimed is left to ``Watermark.expect`` (a partition named that
+    does not exist must not hold a stage for ever).
+    """
+
+    def __init__(self, expire_s: float):
+        self.expire_s = expire_s
+        self._at: dict[object, float] = {}
+
+    def claim(self, upstreams, now: float) -> None:
+        for u in upstreams:
+            self._at[u] = now
+
+    def unclaimed(self, now: float) -> list:
+        return [u for u, at in self._at.items() if now - at > self.expire_s]
+
+
 class RecordClock:
     """The clock of a stage's own topic: the timestamps of the records it reads, for ``Watermark``'s idleness.
 

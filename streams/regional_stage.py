@@ -7,7 +7,9 @@ Its upstreams are two forwarders (the re-key step: alerts and cases of every sou
 stage: flow partials and some clearances of every subject partition), each reading at its own pace. Its
 watermark is the slowest upstream's largest event time minus ``global_lateness_minutes``; an upstream silent
 for ``global_idle_seconds`` on the clock of the stage's own topic (its records' timestamps, a tick every 2 s)
-stops holding it back, and a tick names the upstreams that still have records to read (not idle).
+stops holding it back, and a tick names the upstreams that still have records to read (not idle). Each worker's
+tick also names the upstreams it holds: one that no tick names (in a rebalance, revoked from one worker and not yet
+taken up by another) is not idle either (``event_time.Claims``).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from collections.abc import MutableMapping
 
 from schemas.errors import EventError
 from streams import metrics
-from streams.event_time import RecordClock, Watermark
+from streams.event_time import Claims, RecordClock, Watermark
 from streams.regional import SECTIONS, RegionalRules
 from streams.subject_stage import Step, restorable, upstream_key
 
@@ -56,12 +58,33 @@ class RegionalStage:
         self.last_wm: int | None = None
         self.expecting: list | None = None
         self.wm_dirty = False
+        # the upstreams the workers' ticks say they hold (half the idle time: a partition nobody holds is held
+        # back before it could go idle)
+        self.claims = Claims(self.wm.idle_ms / 2000)
+        self.upstreams: set[str] = set()
+        self.subject_upstreams: list[str] = []
+        self.claims_checked = float("-inf")
 
-    def assigned(self, upstreams: list[str]) -> None:
+    def assigned(self, upstreams: list[str] | None) -> None:
         """The worker now holds the stage: every upstream holds its watermark back until it has spoken (or gone
         idle), from the stage's first record on; the state is read again from the table."""
         self.state = None
         self.expecting = upstreams
+        if upstreams:
+            self.upstreams = set(upstreams)
+            self.subject_upstreams = [u for u in upstreams if u.startswith("subjects|")]
+
+    def _hold_unclaimed(self) -> None:
+        """Upstreams no worker has claimed lately (a rebalance under way) are not idle, however silent; nor is
+        any subject partition while a clearance source is unclaimed (its clearances may reach any of them)."""
+        now = self.clock()
+        self.claims_checked = now
+        unclaimed = self.claims.unclaimed(now)
+        if unclaimed:
+            hold = [u for u in unclaimed if u in self.upstreams]
+            if len(hold) < len(unclaimed):
+                hold += self.subject_upstreams
+            self.wm.touch(hold)
 
     def _state(self) -> dict:
         if self.state is None:
@@ -96,11 +119,15 @@ class RegionalStage:
         if ev["_kind"] == "tick":
             metrics.labelled(metrics.TICKS, "regional").inc()
             self.wm.touch(ev.get("busy") or ())
+            self.claims.claim(ev.get("held") or (), self.clock())
+            self._hold_unclaimed()
             outs, changed = self.rules.on_tick(state)
             step.outs += outs
             self._watermark(state, set(changed), step)
             return step
         metrics.labelled(metrics.EVENTS_IN, source, "regional").inc()
+        if self.clock() - self.claims_checked >= 1.0:
+            self._hold_unclaimed()
         # an operator's control event is issued on its own clock: it does not move event time on
         upstream = headers.get("yrd-via") or source_of(headers, source)
         if ev["_kind"] != "control":

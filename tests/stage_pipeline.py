@@ -138,7 +138,10 @@ class Pipeline:
         reg_busy = {upstream_key(t, p) for t, p in busy if not t.endswith(".clearance") and t != topics.CONTROL}
         if clearance_sources:
             reg_busy |= {upstream_key("subjects", p) for p in range(self.partitions)}
-        tick = json.dumps({"_kind": "tick", "busy": sorted(reg_busy)}).encode()
+        # one worker holds every partition, and its ticks say so
+        held = [upstream_key("subjects", p) for p in range(self.partitions)] + [
+            upstream_key(t, p) for t in self.sources for p in range(SOURCE_PARTITIONS)]
+        tick = json.dumps({"_kind": "tick", "busy": sorted(reg_busy), "held": held}).encode()
         self._regional(self.regional.step(tick, {"yrd-via": "tick"}, "streams.regional", EPOCH_S + now))
 
     def _subject(self, step, now: float) -> None:

@@ -1,0 +1,102 @@
+"""The regional stage during a rebalance: an upstream partition no worker holds is not idle, however silent.
+
+Without Kafka: the stage fed records and ticks as a worker would send them, on the clock of their timestamps.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.codec import get_codec
+from schemas.eventtime import EventTimeBounds
+from streams import ruleset
+from streams.decoding import PlainDecoder
+from streams.regional_stage import RegionalStage
+from streams.scripted import Script, _dt, token
+from streams.subject_stage import upstream_key
+from yrdbus import topics
+from yrdbus.settings import get_settings
+
+HOUR = 3_600_000
+T0 = 1_496_620_800_000          # 2017-06-05T00:00Z
+EPOCH_S = 1_700_000_000.0
+SH, JS = topics.source("SH", "case"), topics.source("JS", "case")
+UPSTREAMS = [upstream_key("subjects", 0), upstream_key(SH, 0), upstream_key(JS, 0)]
+
+
+class Feed:
+    def __init__(self):
+        self.rs = ruleset.default()
+        self.codec = get_codec()
+        bounds = EventTimeBounds.from_settings(get_settings())
+        self.stage = RegionalStage(self.rs, PlainDecoder(self.codec, bounds), bounds, {})
+        self.stage.assigned(UPSTREAMS)
+        self.script = Script(3)
+        self.now = 0.0
+        self.lateness = self.rs.minutes_ms("event_time", "global_lateness_minutes")
+
+    def case(self, port: str, hour: float) -> None:
+        rec = self.script.case(port, int(T0 + hour * HOUR), "STOWAWAY", "STOWAWAY_ON_VESSEL", [token("stowaway", port, hour)], ["VNM"])
+        rec = {k: (_dt(v) if k in ("occurred_at", "published_at") else v) for k, v in rec.items()}
+        topic = SH if self.script.ports[port].region == "SH" else JS
+        headers = {"yrd-kind": "case", "yrd-source": topic, "yrd-source-partition": "0", "yrd-source-offset": "0"}
+        self.stage.step(self.codec.encode("case", rec), headers, topic, EPOCH_S + self.now)
+
+    def tick(self, held, busy=()) -> None:
+        tick = {"_kind": "tick", "busy": sorted(busy)}
+        if held is not None:
+            tick["held"] = sorted(held)
+        self.stage.step(json.dumps(tick).encode(), {"yrd-via": "tick"}, "streams.regional", EPOCH_S + self.now)
+
+    def seconds(self, n: float, held, sh_from: float | None = None) -> None:
+        """``n`` seconds of ticks every 2 s naming ``held``; with ``sh_from``, a Shanghai case an hour of event
+        time apart each second (one region's backlog read on)."""
+        for i in range(int(n)):
+            self.now += 1.0
+            if sh_from is not None:
+                self.case("CNSHA-WGQ", sh_from + i)
+            if i % 2 == 1:
+                self.tick(held)
+
+    def watermark(self) -> int:
+        return self.stage.wm.current()
+
+
+@pytest.mark.parametrize("held_back_by", ["its own partition", "a clearance source"])
+def test_an_upstream_nobody_holds_during_a_rebalance_holds_the_watermark_back_while_the_others_read_on(held_back_by):
+    f = Feed()
+    everything = UPSTREAMS + [upstream_key(topics.source("JS", "clearance"), 0)]
+    f.case("CNSHA-WGQ", 1)
+    f.case("CNNTG", 1)
+    f.tick(everything)
+    js_peak = f.stage.wm.peak(upstream_key(JS, 0))
+    # the Jiangsu case partition (or a clearance source, whose clearances may reach any subject partition) is
+    # revoked from its worker and not yet taken up by another: the ticks of the workers name it no more, while
+    # Shanghai's backlog is read on, far ahead in event time
+    gone = upstream_key(JS, 0) if held_back_by == "its own partition" else everything[-1]
+    f.seconds(60, [u for u in everything if u != gone], sh_from=2)
+    assert f.watermark() <= js_peak - f.lateness, "a partition held by nobody was taken for idle"
+    # taken up again, with nothing to read: it goes idle once silent for the idle time, and the watermark moves on
+    f.seconds(30, everything, sh_from=62)
+    assert f.watermark() > js_peak
+
+
+def test_silence_of_a_held_partition_with_nothing_to_read_still_lets_the_watermark_move_on():
+    f = Feed()
+    everything = UPSTREAMS + [upstream_key(topics.source("JS", "clearance"), 0)]
+    f.case("CNSHA-WGQ", 1)
+    f.case("CNNTG", 1)
+    f.tick(everything)
+    f.seconds(30, everything, sh_from=2)
+    assert f.watermark() > f.stage.wm.peak(upstream_key(JS, 0))
+
+
+def test_ticks_of_a_worker_that_names_nothing_it_holds_change_nothing():
+    """A tick without ``held`` (a worker of an earlier version) claims nothing and unclaims nothing."""
+    f = Feed()
+    f.case("CNSHA-WGQ", 1)
+    f.case("CNNTG", 1)
+    f.tick(None)
+    f.seconds(30, None, sh_from=2)
+    assert f.watermark() > f.stage.wm.peak(upstream_key(JS, 0))
