@@ -125,6 +125,10 @@ def read_committed(conf: dict, group: str, tps: list, timeout: float = 30.0) -> 
     return {tp: c.offset for tp, c in zip(tps, got) if c.offset >= 0}
 
 
+# ticks more than a stall takes before a partition nothing is fetched of is asked for again (``_fetch_again``)
+UNFETCHED_TICKS = 2
+
+
 class Turns:
     """The stages' partitions' next offsets to process, and the catch-up of the runs the consumer skipped.
 
@@ -253,6 +257,8 @@ class Turns:
                 continue
             if position is not None and position > nxt:
                 again[tp] = (nxt, position)
+            elif seen[tp][1] >= ticks + UNFETCHED_TICKS:
+                await self._fetch_again(consumer, tp, nxt, seen[tp][1])
         if again:
             for tp, (nxt, pos) in again.items():
                 log.warning("%s[%d]: read to %d but nothing processed from %d on: reading it again from there",
@@ -263,6 +269,28 @@ class Turns:
             for tp, (nxt, _) in again.items():
                 # Faust drops a record below its read offset as one already delivered: read from here again
                 consumer._read_offset[tp] = nxt
+
+
+    async def _fetch_again(self, consumer, tp, nxt: int, count: int) -> None:
+        """A partition with records to process of which nothing was fetched past the next offset to process for
+        ``count`` ticks: not paused by Faust (a recovery resumes its own), yet never delivered. Seen after a worker
+        joined mid-stream (``tests/test_scaleout.py``): a clearance partition's committed offset stayed at 127 of
+        307 for four minutes, its position with it, and nothing said why. Faust fetches only the partitions in
+        ``Consumer._active_partitions`` and takes one out of them while its stream buffer is full, until the buffer
+        drains: one left out of them is put back. Either way the partition is sought to its next offset, which
+        makes the fetcher ask for it again. The warning says which it was."""
+        app = getattr(consumer, "app", None)
+        if getattr(app, "in_recovery", False) or tp in getattr(consumer, "_paused_partitions", ()):
+            return
+        active = consumer._get_active_partitions() if hasattr(consumer, "_get_active_partitions") else None
+        left_out = active is not None and tp not in active
+        log.warning("%s[%d]: nothing fetched from %d on for %d ticks%s: fetching it again from there", tp.topic,
+                    tp.partition, nxt, count, " (left out of the consumer's active partitions)" if left_out else "")
+        if left_out:
+            consumer.resume_partitions([tp])
+        self._suspects.pop(tp, None)
+        await consumer.seek_wait({tp: nxt})
+        consumer._read_offset[tp] = nxt
 
 
 def commit_past_known_gaps() -> None:

@@ -292,6 +292,67 @@ def test_a_partition_with_nothing_committed_whose_records_were_dropped_is_read_a
     assert consumer.seeks == [{TP1: 2}] and seen == [2, 3, 4]
 
 
+class LeftOutConsumer(StalledConsumer):
+    """A stalled consumer with Faust's record of the partitions it fetches (``_active_partitions``) and pauses."""
+
+    def __init__(self, committed: dict, positions: dict, active: set, paused: set = frozenset(),
+                 in_recovery: bool = False):
+        super().__init__(committed, positions)
+        self._active_partitions, self._paused_partitions = set(active), set(paused)
+        self.app = type("App", (), {"in_recovery": in_recovery})()
+
+    def _get_active_partitions(self):
+        return self._active_partitions
+
+    def resume_partitions(self, tps):
+        self._active_partitions.update(tps)
+        self._paused_partitions.difference_update(tps)
+
+
+def test_a_partition_with_records_to_read_of_which_nothing_is_fetched_is_put_back_and_fetched_again():
+    """Behind, not moving, and its position at the next offset to process (nothing fetched past it): after
+    ``ticks + UNFETCHED_TICKS`` ticks it is put back among the partitions the consumer fetches, and sought to
+    that offset; not before."""
+    consumer = LeftOutConsumer({TP1: 127}, {TP1: 127}, active=set())
+    turns = catchup.Turns(lambda: consumer, {})
+
+    async def scenario():
+        for _ in range(3 + catchup.UNFETCHED_TICKS - 1):
+            await turns.reread_stalled([TP1])
+        assert consumer.seeks == [] and TP1 not in consumer._active_partitions
+        await turns.reread_stalled([TP1])
+
+    run(scenario())
+    assert consumer.seeks == [{TP1: 127}] and consumer._read_offset == {TP1: 127}
+    assert TP1 in consumer._active_partitions
+
+
+@pytest.mark.parametrize("why", ["paused", "in recovery"])
+def test_a_partition_faust_holds_back_itself_is_left_to_faust(why):
+    consumer = LeftOutConsumer({TP1: 127}, {TP1: 127}, active=set(), paused={TP1} if why == "paused" else set(),
+                               in_recovery=why == "in recovery")
+    turns = catchup.Turns(lambda: consumer, {})
+
+    async def scenario():
+        for _ in range(10):
+            await turns.reread_stalled([TP1])
+
+    run(scenario())
+    assert consumer.seeks == [] and TP1 not in consumer._active_partitions
+
+
+def test_faust_fetches_only_its_active_partitions_and_resume_partitions_puts_one_back():
+    """What ``Turns._fetch_again`` relies on in the pinned Faust: a partition taken out of the active ones (a full
+    stream buffer) is not fetched until put back, and ``resume_partitions`` puts it back."""
+    c = faust_consumer()
+    c._set_active_tps({TP1})
+    assert TP1 in c._get_active_partitions()
+    c.on_buffer_full(TP1)
+    assert TP1 not in c._get_active_partitions() and TP1 in c._buffered_partitions
+    c.resume_partitions([TP1])
+    assert TP1 in c._get_active_partitions() and TP1 not in c._paused_partitions
+
+
 class SlowChannel:
     """Stands in for a topic: each record takes ``seconds`` to reach the producer (a busy event loop)."""
 
