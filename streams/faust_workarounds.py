@@ -257,7 +257,8 @@ class Turns:
                 continue
             if position is not None and position > nxt:
                 again[tp] = (nxt, position)
-            elif seen[tp][1] >= ticks + UNFETCHED_TICKS:
+            elif position == nxt and seen[tp][1] >= ticks + UNFETCHED_TICKS:
+                # (a position below it is a partition read again from further back: it comes)
                 await self._fetch_again(consumer, tp, nxt, seen[tp][1])
         if again:
             for tp, (nxt, pos) in again.items():
