@@ -93,7 +93,12 @@ class RegionalStage:
             # vessels are many and change one at a time: one table key each
             self.state["vessel"] = {k[len("vessel:"):]: v for k, v in self.table.items() if k.startswith("vessel:")}
             # the upstreams' event times so far: what was processed before a restart is not read again
-            self.wm.restore(restorable(self.table.get(WATERMARK_KEY) or {}, self.bounds, f"regional[{WATERMARK_KEY}]"))
+            kept = restorable(self.table.get(WATERMARK_KEY) or {}, self.bounds, f"regional[{WATERMARK_KEY}]")
+            self.wm.restore(kept)
+            # they count as claimed now: one no worker's tick names from here on is held back. A worker killed and
+            # started again joins its group while the dead one is still a member: the partitions given to the
+            # dead one are read by nobody until its session times out, while the new one's ticks move the clock.
+            self.claims.claim(kept, self.clock())
         return self.state
 
     def step(self, raw: bytes, headers: dict, topic: str, timestamp: float | None) -> Step:
