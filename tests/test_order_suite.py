@@ -26,9 +26,9 @@ from stage_pipeline import REGIONS, Pipeline
 from streams import evaluate, ruleset
 
 SPAN_HOURS = 30
-# `make test` tries one seed at the paper's full volume (some 205,000 events; about 20 s of CPU a delivery);
-# `make order-suite` tries several seeds and draws (YRDBUS_ORDER_SEEDS=11,23,31 YRDBUS_ORDER_DRAWS=3;
-# YRDBUS_ORDER_SCALE=0.1 for a tenth of the volume)
+# `make test` tries one seed at 0.3 of the paper's volume (its TEST_ORDER_SCALE); `make order-suite` several seeds
+# and draws at full volume (some 205,000 events; about 20 s of CPU a delivery). By hand:
+# YRDBUS_ORDER_SEEDS=11,23,31 YRDBUS_ORDER_DRAWS=3 YRDBUS_ORDER_SCALE=0.1 (a tenth of the volume); 1.0 by default
 SEEDS = [int(x) for x in os.environ.get("YRDBUS_ORDER_SEEDS", "11").split(",") if x.strip()]
 DRAWS = int(os.environ.get("YRDBUS_ORDER_DRAWS", "1"))
 SCALE = float(os.environ.get("YRDBUS_ORDER_SCALE", "1.0"))
