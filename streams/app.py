@@ -211,7 +211,8 @@ class Worker:
         self.in_place = {t for t in self.clearance_sources
                          if (self.app.consumer.topic_partitions(t) or topics.DEFAULT_PARTITIONS) == cfg.partitions}
         self.regional.assigned([upstream_key("subjects", p) for p in range(cfg.partitions)]
-                               + self.partitions_of(self.regional_sources) if self.has_regional else None)
+                               + self.partitions_of([*self.regional_sources, self.control_topic])
+                               if self.has_regional else None)
         log.debug("assigned %d partitions (regional stage here: %s)", len(assigned), self.has_regional)
         self.subject.assigned([tp.partition for tp in assigned if tp.topic == cfg.subject_topic],
                               self.partitions_of(self.sources))
@@ -369,9 +370,13 @@ class Worker:
         cfg = self.cfg
         behind = self.backlogged({*self.sources, cfg.subject_topic, self.control_topic})
         await self.turns.reread_stalled(behind)
+        # an operator's control record moves no event time, but one still to read holds the regional stage back:
+        # read after the hours it covers were judged beyond the allowed delay, its heightened-mode window would
+        # change nothing (seen: a worker joining left control[0] unread while the stage judged days ahead)
+        control_behind = [upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic == self.control_topic]
         behind = [tp for tp in behind if tp.topic != self.control_topic]
         sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in self.sources)
-        busy: set[str] = set()
+        busy: set[str] = set(control_behind)
         clearance_sources = []
         for tp in behind:
             if tp.topic == cfg.subject_topic:
@@ -390,7 +395,8 @@ class Worker:
         # a partition no worker's tick names is in a rebalance, and the regional stage must not see it go idle
         held = sorted(upstream_key("subjects", tp.partition) if tp.topic == cfg.subject_topic
                       else upstream_key(tp.topic, tp.partition)
-                      for tp in self.app.consumer.assignment() if tp.topic == cfg.subject_topic or tp.topic in self.sources)
+                      for tp in self.app.consumer.assignment()
+                      if tp.topic in (cfg.subject_topic, self.control_topic) or tp.topic in self.sources)
         if busy or held or self.has_regional:
             await self.regional_topic.send(key=b"regional", value=json.dumps(
                 {"_kind": "tick", "busy": sorted(busy), "held": held}).encode(), headers=[("yrd-via", b"tick")])
