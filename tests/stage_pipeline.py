@@ -207,12 +207,17 @@ def live(alerts: list[dict]) -> dict[str, str]:
     return {a["alert_id"]: a["kind"] for a in last_versions(alerts) if derived.is_live(a)}
 
 
-def answer_in_order(script, partitions: int = 4) -> dict[str, str]:
-    """The live alerts of the two stages fed a ``streams.scripted.Script``'s events in event-time order, at an
-    hour of event time a second: the answer a worker must give however the same events reach it."""
+def in_order(script, partitions: int = 4) -> Pipeline:
+    """The two stages fed a ``streams.scripted.Script``'s events in event-time order, at an hour of event time a
+    second."""
     events = sorted(script.events, key=lambda e: (e[3]["occurred_at"], e[3]["event_id"]))
     t0 = events[0][3]["occurred_at"]
     times = ("occurred_at", "published_at", "starts_at", "ends_at")
     return Pipeline(partitions=partitions).deliver(
         [((rec["occurred_at"] - t0) / 3_600_000, kind, {k: (_dt(v) if k in times else v) for k, v in rec.items()})
-         for kind, _, _, rec in events]).live()
+         for kind, _, _, rec in events])
+
+
+def answer_in_order(script, partitions: int = 4) -> dict[str, str]:
+    """The live alerts of ``in_order``: the answer a worker must give however the same events reach it."""
+    return in_order(script, partitions).live()
