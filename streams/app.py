@@ -372,7 +372,7 @@ class Worker:
         await self.turns.reread_stalled(behind)
         # an operator's control record moves no event time, but one still to read holds the regional stage back:
         # read after the hours it covers were judged beyond the allowed delay, its heightened-mode window would
-        # change nothing (seen: a worker joining left control[0] unread while the stage judged days ahead)
+        # change nothing (a worker joining left control[0] unread for a while: seen in the scale-out test's log)
         control_behind = [upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic == self.control_topic]
         behind = [tp for tp in behind if tp.topic != self.control_topic]
         sources_behind = sorted(upstream_key(tp.topic, tp.partition) for tp in behind if tp.topic in self.sources)
