@@ -370,6 +370,7 @@ class Worker:
         cfg = self.cfg
         behind = self.backlogged({*self.sources, cfg.subject_topic, self.control_topic})
         await self.turns.reread_stalled(behind)
+        await self.turns.reread_uncommitted()
         # an operator's control record moves no event time, but one still to read holds the regional stage back:
         # read after the hours it covers were judged beyond the allowed delay, its heightened-mode window would
         # change nothing (a worker joining left control[0] unread for a while: seen in the scale-out test's log)

@@ -403,3 +403,46 @@ def test_a_flush_before_a_commit_waits_for_the_table_writes_faust_s_buffer_held_
     # and it waits for those only, not for what is written while it waits
     sent, left = run(flushed(ProducerBuffer.flush, later=4))
     assert 4 <= sent < 8 and left > 0
+
+
+def test_a_partition_processed_past_a_commit_that_does_not_move_is_read_again_from_its_commit():
+    """Records processed before a rebalance, not committed, and not delivered again after it: Faust's commit waits
+    for them for ever. After ten ticks without the commit moving the partition is sought back to its committed
+    offset; the records come again and are not processed again (``__call__``)."""
+    consumer = StalledConsumer({TP1: 99}, {TP1: 3667})
+    turns = catchup.Turns(lambda: consumer, {})
+    seen = []
+
+    async def handle(e):
+        seen.append(e.message.offset)
+
+    async def scenario():
+        turns.done[TP1] = 134          # what the worker processed before the rebalance
+        await turns(event(135), handle)   # processed on from there, the commit still at 99
+        for _ in range(9):
+            await turns.reread_uncommitted()
+        assert consumer.seeks == []
+        await turns.reread_uncommitted()
+        assert consumer.seeks == [{TP1: 99}] and consumer._read_offset == {TP1: 99}
+        for o in (99, 100, 134):          # delivered again: not processed again
+            await turns(event(o), handle)
+        consumer._committed_offset[TP1] = 136   # the commit moved on
+        for _ in range(12):
+            await turns.reread_uncommitted()
+
+    run(scenario())
+    assert seen == [135] and consumer.seeks == [{TP1: 99}]
+
+
+def test_a_partition_whose_commit_keeps_up_is_not_read_again():
+    consumer = StalledConsumer({TP1: 10}, {TP1: 10})
+    turns = catchup.Turns(lambda: consumer, {})
+
+    async def scenario():
+        for o in range(10, 20):
+            await turns(event(o), lambda e: asyncio.sleep(0))
+            consumer._committed_offset[TP1] = o + 1     # Faust committed what was processed
+            await turns.reread_uncommitted()
+
+    run(scenario())
+    assert consumer.seeks == []
