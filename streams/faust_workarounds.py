@@ -267,7 +267,8 @@ class Turns:
                             tp.topic, tp.partition, pos, nxt)
                 self.on_skip(tp.topic, pos - nxt)
                 self._suspects.pop(tp, None)
-            await consumer.seek_wait({tp: nxt for tp, (nxt, _) in again.items()})
+            if not await _seek(consumer, {tp: nxt for tp, (nxt, _) in again.items()}):
+                return
             for tp, (nxt, _) in again.items():
                 # Faust drops a record below its read offset as one already delivered: read from here again
                 consumer._read_offset[tp] = nxt
@@ -309,10 +310,7 @@ class Turns:
                         "so that the records between are acknowledged", tp.topic, tp.partition, self.done[tp],
                         committed, ticks)
             self._uncommitted.pop(tp, None)
-        try:
-            await consumer.seek_wait(again)
-        except Exception as exc:  # noqa: BLE001 - revoked meanwhile: the next assignment starts from the commit
-            log.warning("could not seek back to the committed offsets: %s", exc)
+        if not await _seek(consumer, again):
             return
         for tp, committed in again.items():
             consumer._read_offset[tp] = committed
@@ -335,8 +333,20 @@ class Turns:
         if left_out:
             consumer.resume_partitions([tp])
         self._suspects.pop(tp, None)
-        await consumer.seek_wait({tp: nxt})
-        consumer._read_offset[tp] = nxt
+        if await _seek(consumer, {tp: nxt}):
+            consumer._read_offset[tp] = nxt
+
+
+async def _seek(consumer, offsets: dict) -> bool:
+    """Seek partitions; False (and a warning) when one was revoked meanwhile (aiokafka's IllegalStateError: seen
+    crash a worker when a second one left the group between the look at a partition and the seek). The next
+    assignment starts those partitions from their committed offsets anyway."""
+    try:
+        await consumer.seek_wait(offsets)
+        return True
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not seek %s: %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in offsets), exc)
+        return False
 
 
 def commit_past_known_gaps() -> None:

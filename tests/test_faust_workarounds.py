@@ -446,3 +446,26 @@ def test_a_partition_whose_commit_keeps_up_is_not_read_again():
 
     run(scenario())
     assert consumer.seeks == []
+
+
+def test_a_partition_revoked_between_the_look_and_the_seek_does_not_stop_the_worker():
+    """aiokafka refuses a seek on a partition no longer assigned (IllegalStateError): seen to crash a worker when a
+    second one left the group between ``reread_stalled``'s look at a partition and its seek."""
+    from aiokafka.errors import IllegalStateError
+
+    class Revoked(StalledConsumer):
+        async def seek_wait(self, offsets):
+            raise IllegalStateError(f"No current assignment for partition {next(iter(offsets))}")
+
+    consumer = Revoked({TP1: 7}, {TP1: 20})
+    turns = catchup.Turns(lambda: consumer, {})
+
+    async def scenario():
+        for _ in range(3):
+            await turns.reread_stalled([TP1])
+        turns.done[TP1] = 30
+        for _ in range(10):
+            await turns.reread_uncommitted()
+
+    run(scenario())
+    assert consumer._read_offset == {}
