@@ -23,6 +23,7 @@ T0 = 1_496_620_800_000          # 2017-06-05T00:00Z
 EPOCH_S = 1_700_000_000.0
 SH, JS = topics.source("SH", "case"), topics.source("JS", "case")
 UPSTREAMS = [upstream_key("subjects", 0), upstream_key(SH, 0), upstream_key(JS, 0)]
+EVERYTHING = UPSTREAMS + [upstream_key(topics.source("JS", "clearance"), 0)]   # what the ticks name when all is held
 
 
 class Feed:
@@ -69,6 +70,13 @@ class Feed:
             if i % 2 == 1:
                 self.tick(held)
 
+    def start(self, held=EVERYTHING) -> int:
+        """A case of each region at hour 1, then a tick naming ``held``: Jiangsu's case partition's peak."""
+        self.case("CNSHA-WGQ", 1)
+        self.case("CNNTG", 1)
+        self.tick(held)
+        return self.stage.wm.peak(upstream_key(JS, 0))
+
     def watermark(self) -> int:
         return self.stage.wm.current()
 
@@ -76,11 +84,8 @@ class Feed:
 @pytest.mark.parametrize("held_back_by", ["its own partition", "a clearance source"])
 def test_an_upstream_nobody_holds_during_a_rebalance_holds_the_watermark_back_while_the_others_read_on(held_back_by):
     f = Feed()
-    everything = UPSTREAMS + [upstream_key(topics.source("JS", "clearance"), 0)]
-    f.case("CNSHA-WGQ", 1)
-    f.case("CNNTG", 1)
-    f.tick(everything)
-    js_peak = f.stage.wm.peak(upstream_key(JS, 0))
+    everything = EVERYTHING
+    js_peak = f.start()
     # the Jiangsu case partition (or a clearance source, whose clearances may reach any subject partition) is
     # revoked from its worker and not yet taken up by another: the ticks of the workers name it no more, while
     # Shanghai's backlog is read on, far ahead in event time
@@ -94,22 +99,17 @@ def test_an_upstream_nobody_holds_during_a_rebalance_holds_the_watermark_back_wh
 
 def test_silence_of_a_held_partition_with_nothing_to_read_still_lets_the_watermark_move_on():
     f = Feed()
-    everything = UPSTREAMS + [upstream_key(topics.source("JS", "clearance"), 0)]
-    f.case("CNSHA-WGQ", 1)
-    f.case("CNNTG", 1)
-    f.tick(everything)
-    f.seconds(30, everything, sh_from=2)
-    assert f.watermark() > f.stage.wm.peak(upstream_key(JS, 0))
+    js_peak = f.start()
+    f.seconds(30, EVERYTHING, sh_from=2)
+    assert f.watermark() > js_peak
 
 
 def test_ticks_of_a_worker_that_names_nothing_it_holds_change_nothing():
     """A tick without ``held`` (a worker of an earlier version) claims nothing and unclaims nothing."""
     f = Feed()
-    f.case("CNSHA-WGQ", 1)
-    f.case("CNNTG", 1)
-    f.tick(None)
+    js_peak = f.start(held=None)
     f.seconds(30, None, sh_from=2)
-    assert f.watermark() > f.stage.wm.peak(upstream_key(JS, 0))
+    assert f.watermark() > js_peak
 
 
 def test_after_a_restart_an_upstream_no_tick_names_is_held_back_though_no_tick_ever_named_it_here():
@@ -117,11 +117,8 @@ def test_after_a_restart_an_upstream_no_tick_names_is_held_back_though_no_tick_e
     gives the dead one is read by nobody until its session times out. The restarted stage knows the upstreams
     from the maxima kept in its table; one of them no tick names is not taken for idle."""
     f = Feed()
-    everything = UPSTREAMS + [upstream_key(topics.source("JS", "clearance"), 0)]
-    f.case("CNSHA-WGQ", 1)
-    f.case("CNNTG", 1)
-    f.tick(everything)
-    js_peak = f.stage.wm.peak(upstream_key(JS, 0))
+    everything = EVERYTHING
+    js_peak = f.start()
     table = f.stage.table
     assert table.get("watermark"), "the stage keeps its upstreams' largest event times"
     # started again on its table: the ticks of the new worker name all but the Jiangsu case partition
