@@ -15,6 +15,7 @@ class ConveyanceFollowing:
         self.kinds = set(c["pending_kinds"])
         self.pending_ms = rs.hours_ms("conveyance", "pending_hours")
         self.keep_ms = rs.hours_ms("conveyance", "keep_diverted_hours")
+        self.delay_ms = rs.allowed_delay_ms()
         self.ports = reference_ports()
 
     @staticmethod
@@ -61,6 +62,8 @@ class ConveyanceFollowing:
             d = {"conveyance": conv, "port": landed, "station": ev["station_id"] or lp.station_id,
                  "region": lp.region, "scheduled": sched, "scheduled_region": sp.region, "first": c}
             state["diverted"][conv] = d
+        elif c["at"] < d["first"]["at"]:
+            d["first"] = c           # the flight's earliest clearance, whichever is read first
         state["passengers"][ev["subject"]] = c
         outs: list = []
         for p in state["pending"]:
@@ -92,7 +95,12 @@ class ConveyanceFollowing:
         return [("derived_alert", a)]
 
     def prune(self, state: dict, now: int) -> None:
-        state["pending"] = [p for p in state["pending"] if now - p["at"] <= self.pending_ms]
-        state["diverted"] = {k: d for k, d in state["diverted"].items() if now - d["first"]["at"] <= self.keep_ms}
-        state["passengers"] = {k: c for k, c in state["passengers"].items() if now - c["at"] <= self.keep_ms}
-        state["done"] = {k: t for k, t in state["done"].items() if now - t <= self.keep_ms + self.pending_ms}
+        # each kept for the allowed delay past its own time: a clearance or an alert read that late still meets
+        # the alerts and diversions it would have met in order
+        state["pending"] = [p for p in state["pending"] if now - p["at"] <= self.pending_ms + self.delay_ms]
+        state["diverted"] = {k: d for k, d in state["diverted"].items()
+                             if now - d["first"]["at"] <= self.keep_ms + self.delay_ms}
+        state["passengers"] = {k: c for k, c in state["passengers"].items()
+                               if now - c["at"] <= self.keep_ms + self.delay_ms}
+        state["done"] = {k: t for k, t in state["done"].items()
+                         if now - t <= self.keep_ms + self.pending_ms + self.delay_ms}

@@ -135,7 +135,9 @@ class FraudSpread:
             state["hits"][p] = [h for h in state["hits"][p] if now - h["at"] <= self.window_ms + self.delay_ms]
             if not state["hits"][p]:
                 del state["hits"][p]
-        keep = max(self.window_ms, self.cooldown_ms)
+        # warnings are kept for the cooldown past the allowed delay: a pattern judged again from a late hit starts
+        # from the warnings raised before it, and the cooldown of one raised before the delay may reach into it
+        keep = max(self.window_ms, self.cooldown_ms) + self.delay_ms
         state["fired"] = {p: t for p, t in state["fired"].items() if now - t <= keep}
         fires = state.setdefault("fires", {})
         for p in list(fires):

@@ -25,7 +25,10 @@ class Heightened:
         self.always = set(b["always_kinds"])
         self.min_sev = b["min_severity"]
         self.hm_sev = rs["heightened_mode"]["broadcast_min_severity"]
-        self.keep_ms = rs.minutes_ms("event_time", "global_lateness_minutes") + 86_400_000
+        # windows, alerts and broadcasts are kept a day past the regional lateness and the allowed delay: a trend
+        # or flow hour judged again for an event read late has the thresholds of the windows that covered it
+        self.keep_ms = (rs.minutes_ms("event_time", "global_lateness_minutes") + rs.allowed_delay_ms()
+                        + 86_400_000)
 
     @staticmethod
     def new_state() -> dict:

@@ -448,6 +448,43 @@ def test_a_heightened_mode_read_after_the_hours_it_covers_judges_them_again_with
     assert [a["alert_id"] for k, a in outs if k == "derived_alert" and a["kind"] == "TREND_RISING"] == trend
 
 
+def test_a_case_read_late_within_the_allowed_delay_is_judged_with_a_heightened_window_ended_long_before(rs):
+    """A short heightened window (6 h) that ended more than a day before the watermark still sets the thresholds
+    of the hours it covered: a stowaway case read 35 h late (within the 48 h allowed delay) completes the trend
+    the window's multiplier makes of two cases, with the id of the ordered read."""
+    def script():
+        s = Script()
+        for hour in range(0, 48, 12):
+            s.case("CNNGB", T0 + hour * HOUR, "ILLEGAL_STAY", "VISA_OVERSTAY", [token("bg", hour)], ["VNM"])
+        s.control(["ZJ"], T0 + 2 * DAY, T0 + 2 * DAY + 6 * HOUR, 0.5, issued=T0 + 2 * DAY)
+        for i in range(2):
+            s.case("CNNGB", T0 + 2 * DAY + i * HOUR, "STOWAWAY", "STOWAWAY_ON_VESSEL", [token(i)], ["VNM"])
+        # later traffic that moves the watermark on, past the window's end by more than a day
+        for hour in range(2 * 24 + 8, 3 * 24 + 20, 6):
+            s.case("CNSHA-WGQ", T0 + hour * HOUR, "ILLEGAL_STAY", "VISA_OVERSTAY", [token("later", hour)], ["VNM"])
+        return s.events
+
+    rules = RegionalRules(rs)
+    events = script()
+    ordered = play(rs, in_event_time(events))
+    trend = {i for i in ordered.live("trend")}
+    assert len(trend) == 1
+    late = rules.new_state()
+    outs: list = []
+    stowaways = [e for e in events if e[3].get("case_type") == "STOWAWAY"]
+    for kind, _, _, rec in in_event_time([e for e in events if e is not stowaways[-1]]):
+        outs += rules.on_event(late, plain(kind, rec))
+        if kind != "control":
+            outs += rules.on_watermark(late, rec["occurred_at"] - rs.minutes_ms("event_time",
+                                                                                "global_lateness_minutes"))[0]
+    wm = late["trend"]["wm"]
+    at = stowaways[-1][3]["occurred_at"]
+    assert wm - (T0 + 2 * DAY + 6 * HOUR) > DAY and wm - at < rs.allowed_delay_ms()
+    assert [a for k, a in outs if k == "derived_alert" and a["kind"] == "TREND_RISING"] == []
+    outs = rules.on_event(late, plain("case", stowaways[-1][3]))
+    assert {a["alert_id"] for k, a in outs if k == "derived_alert" and a["kind"] == "TREND_RISING"} == trend
+
+
 @pytest.mark.parametrize("value, message", [(-1, "expected a number >= 0"), ("48", "expected a number >= 0"),
                                             (1, "shorter than global_lateness_minutes")])
 def test_an_allowed_delay_that_is_not_a_duration_past_the_lateness_is_refused(rs, value, message):
