@@ -1,7 +1,11 @@
 """Conveyance following: when a flight scheduled for one region's port lands at
 another region's port (its clearances carry ``scheduled_port`` != ``port_code``),
 the alerts pending for the conveyance or its passengers go to the station where
-it actually landed (CONVEYANCE_DIVERTED, one per pending alert)."""
+it actually landed (CONVEYANCE_DIVERTED, one per pending alert).
+
+An alert is pending from its time until it is resolved or dismissed (by event time, whichever record is read
+first): a diversion after its resolution sends nothing on, and a resolution read after the diversion it precedes
+withdraws what was sent on."""
 from __future__ import annotations
 
 from schemas.reference import ports as reference_ports
@@ -20,15 +24,47 @@ class ConveyanceFollowing:
 
     @staticmethod
     def new_state() -> dict:
-        return {"pending": [], "diverted": {}, "passengers": {}, "done": {}}
+        # resolved: the resolutions and dismissals read ({kind, subject, conveyance, region, at}); sent: the
+        # alerts sent on, by the key of ``done``, to withdraw one a resolution read late disproves
+        return {"pending": [], "diverted": {}, "passengers": {}, "done": {}, "resolved": [], "sent": {}}
+
+    @staticmethod
+    def _ends(r: dict, p: dict) -> bool:
+        """Resolution ``r`` ends pending alert ``p``: the same kind and region, the same subject (the same
+        conveyance for an alert on a conveyance alone), at or after it."""
+        same = p["subject"] == r["subject"] if r["subject"] else p["conveyance"] == r["conveyance"]
+        return same and p["kind"] == r["kind"] and p["region"] == r["region"] and r["at"] >= p["at"]
+
+    def _resolved(self, state: dict, p: dict, at: int) -> bool:
+        """``p`` was resolved at or before ``at``."""
+        return any(self._ends(r, p) and r["at"] <= at for r in state.get("resolved", ()))
+
+    def _resolve(self, state: dict, ev: dict) -> list:
+        r = {"id": ev["event_id"], "kind": ev["kind"], "subject": ev.get("subject"),
+             "conveyance": ev.get("conveyance_id"), "region": ev["region"], "at": ev["occurred_at"]}
+        if not r["subject"] and not r["conveyance"]:
+            return []
+        resolved = state.setdefault("resolved", [])
+        if any(x["id"] == r["id"] for x in resolved):
+            return []
+        resolved.append(r)
+        outs: list = []
+        sent = state.setdefault("sent", {})
+        for p in state["pending"]:
+            key = f"cd|{p['id']}"
+            a = sent.get(key)
+            if a is not None and self._ends(r, p) and r["at"] <= a["occurred_at"]:
+                outs.append(("derived_alert", derived.withdrawn(
+                    a, f"{p['kind']} {p['id']} was {ev['status'].lower()} before the diversion")))
+                del sent[key]
+                state["done"].pop(key, None)
+        return outs
 
     def on_alert(self, state: dict, ev: dict) -> list:
         if ev["kind"] not in self.kinds:
             return []
         if ev.get("status") in ("RESOLVED", "DISMISSED"):
-            state["pending"] = [p for p in state["pending"] if not (
-                p["kind"] == ev["kind"] and p["subject"] == ev.get("subject") and p["region"] == ev["region"])]
-            return []
+            return self._resolve(state, ev)
         if not ev.get("subject") and not ev.get("conveyance_id"):
             return []
         p = {"id": ev["event_id"], "subject": ev.get("subject"), "conveyance": ev.get("conveyance_id"),
@@ -78,8 +114,10 @@ class ConveyanceFollowing:
         if key in state["done"]:
             return []
         c = clearance or d["first"]
-        state["done"][key] = c["at"]
         at = max(p["at"], c["at"])
+        if self._resolved(state, p, at):
+            return []
+        state["done"][key] = c["at"]
         a = derived.make(
             self.rs, "conveyance", "CONVEYANCE_DIVERTED", p["severity"], [d["region"]],
             [d["scheduled_region"], p["region"]], [p["id"], c["id"]], at,
@@ -92,6 +130,7 @@ class ConveyanceFollowing:
             details={"scheduled_port": d["scheduled"], "pending_alert": p["id"], "pending_kind": p["kind"],
                      "pending_region": p["region"]},
             published_at=c["pub"] if p["at"] <= c["at"] else p["pub"])
+        state.setdefault("sent", {})[key] = a
         return [("derived_alert", a)]
 
     def prune(self, state: dict, now: int) -> None:
@@ -104,3 +143,5 @@ class ConveyanceFollowing:
                                if now - c["at"] <= self.keep_ms + self.delay_ms}
         state["done"] = {k: t for k, t in state["done"].items()
                          if now - t <= self.keep_ms + self.pending_ms + self.delay_ms}
+        state["sent"] = {k: a for k, a in state.get("sent", {}).items() if k in state["done"]}
+        state["resolved"] = [r for r in state.get("resolved", ()) if now - r["at"] <= self.pending_ms + self.delay_ms]

@@ -2,13 +2,14 @@
 following, trends with systemic escalation, passenger-flow surge; and the watermark."""
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
 
 from schemas.reference import ports
-from streams import ruleset
+from streams import derived, ruleset
 from streams.event_time import RecordClock, Watermark
 from streams.events import plain
 from streams.flow import FlowCounter, FlowSurge
@@ -166,6 +167,45 @@ def test_pending_alert_read_after_the_diversion_is_still_sent_on(rules):
     s2.alert("PVG", T0 - HOUR, "WATCHLIST_HIT", subject=pax)
     alerts, _, _ = feed(rules, s2.events, state=state)
     assert [(a["kind"], a["must_act"], a["station_id"]) for a in alerts] == [("CONVEYANCE_DIVERTED", ["ZJ"], "ZJ-HGH")]
+
+
+def _live(outs) -> set[str]:
+    last = {}
+    for kind, rec in outs:
+        if kind == "derived_alert":
+            last[rec["alert_id"]] = rec
+    return {i for i, a in last.items() if derived.is_live(a)}
+
+
+def _read_in(rules, events, order):
+    state, outs = rules.new_state(), []
+    for i in order:
+        kind, _, _, rec = events[i]
+        outs += rules.on_event(state, plain(kind, rec))
+    return outs
+
+
+@pytest.mark.parametrize("resolved_at, sent_on", [(HOUR, False), (3 * HOUR, True)])
+def test_a_pending_alert_is_sent_on_by_event_time_whichever_of_its_resolution_and_the_diversion_is_read_first(
+        rules, resolved_at, sent_on):
+    """A watchlist hit resolved before its flight lands elsewhere sends nothing on, one resolved after it does,
+    in every read order of the hit, its resolution and the two clearances: a resolution read after the diversion
+    it precedes withdraws what was sent on, with the reason."""
+    s = Script()
+    pax, conv = token("pax"), "MU512/2017-06-02"
+    hit = s.alert("PVG", T0, "WATCHLIST_HIT", subject=pax, conveyance=conv, conveyance_type="FLIGHT")
+    s.alert("PVG", T0 + resolved_at, "WATCHLIST_HIT", subject=pax, status="RESOLVED")["event_id"] = "resolution"
+    s.clearance("HGH", T0 + 2 * HOUR, token("other"), conveyance=conv, scheduled_port="PVG")
+    s.clearance("HGH", T0 + 2 * HOUR + 1, pax, conveyance=conv, scheduled_port="PVG")
+    answers = []
+    for order in itertools.permutations(range(4)):
+        outs = _read_in(rules, s.events, order)
+        answers.append(_live(outs))
+        if not sent_on and any(a["kind"] == "CONVEYANCE_DIVERTED" for k, a in outs if k == "derived_alert"):
+            last = [a for k, a in outs if k == "derived_alert"][-1]
+            assert last["status"] == derived.WITHDRAWN and hit["event_id"] in last["status_reason"]
+    assert all(a == answers[0] for a in answers)
+    assert len(answers[0]) == (1 if sent_on else 0)
 
 
 def test_landing_at_another_port_of_the_same_region_is_no_diversion(rules):
