@@ -330,8 +330,8 @@ class Trends:
         return [a]
 
     def _prune(self, state: dict, judged: int) -> None:
-        """Counts are kept for the window and baseline, case ids and rising windows for the allowed delay past
-        the window and the episode cooldown, alerts for the allowed delay past the escalation's window and
+        """Counts and their case ids are kept for the window and baseline past the allowed delay, rising windows
+        for the allowed delay and the episode cooldown, alerts for the allowed delay past the escalation's window and
         cooldown: what judging an hour again within the allowed delay needs."""
         delay_h = self.delay_ms // HOUR
         oldest = judged - self.window_h - self.baseline_h - delay_h
@@ -339,8 +339,10 @@ class Trends:
             b = state["buckets"][key]
             for h in [h for h in b if int(h) < oldest]:
                 del b[h]
+            # the case ids as long as their counts: a case read again (an upstream re-reading from its commit)
+            # must find its id while its hour is in any baseline, or it is counted twice
             ids = state["ids"].get(key, {})
-            for h in [h for h in ids if int(h) <= judged - self.window_h - delay_h]:
+            for h in [h for h in ids if int(h) < oldest]:
                 del ids[h]
             if not b:
                 del state["buckets"][key]

@@ -380,6 +380,25 @@ def test_events_later_than_the_allowed_delay_judge_nothing_again_and_are_counted
     assert [a["kind"] for k, a in outs if k == "derived_alert"] == ["DOCUMENT_FRAUD_SPREAD"]
 
 
+def test_a_case_read_again_long_after_it_was_counted_is_not_counted_twice(rs):
+    """A re-key step or a stage reading a partition again from its last commit forwards cases the stage has
+    counted, however far its watermark has moved since: each case counts once in every window and baseline that
+    still holds its hour (a second count would raise every later window's expected rate)."""
+    rules = RegionalRules(rs)
+    state = rules.new_state()
+    events = in_event_time(trend_scenario(rs))
+    cases = [rec for kind, _, _, rec in events if kind == "case"]
+    for kind, _, _, rec in events:
+        rules.on_event(state, plain(kind, rec))
+    for hours in (30, 100, 300):
+        rules.on_watermark(state, T0 + hours * HOUR)
+        counted = copy.deepcopy(state["trend"]["buckets"])
+        assert counted, "the baselines still hold the cases' hours"
+        for rec in cases[:20]:
+            rules.on_event(state, plain("case", rec))
+        assert state["trend"]["buckets"] == counted, hours
+
+
 def test_a_clearance_later_than_the_counts_kept_sends_no_partial_and_is_counted(rs):
     fc = FlowCounter(rs)
     st = fc.new_state()
