@@ -247,6 +247,44 @@ def test_records_a_worker_was_not_delivered_are_read_again_in_order_with_their_h
         catchup.read_range({"bootstrap.servers": kafka.bootstrap}, TP(topic, 1), 8, 12, timeout=3)
 
 
+def test_a_group_starts_a_partition_at_its_commit_or_with_nothing_committed_at_its_earliest_record(kafka):
+    """streams.faust_workarounds.read_committed: where a worker's group starts reading each partition, the offset a
+    record delivered past it had records dropped before it from."""
+    from faust.types import TP
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams import faust_workarounds as catchup
+
+    topic = f"c{uuid.uuid4().hex[:6]}.border.SH.case"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    p = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
+    for i in range(6):
+        p.produce(topic, value=f"v{i}".encode(), partition=i % 2)
+    assert p.flush(30) == 0
+    # records before the first one kept (retention, deleted records) are not waited for
+    for fut in admin.delete_records([TopicPartition(topic, 1, 2)]).values():
+        fut.result(30)
+    group = f"g{uuid.uuid4().hex[:6]}"
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group, "enable.auto.commit": False})
+    deadline = time.monotonic() + 60
+    coordinator = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                   KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
+    while True:   # the group coordinator of a young broker is not ready at once: ask again
+        try:
+            c.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
+            break
+        except KafkaException as exc:
+            if exc.args[0].code() not in coordinator or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    c.close()
+    conf = {"bootstrap.servers": kafka.bootstrap}
+    got = catchup.read_committed(conf, group, [TP(topic, 0), TP(topic, 1), TP(topic, 2)])
+    assert got == {TP(topic, 0): 2, TP(topic, 1): 2, TP(topic, 2): 0}
+
+
 def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewhere_is_forwarded(kafka, workers):
     """The stations' murmur2 partitioner puts a clearance where the subject stage keeps its subject: the stage reads
     it there. A clearance in another partition goes through streams.subjects first. Both are processed once."""
