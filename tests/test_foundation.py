@@ -189,6 +189,30 @@ def test_every_command_has_help():
         assert got.exit_code == 0 and "Usage" in got.output, (path, got.output, got.exception)
 
 
+def test_every_command_module_is_added_one_way_and_fails_one_way():
+    """A command area is a module ``yrdbus/cli_<area>.py`` with ``register(app)``, listed in ``yrdbus.cli.AREAS``;
+    a failure goes through ``yrdbus.cli_common.fail``: no module keeps its own copy, none imports after code."""
+    import ast
+
+    from yrdbus import cli
+
+    pkg = Path(cli.__file__).parent
+    modules = sorted(p.stem for p in pkg.glob("cli_*.py") if p.stem != "cli_common")
+    assert sorted(m.__name__.rsplit(".", 1)[1] for m in cli.AREAS) == modules
+    for path in sorted(pkg.glob("cli*.py")):
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert not defined & {"fail", "_fail"} or path.stem == "cli_common", path.name
+        if path.stem not in ("cli", "cli_common"):
+            assert "register" in defined, path.name
+        seen_code = False
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                assert not seen_code, f"{path.name}:{node.lineno}: an import after code"
+            elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+                seen_code = True
+
+
 def test_cluster_ids_never_start_with_a_dash_that_the_storage_tool_would_read_as_an_option():
     from yrdbus.stack import _new_cluster_id
 

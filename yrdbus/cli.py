@@ -1,13 +1,14 @@
-"""The `yrdbus` command line. Every command and group has --help."""
-from __future__ import annotations
+"""The `yrdbus` command line. Every command and group has --help.
 
-import json
-import sys
+One way to add a command: a module ``yrdbus/cli_<area>.py`` defines its commands (functions, or a Typer group) and
+``register(app)``, which adds them to the application; it is listed in ``AREAS`` below, in the order of --help.
+Every command fails through ``yrdbus.cli_common.fail``."""
+from __future__ import annotations
 
 import typer
 
-from yrdbus.settings import get_settings
-from yrdbus.stack import KafkaStack, StackError
+from yrdbus import (cli_gateway, cli_observability, cli_schemas, cli_security, cli_stack, cli_stations, cli_store,
+                    cli_streams)
 
 app = typer.Typer(
     help="yrdbus: the event-streaming intelligence bus of the Yangtze River Delta border-inspection agencies.",
@@ -15,143 +16,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-stack_app = typer.Typer(help="The local stack: a real Apache Kafka broker (KRaft) started by the project.",
-                        no_args_is_help=True)
-app.add_typer(stack_app, name="stack")
-from yrdbus.cli_stations import register as register_stations  # noqa: E402
-register_stations(app)
-from yrdbus.cli_schemas import codec_app, schemas_app  # noqa: E402
-app.add_typer(codec_app, name="codec")
-app.add_typer(schemas_app, name="schemas")
-from yrdbus.cli_streams import evaluate as streams_evaluate, worker as streams_worker  # noqa: E402
-app.command("worker")(streams_worker)
-app.command("evaluate")(streams_evaluate)
-from yrdbus.cli_gateway import alerts_app, gateway_app  # noqa: E402
-app.add_typer(gateway_app, name="gateway")
-app.add_typer(alerts_app, name="alerts")
-from yrdbus.cli_store import register as register_store  # noqa: E402
-register_store(app)
-from yrdbus.cli_observability import register as register_observability  # noqa: E402
-register_observability(app)
-from yrdbus.cli_security import security_app  # noqa: E402
-app.add_typer(security_app, name="security")
 
-
-def fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-# --------------------------------------------------------------------------- stack
-@stack_app.command("up")
-def stack_up(
-    brokers: int = typer.Option(None, "--brokers", min=1, max=5,
-                                help="Number of brokers (default: YRDBUS_KAFKA_BROKERS, 1)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON when up."),
-    with_prometheus: bool = typer.Option(False, "--with-prometheus",
-                                         help="Also start Prometheus (Debian's package) and the Kafka exporter, "
-                                              "scraping the local processes with infra/prometheus/."),
-    workers: int = typer.Option(1, "--workers", min=1, max=8,
-                                help="With --with-prometheus: stream workers to scrape (as `yrdbus run --workers`)."),
-    secure: bool = typer.Option(False, "--secure", help="A new cluster is secured: SCRAM-SHA-512 over TLS, ACLs, "
-                                                       "one principal per station and service (docs/security.md)."),
-    tls: bool = typer.Option(True, "--tls/--no-tls", help="With --secure: SASL_SSL (default) or SASL_PLAINTEXT."),
-) -> None:
-    """Start the Kafka broker (formats storage on first start) and wait until it answers."""
-    stack = KafkaStack(get_settings())
-    try:
-        status = stack.up(brokers=brokers, echo=(lambda m: typer.echo(m, err=True)) if json_out else typer.echo,
-                          secure=True if secure else None, tls=tls)
-    except StackError as exc:
-        fail(str(exc))
-    if with_prometheus:
-        from yrdbus.observability import ObservabilityError, PrometheusStack
-
-        try:
-            status["prometheus"] = PrometheusStack(get_settings()).up(
-                workers=workers, echo=(lambda m: typer.echo(m, err=True)) if json_out else typer.echo)
-        except ObservabilityError as exc:
-            fail(str(exc))
-    if json_out:
-        typer.echo(json.dumps(status))
-
-
-@stack_app.command("down")
-def stack_down() -> None:
-    """Stop the Kafka broker cleanly (and the stack's Prometheus). Nothing running is not an error; data is kept."""
-    from yrdbus.observability import PrometheusStack
-
-    PrometheusStack(get_settings()).down(echo=typer.echo)
-    try:
-        KafkaStack(get_settings()).down(echo=typer.echo)
-    except StackError as exc:
-        fail(str(exc))
-
-
-@stack_app.command("status")
-def stack_status(json_out: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
-    """Whether the broker runs, where, and its pid."""
-    from yrdbus.observability import PrometheusStack
-
-    status = KafkaStack(get_settings()).status()
-    status["prometheus"] = PrometheusStack(get_settings()).status()
-    if json_out:
-        typer.echo(json.dumps(status))
-        return
-    k = status["kafka"]
-    state = "running" if k["running"] else "stopped"
-    where = "external cluster" if k.get("external") else f"pid {k['pid']}" if k["pid"] else "embedded"
-    typer.echo(f"kafka: {state} at {k['bootstrap']} ({where})")
-    p = status["prometheus"]
-    if p["running"]:
-        typer.echo(f"prometheus: running at {p['url']} (pid {p['pid']}); kafka exporter: "
-                   + (f"{p['kafka_exporter']['url']} (pid {p['kafka_exporter']['pid']})"
-                      if p["kafka_exporter"]["running"] else "stopped"))
-
-
-@stack_app.command("reset")
-def stack_reset(yes: bool = typer.Option(False, "--yes", help="Really delete the broker's data.")) -> None:
-    """Delete the embedded broker's data (topics, offsets). The broker must be down."""
-    if not yes:
-        fail("this deletes every topic of the embedded broker; pass --yes to confirm.")
-    try:
-        KafkaStack(get_settings()).reset()
-    except StackError as exc:
-        fail(str(exc))
-    typer.echo("Kafka data deleted.")
-
-
-# --------------------------------------------------------------------------- run
-@app.command("run")
-def run(
-    duration: float = typer.Option(None, "--duration", envvar="DURATION", min=10,
-                                   help="Stop after this many seconds, then print the summary (default: until Ctrl-C)."),
-    simulate: bool = typer.Option(True, "--simulate/--no-simulate",
-                                  help="Run the simulator with its scripted incidents; --no-simulate runs the bus alone, for real stations."),
-    workers: int = typer.Option(1, "--workers", min=1, max=8, help="Stream workers sharing the partitions."),
-    speed: float = typer.Option(3600.0, "--speed", min=1, help="Simulated seconds a wall second (3600: an hour a second)."),
-    scale: float = typer.Option(0.1, "--scale", min=0.0001,
-                                help="Simulated volume as a multiple of the region's 2017 traffic (1: 156,000 crossings a day)."),
-    seed: int = typer.Option(7, "--seed", help="Simulator seed: same seed, same events."),
-    scenarios: str = typer.Option("all", "--scenarios", help="Scripted incidents: 'all' or a comma-separated list (a-j)."),
-    keep_data: bool = typer.Option(False, "--keep-data", help="Keep the previous simulated run's topics and store."),
-    json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
-    check: bool = typer.Option(False, "--check", help="Only bring the broker up and check a Kafka round trip and a ClickHouse write/read."),
-) -> None:
-    """Bring the whole bus up on its embedded default: stations (simulated), stream workers, sink, query access, gateway."""
-    from yrdbus.run import RunOptions, run_bus, self_check
-
-    settings = get_settings()
-    try:
-        if check:
-            KafkaStack(settings).up(echo=typer.echo)
-            result = self_check(settings)
-            sys.exit(0 if result["kafka_received"] == result["kafka_sent"] == result["clickhouse_rows"] else 1)
-        sys.exit(run_bus(settings, RunOptions(duration=duration, simulate=simulate, workers=workers, speed=speed,
-                                              scale=scale, seed=seed, scenarios=scenarios, keep_data=keep_data,
-                                              json_summary=json_out)))
-    except StackError as exc:
-        fail(str(exc))
+AREAS = (cli_stack, cli_stations, cli_schemas, cli_streams, cli_gateway, cli_store, cli_observability, cli_security)
+for area in AREAS:
+    area.register(app)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from yrdbus.cli_common import fail
 from yrdbus.settings import get_settings
 
 gateway_app = typer.Typer(
@@ -17,11 +18,6 @@ gateway_app = typer.Typer(
 alerts_app = typer.Typer(help="Real-time derived alerts, through the gateway.", no_args_is_help=True)
 
 SEVERITY_STYLE = {"CRITICAL": "bold white on red", "HIGH": "bold red", "MEDIUM": "yellow", "LOW": "cyan"}
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 # --------------------------------------------------------------------------- gateway
@@ -51,7 +47,7 @@ def gateway(
         serve(settings, host=host, port=port, tokens_file=tokens_file, topic_prefix=topic_prefix,
               log_level=log_level)
     except AccessFileError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @gateway_app.command("hash-token")
@@ -74,23 +70,23 @@ def hash_token(
         token = sys.stdin.readline().strip()
         tid = token_id_of(token)
         if not tid:
-            _fail("the token on standard input must look like <id>.<secret>")
+            fail("the token on standard input must look like <id>.<secret>")
         if token_id and token_id != tid:
-            _fail(f"--id {token_id!r} differs from the token's own id {tid!r}")
+            fail(f"--id {token_id!r} differs from the token's own id {tid!r}")
     else:
         if not token_id:
-            _fail("give --id NAME (a new token is made) or --stdin (hash an existing one)")
+            fail("give --id NAME (a new token is made) or --stdin (hash an existing one)")
         try:
             token = new_token(token_id)
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         tid = token_id
     split = lambda values: [x.strip() for v in values for x in v.split(",") if x.strip()]  # noqa: E731
     entry = {"all": everything, "regions": [r.upper() for r in split(regions)], "stations": split(stations)}
     try:
         parse_scope(entry, "the scope options")
     except AccessFileError as exc:
-        _fail(str(exc).replace("field `", "option `--"))
+        fail(str(exc).replace("field `", "option `--"))
     hashed = make_hash(token)
     lines = ["[[tokens]]", f'id = "{tid}"', f'hash = "{hashed}"']
     if everything:
@@ -114,13 +110,13 @@ def _token(token_file: Optional[Path]) -> str:
         try:
             value = token_file.read_text().strip()
         except OSError as exc:
-            _fail(f"--token-file {token_file}: {exc.strerror}", 2)
+            fail(f"--token-file {token_file}: {exc.strerror}", 2)
         if not value:
-            _fail(f"--token-file {token_file} is empty", 2)
+            fail(f"--token-file {token_file} is empty", 2)
         return value
     secret = get_settings().gateway_token
     if secret is None or not secret.get_secret_value():
-        _fail("no token: set YRDBUS_GATEWAY_TOKEN or pass --token-file FILE", 2)
+        fail("no token: set YRDBUS_GATEWAY_TOKEN or pass --token-file FILE", 2)
     return secret.get_secret_value()
 
 
@@ -198,7 +194,7 @@ def tail(
                                 message = response.json().get("message", response.text)
                             except ValueError:
                                 message = response.text
-                            _fail(f"{base} answered {response.status_code}: {message}", 2)
+                            fail(f"{base} answered {response.status_code}: {message}", 2)
                         backoff = 1.0
                         for event in source:
                             if event.event == "alert":
@@ -227,3 +223,7 @@ def tail(
     except KeyboardInterrupt:
         return
 
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(gateway_app, name="gateway")
+    app.add_typer(alerts_app, name="alerts")

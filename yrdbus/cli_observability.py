@@ -8,17 +8,13 @@ from typing import List, Optional
 
 import typer
 
+from yrdbus.cli_common import fail
 from yrdbus.settings import get_settings
 
 prometheus_app = typer.Typer(
     help="Prometheus for the bus: the Kafka exporter, the scrape configuration, the alerting rules and their checks. "
          "`yrdbus stack up --with-prometheus` starts a Prometheus and the exporter.",
     no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 @prometheus_app.command("exporter")
@@ -38,7 +34,7 @@ def exporter(
     try:
         serve_exporter(settings.bootstrap, port, host=host, prefix=prefix, groups=group or None)
     except OSError as exc:
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 @prometheus_app.command("config")
@@ -73,7 +69,7 @@ def check(json_out: bool = typer.Option(False, "--json", help="Print the results
     try:
         results = run_check()
     except ObservabilityError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if json_out:
         typer.echo(json.dumps(results))
     else:
@@ -116,7 +112,7 @@ def report(
     try:
         client, where = query_client(user, password)
     except Exception as exc:
-        _fail(f"cannot open the store: {exc}")
+        fail(f"cannot open the store: {exc}")
     if database:
         client.database = database
     _report(client, where, out, start, end, panel, width, json_out)
@@ -134,9 +130,9 @@ def _report(client, where, out, start, end, panel, width, json_out) -> None:
         t_from, t_to = rep.default_period(client, t_from, t_to)
         panels = rep.main_panels(only=panel)
     except rep.ReportError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not panels:
-        _fail(f"no panel title contains {', '.join(map(repr, panel))}")
+        fail(f"no panel title contains {', '.join(map(repr, panel))}")
     written = []
     with Progress(console=err, transient=json_out) as bar:
         task = bar.add_task(f"rendering {len(panels)} panels from {where}", total=len(panels))
@@ -144,7 +140,7 @@ def _report(client, where, out, start, end, panel, width, json_out) -> None:
             try:
                 written.append(rep.render_panel(client, p, t_from, t_to, out, width=width))
             except rep.ReportError as exc:
-                _fail(str(exc))
+                fail(str(exc))
             bar.advance(task)
     summary = rep.write_index(out, written, t_from, t_to, where)
     if json_out:

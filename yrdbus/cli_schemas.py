@@ -7,17 +7,14 @@ from pathlib import Path
 
 import typer
 
+from yrdbus.cli_common import fail
+
 codec_app = typer.Typer(help="Encode and decode events: JSON form <-> Avro in the Confluent framing.",
                         no_args_is_help=True)
 schemas_app = typer.Typer(help="The Avro contract: compatibility of every version, registration of new ones.",
                           no_args_is_help=True)
 
 KIND_HELP = "Event kind: clearance, alert, case, control, derived_alert, trend, risk."
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _codec():
@@ -32,7 +29,7 @@ def _check_kind(kind: str) -> str:
     try:
         contract.full_name(kind)
     except contract.UnknownKind as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     return kind
 
 
@@ -48,7 +45,7 @@ def codec_example(
     from yrdbus.settings import get_settings
 
     if kind not in EXAMPLE_KINDS:
-        _fail(f"no example for kind {kind!r}; choose one of {', '.join(EXAMPLE_KINDS)}", 2)
+        fail(f"no example for kind {kind!r}; choose one of {', '.join(EXAMPLE_KINDS)}", 2)
     try:
         key = load_key(get_settings())
     except SubjectKeyError:
@@ -73,12 +70,12 @@ def codec_encode(
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        _fail(f"stdin, line {exc.lineno} column {exc.colno}: not JSON: {exc.msg}")
+        fail(f"stdin, line {exc.lineno} column {exc.colno}: not JSON: {exc.msg}")
     try:
         record = jsonform.from_json(kind, obj)
         data = _codec().encode(kind, record, validate=not no_validate)
     except EventError as exc:
-        _fail(str(exc.at("stdin") if exc.source is None else exc))
+        fail(str(exc.at("stdin") if exc.source is None else exc))
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 
@@ -98,7 +95,7 @@ def codec_decode(
     try:
         got, record = _codec().decode(data, kind)
     except EventError as exc:
-        _fail(str(exc.at("stdin") if exc.source is None else exc))
+        fail(str(exc.at("stdin") if exc.source is None else exc))
     out = jsonform.to_json(got, record)
     typer.echo(json.dumps({"kind": got, "event": out} if with_kind else out, indent=2, ensure_ascii=False))
 
@@ -147,7 +144,7 @@ def schemas_register(
     if problems:
         for p in problems:
             typer.secho(f"INCOMPATIBLE {p}", fg=typer.colors.RED, err=True)
-        _fail("not registering: the current schemas break compatibility (see above)")
+        fail("not registering: the current schemas break compatibility (see above)")
     before = {r["id"] for r in contract.load_ids(folder)}
     rows = [contract.register_local(kind, folder) for kind in contract.KINDS]
     added = [r for r in rows if r["id"] not in before]
@@ -158,3 +155,8 @@ def schemas_register(
         typer.echo(f"registered {r['name']} v{r['version']} as id {r['id']} ({r['file']})")
     if not added:
         typer.echo("every current schema is already registered")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(codec_app, name="codec")
+    app.add_typer(schemas_app, name="schemas")

@@ -7,16 +7,12 @@ from typing import Optional
 
 import typer
 
+from yrdbus.cli_common import fail
 from yrdbus.settings import get_settings
 
 security_app = typer.Typer(help="Kafka principals, SCRAM users and ACLs as code; TLS for a local stack; "
                                 "ClickHouse analyst roles and row policies. See docs/security.md.",
                            no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 @security_app.command("principals")
@@ -73,18 +69,18 @@ def apply_cmd(
     try:
         if settings.embedded_kafka:
             if stack.security_protocol == "PLAINTEXT":
-                _fail("the local stack is not secured; start it with `yrdbus stack up --secure` "
+                fail("the local stack is not secured; start it with `yrdbus stack up --secure` "
                       "(after `yrdbus stack reset --yes` if it exists)")
             conf = {"bootstrap.servers": stack.bootstrap(), **stack.admin_config()}
             store = PasswordStore(passwords_dir) if passwords_dir else stack.passwords()
         else:
             if not passwords_dir:
-                _fail("--passwords-dir is needed for an external cluster")
+                fail("--passwords-dir is needed for an external cluster")
             conf = client_config(settings)
             store = PasswordStore(passwords_dir)
         result = apply(conf, store, prefix)
     except (KafkaSecurityError, SecurityError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -108,10 +104,10 @@ def env_cmd(
     try:
         lookup(principal)
     except KeyError as exc:
-        _fail(str(exc.args[0]))
+        fail(str(exc.args[0]))
     stack = KafkaStack(get_settings())
     if stack.security_protocol == "PLAINTEXT":
-        _fail("the local stack is not secured; start it with `yrdbus stack up --secure`")
+        fail("the local stack is not secured; start it with `yrdbus stack up --secure`")
     env = stack.client_env(principal)
     if json_out:
         typer.echo(json.dumps(env))
@@ -151,3 +147,7 @@ def clickhouse_cmd(
     for statement in render(database, cluster=cluster, max_execution_time=max_execution_time,
                             max_result_rows=max_result_rows):
         typer.echo(statement + ";")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(security_app, name="security")

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from yrdbus.cli_common import fail
 from yrdbus.settings import get_settings
 
 topics_app = typer.Typer(help="The bus's topics, defined as code (yrdbus/topics.py).", no_args_is_help=True)
@@ -32,11 +33,6 @@ def _serve_station_metrics(port: int) -> None:
                     err=True)
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
 def _reachable(bootstrap: str) -> None:
     """Fail with a clear message when no broker answers at ``bootstrap``."""
     from confluent_kafka.admin import AdminClient
@@ -47,11 +43,11 @@ def _reachable(bootstrap: str) -> None:
     try:
         security = kafka_security()
     except KafkaSecurityError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         AdminClient({"bootstrap.servers": bootstrap, **security}).list_topics(timeout=10)
     except KafkaException as exc:
-        _fail(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str() if exc.args else exc}); "
+        fail(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str() if exc.args else exc}); "
               f"start one with `yrdbus stack up`")
 
 
@@ -70,7 +66,7 @@ def topics_apply(
     try:
         changes = topics.apply(bootstrap, prefix=prefix, dry_run=dry_run)
     except topics.TopicsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     made = [c for c in changes if c.action != "kept"]
     if json_out:
         typer.echo(json.dumps({"bootstrap": bootstrap, "changed": bool(made), "dry_run": dry_run,
@@ -167,7 +163,7 @@ def publish(
     def unreadable(message: str) -> None:
         if json_out:
             typer.echo(json.dumps({"file": str(file), "error": message, "exit_status": EXIT_UNREADABLE}))
-        _fail(message, EXIT_UNREADABLE)
+        fail(message, EXIT_UNREADABLE)
 
     try:
         check_export(file)           # before the broker is asked: a file that cannot be read needs no bus
@@ -176,11 +172,11 @@ def publish(
     settings = get_settings()
     kind = kind or infer_kind(file)
     if kind is None:
-        _fail(f"cannot tell the event kind from the file name {file.name!r}; pass --kind clearance|alert|case")
+        fail(f"cannot tell the event kind from the file name {file.name!r}; pass --kind clearance|alert|case")
     try:
         pseudonymizer = from_settings(settings)
     except SubjectKeyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _reachable(settings.bootstrap)
     topics.ensure(settings.bootstrap, prefix=prefix)
     err = Console(stderr=True)
@@ -209,7 +205,7 @@ def publish(
     except UnreadableFileError as exc:
         unreadable(str(exc))
     except ImportFileError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         publisher.close()
     status = 2 if result.failed else 1 if result.rejected and not allow_rejects else 0
@@ -278,7 +274,7 @@ def simulate(
                        **({"regions": region_list} if region_list else {}))
         sim = Simulation(opts)
     except (SimulationError, UnknownScenario) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     settings = get_settings()
     _reachable(settings.bootstrap)
     topics.ensure(settings.bootstrap, prefix=prefix)

@@ -14,14 +14,10 @@ from typing import List, Optional
 
 import typer
 
+from yrdbus.cli_common import fail
 from yrdbus.settings import get_settings
 
 db_app = typer.Typer(help="The ClickHouse schema: versioned migrations, one node or a cluster.", no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _database_of(url: str, given: str | None) -> str:
@@ -56,18 +52,18 @@ def db_migrate(
         target = Target(database=_database_of(s.clickhouse_url, database), cluster=cluster,
                         ttl_days=s.clickhouse_ttl_days)
     except MigrationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if print_only:
         typer.echo(render_script(target), nl=False)
         return
     if cluster and store.is_embedded(s.clickhouse_url):
-        _fail("--cluster applies to a ClickHouse cluster; the embedded store is one node. "
+        fail("--cluster applies to a ClickHouse cluster; the embedded store is one node. "
               "Use --print to see the cluster DDL, or set YRDBUS_CLICKHOUSE_URL to a server of the cluster.")
     try:
         client = store.get_client(s.clickhouse_url)
         result = migrate(client, target, echo=(lambda m: typer.echo(m, err=True)) if json_out else typer.echo)
     except (store.StoreError, MigrationError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if json_out:
         typer.echo(json.dumps(result.as_dict()))
     else:
@@ -101,7 +97,7 @@ def _serve(sink: bool, duration: float | None, no_serve: bool, group: str | None
     try:
         client = store.get_client(s.clickhouse_url)
     except store.StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if migrate_first:
         migrate(client, Target(database=database, ttl_days=s.clickhouse_ttl_days))
     server = None
@@ -115,7 +111,7 @@ def _serve(sink: bool, duration: float | None, no_serve: bool, group: str | None
         try:
             server.start()
         except RuntimeError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         typer.echo(f"query endpoint: {server.url} (ClickHouse HTTP interface, read-only; /metrics)", err=True)
     stopper = {"stop": None}
 
@@ -216,7 +212,7 @@ def register(app: typer.Typer) -> None:
             q = queries.get(name)
             bound = q.bind(queries.parse_params(param))
         except queries.QueryError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         _run_and_print(q.sql, bound, "json" if json_out else fmt, user, password)
 
     @app.command("sql")
@@ -234,7 +230,7 @@ def register(app: typer.Typer) -> None:
         try:
             params = queries.parse_params(param)
         except queries.QueryError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         _run_and_print(sql, params, "json" if json_out else fmt, user, password, judge=True)
 
 
@@ -280,7 +276,7 @@ def _run_and_print(sql: str, params: dict, fmt: str, user: str, password: str, j
     """Run ``sql`` and print it; ``judge``: ad-hoc SQL, held to the live endpoint's rules also when the
     store is opened directly (the endpoint judges it itself when a running bus serves it)."""
     if fmt not in ("table", "json", "csv"):
-        _fail(f"--format {fmt!r}: expected table, json or csv")
+        fail(f"--format {fmt!r}: expected table, json or csv")
     from connectors.query_policy import Policy, QueryRefused
     from yrdbus import store
 
@@ -293,11 +289,11 @@ def _run_and_print(sql: str, params: dict, fmt: str, user: str, password: str, j
             sql = Policy(ask, client.database).admit(sql, params, client.database, None).sql
         result = client.query(sql, parameters=params or None)
     except QueryRefused as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except store.StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:  # the engine's message says what is wrong with the SQL
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     names = list(result.column_names)
     rows = result.result_rows
     if fmt == "json":

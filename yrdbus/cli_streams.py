@@ -13,12 +13,8 @@ from typing import Optional
 
 import typer
 
+from yrdbus.cli_common import fail
 from yrdbus.settings import get_settings
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 class Loop(str, Enum):
@@ -69,7 +65,7 @@ def worker(
         repair_watermark(app_id, dry_run=dry_run, json_out=json_out)
         return
     if dry_run or json_out:
-        _fail("--dry-run and --json go with `yrdbus worker repair-watermark`", 2)
+        fail("--dry-run and --json go with `yrdbus worker repair-watermark`", 2)
 
     if loop is Loop.uvloop:
         # before Faust makes its loops (the worker's, and its consumer thread's)
@@ -91,19 +87,19 @@ def worker(
     try:
         fapp = build_app(cfg)
     except RuleSetError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         # the worker's principal (svc-streams on a secured cluster, docs/security.md)
         fapp.conf.broker_credentials = faust_credentials(settings)
     except KafkaSecurityError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         ensure_topics(cfg, fapp)
     except Exception as exc:  # the admin client's errors name the topic and the broker's reason
         # On a secured cluster only admin creates the bus's topics; a principal without rights on the worker's
         # own topics is told so by Faust as it declares them.
         if not (secured(settings) and "AUTHORIZATION_FAILED" in str(exc)):
-            _fail(f"cannot prepare the topics at {cfg.bootstrap}: {exc}")
+            fail(f"cannot prepare the topics at {cfg.bootstrap}: {exc}")
     metrics.serve(metrics_port)
     typer.echo(f"stream worker {app_id} on {cfg.bootstrap} ({describe(settings)}, "
                f"rule set {fapp.yrd_rules.version}, prefix {prefix or '-'}, pid {os.getpid()})", err=True)
@@ -397,15 +393,15 @@ def repair_watermark(app_id: str, *, dry_run: bool = False, json_out: bool = Fal
     try:
         members = _group_members(settings, app_id)
     except Exception as exc:  # noqa: BLE001 - the admin client's errors name the broker's reason
-        _fail(f"cannot tell whether workers of {app_id} are running (consumer group {app_id}): {exc}")
+        fail(f"cannot tell whether workers of {app_id} are running (consumer group {app_id}): {exc}")
     if members:
-        _fail(f"consumer group {app_id} has {members} active member(s): stop every `yrdbus worker --app-id {app_id}` "
+        fail(f"consumer group {app_id} has {members} active member(s): stop every `yrdbus worker --app-id {app_id}` "
               f"first (a killed worker's membership lapses after the session timeout, 10 s); a running worker "
               f"would overwrite the repair with its own state")
     try:
         current = {t: read_changelog(settings, changelog_topic(app_id, t)) for t in REPAIRED_TABLES}
     except Exception as exc:  # noqa: BLE001
-        _fail(f"cannot read the changelogs of {app_id} at {settings.bootstrap}: {exc}")
+        fail(f"cannot read the changelogs of {app_id} at {settings.bootstrap}: {exc}")
     repairs = plan_watermark_repair({t: {k: v for k, (_, v) in kv.items()} for t, kv in current.items()}, bounds)
     for r in repairs:
         r["topic"] = changelog_topic(app_id, r["table"])
@@ -418,7 +414,7 @@ def repair_watermark(app_id: str, *, dry_run: bool = False, json_out: bool = Fal
             for topic, records in by_topic.items():
                 write_changelog(settings, topic, records)
         except Exception as exc:  # noqa: BLE001
-            _fail(f"cannot write the corrected records: {exc}")
+            fail(f"cannot write the corrected records: {exc}")
     limit_ms = int(bounds.clock() * 1000) + bounds.skew_ms
     if json_out:
         typer.echo(json.dumps({
@@ -462,7 +458,7 @@ def evaluate(
             alerts = read_alerts_topic(get_settings().bootstrap, prefix + topics.DERIVED_ALERTS, timeout)
         result = score(rows, alerts)
     except TruthError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if json_out:
         typer.echo(json.dumps(result))
         return
@@ -486,3 +482,8 @@ def evaluate(
     for a in result["withdrawn_alerts"]:
         console.print(f"[dim]withdrawn[/] {a['kind']} {a['occurred_at']} {a['summary']}: {a['reason'] or 'no reason given'}")
     console.print(f"precision {result['precision']:.3f}  recall {result['recall']:.3f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("worker")(worker)
+    app.command("evaluate")(evaluate)
