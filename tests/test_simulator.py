@@ -372,6 +372,33 @@ def test_simulate_publishes_consumable_events_in_per_subject_order_with_the_trut
     assert sorted(decoded_ids) == sorted(e[3]["event_id"] for e in expected.events())
 
 
+@pytest.mark.parametrize("during", [True, False])
+def test_an_interruption_counts_the_event_being_handed_over_and_stops_after_it(during):
+    """A signal handler's ``interrupt()`` while an event is being handed to the producer stops the run right after
+    it is counted; between events, at once: either way the summary counts exactly the events handed over and the
+    run ends at the last of them."""
+    sim = Simulation(Options(seed=7, span_hours=6, scale=0.01, rate=1_000_000, scenarios=[]))
+    handed: list[int] = []
+
+    def publish(kind, record):
+        handed.append(ms_of(record["occurred_at"]))
+        if len(handed) == 50 and during:
+            sim.interrupt()
+
+    def progress(p):        # called between events (the clock below moves a second a call: at every event)
+        if len(handed) >= 50 and not during:
+            sim.interrupt()
+
+    ticks = iter(range(10**9))
+    summary = sim.run(publish, progress=progress, clock=lambda: float(next(ticks)))
+    assert summary["stopped"] == "interrupted"
+    assert summary["events"] == len(handed) >= 50
+    assert sum(summary["by_kind"].values()) == len(handed)
+    assert ms(summary["end"]) == max(handed)
+    if during:
+        assert len(handed) == 50
+
+
 def test_a_span_that_would_run_ahead_of_the_clock_is_refused_and_an_open_run_stops_at_the_present():
     from connectors.simulator import SimulationError
 

@@ -294,12 +294,15 @@ def simulate(
                        rate=p["events"] / p["wall_seconds"] if p["wall_seconds"] else 0.0)
 
         # SIGTERM (a supervisor stopping it) ends the run as Ctrl-C does: what was published is summed up and
-        # the ground truth of the incidents it completed is still written.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        # the ground truth of the incidents it completed is still written; the event being handed over is
+        # counted first (Simulation.interrupt)
+        previous = {sig: signal.signal(sig, lambda signum, frame: sim.interrupt())
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             summary = sim.run(publisher.publish, progress=progress)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         bar.update(task, completed=span_s if (span_s and not summary["stopped"]) else None, events=summary["events"])
     remaining = publisher.close()
     stats = publisher.stats()
@@ -314,10 +317,6 @@ def simulate(
         _print_summary(summary, Console())
     if summary["failed"]:
         raise typer.Exit(2)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _print_summary(s: dict, console) -> None:
