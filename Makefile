@@ -7,11 +7,12 @@ PY := $(VENV)/bin/python
 YRDBUS := $(VENV)/bin/yrdbus
 KAFKA_LIB := infra/kafka/target/lib/.pom-mtime
 
-.PHONY: run test bench faults fuzz order-suite deps jars os-test-deps clean help
+.PHONY: run test bench faults fuzz order-suite unit deps jars os-test-deps clean help
 
 help:
 	@echo "make run    - bring the bus up on its embedded default and run its main job"
 	@echo "make test   - set everything up and run the tests on the real broker and engine"
+	@echo "make unit   - the pure tests alone: no Java, Kafka or ClickHouse, in seconds"
 	@echo "make bench  - run the benchmarks and write docs/benchmarks.md (BENCH=e2e: only that one)"
 	@echo "make fuzz   - every fuzz target on 100,000 hostile inputs (docs/security.md)"
 	@echo "make faults - the fault suite in full (docs/faults.md); make test runs its short form"
@@ -53,6 +54,10 @@ TEST_ORDER_SCALE ?= 0.3
 test: deps jars os-test-deps
 	YRDBUS_ORDER_SCALE=$(TEST_ORDER_SCALE) $(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
+# The pure tests alone (marker `unit`: rules, stages, watermarks, Faust workarounds): no Java, Kafka or ClickHouse.
+unit: deps
+	$(VENV)/bin/pytest -m unit -q -p no:cacheprovider $(PYTEST_ARGS)
+
 # Hostile input (docs/security.md): each fuzz target on FUZZ_EXAMPLES inputs; the checks through a live
 # server (HTTP, WebSocket) on FUZZ_E2E_EXAMPLES. `make test` runs the same tests on a few hundred.
 FUZZ_EXAMPLES ?= 100000
@@ -77,7 +82,7 @@ ORDER_SEEDS ?= 11,23,31,47,59
 ORDER_DRAWS ?= 2
 ORDER_SCALE ?= 1.0
 order-suite: deps jars
-	YRDBUS_ORDER_SEEDS=$(ORDER_SEEDS) YRDBUS_ORDER_DRAWS=$(ORDER_DRAWS) YRDBUS_ORDER_SCALE=$(ORDER_SCALE) $(VENV)/bin/pytest tests/test_order_suite.py \
+	YRDBUS_ORDER_SEEDS=$(ORDER_SEEDS) YRDBUS_ORDER_DRAWS=$(ORDER_DRAWS) YRDBUS_ORDER_SCALE=$(ORDER_SCALE) $(VENV)/bin/pytest tests/test_order_suite.py tests/test_order_suite_other_orders.py \
 		-q -p no:cacheprovider -n 0 $(PYTEST_ARGS)
 	YRDBUS_ORDER_KILLS=1 $(VENV)/bin/pytest tests/test_order_suite_broker.py \
 		tests/test_scaleout.py -q -p no:cacheprovider -n 0 $(PYTEST_ARGS)

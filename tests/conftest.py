@@ -1,5 +1,8 @@
 """Shared fixtures: one real Kafka broker and one embedded ClickHouse engine per test run.
 
+Each is started by the first test that asks for it: the pure tests (marker ``unit``: `make unit`, or
+`pytest -m unit`) start neither, and need no Java, Kafka or ClickHouse.
+
 The broker is started once per session in a temporary folder on free ports
 (or, when YRDBUS_KAFKA_BOOTSTRAP is set, that cluster is used). Each test gets
 its own topic names and consumer groups through ``unique``; each ClickHouse
@@ -16,8 +19,6 @@ from pathlib import Path
 import pytest
 
 from yrdbus.settings import Settings
-from yrdbus.stack import KafkaStack
-from yrdbus import store
 
 
 #: the fault suite's results of this run (tests/faults): every pytest-xdist worker appends to one file
@@ -32,21 +33,24 @@ def pytest_configure(config):
         os.environ[RESULTS_ENV] = str(path)
 
 
-#: the test files that take longest (seconds of a run beside two CPU burners, `--durations`), run first: pytest-xdist
-#: hands out files in collection order, and a long file started last keeps one process busy after the other is done
+#: the test files that take longest (seconds of a quiet fresh clone's run with six processes, `--durations=0`,
+#: the CPU shared), run first: pytest-xdist hands out files in collection order, and a long file started last keeps
+#: one process busy after the others are done
 LONGEST_FIRST = (
-    "faults/test_faults_brokers.py",      # ~300 s: a broker stopped and restarted, three brokers losing one
-    "test_scaleout.py",                   # ~230 s: a three-broker cluster, one worker then two
-    "faults/test_faults_store.py",        # ~180 s
-    "test_streams_simulated.py",          # ~150 s
-    "faults/test_faults_processes.py",    # ~150 s
-    "test_run.py",                        # ~110 s
+    "test_scaleout.py",                   # ~400 s: a three-broker cluster, one worker then two
+    "test_order_suite.py",                # ~340 s of CPU: the simulator's day in three orders at the stages
+    "test_streams_simulated.py",          # ~310 s
+    "faults/test_faults_brokers.py",      # ~280 s: a broker stopped and restarted, three brokers losing one
+    "test_order_suite_other_orders.py",   # ~270 s of CPU: a tenth of the volume in seven orders, restarts
+    "test_run.py",                        # ~185 s
+    "faults/test_faults_store.py",        # ~185 s
+    "test_security_kafka.py",             # ~180 s
+    "faults/test_faults_processes.py",    # ~175 s
+    "test_store_sink.py",                 # ~165 s
+    "test_order_suite_broker.py",         # ~135 s: a second worker joining and leaving
+    "test_hostile_sink.py",               # ~120 s
+    "test_hostile_worker.py",             # ~120 s
     "test_streams_worker.py",             # ~110 s
-    "test_order_suite_broker.py",         # ~100 s: a worker killed twice, a second one joining and leaving
-    "test_order_suite.py",                # ~90 s of CPU: 205,000 events in four orders at the stages
-    "test_security_kafka.py",             # ~70 s
-    "test_store_sink.py",                 # ~65 s
-    "test_hostile_worker.py",             # ~60 s
 )
 
 
@@ -108,6 +112,8 @@ def kafka(session_dir) -> Settings:
     if external:
         yield Settings(kafka_bootstrap=external, var_dir=session_dir)
         return
+    from yrdbus.stack import KafkaStack
+
     settings = embedded_settings(session_dir / "var")
     stack = KafkaStack(settings)
     stack.up(echo=lambda m: None)
@@ -131,6 +137,8 @@ def unique(request) -> str:
 @pytest.fixture
 def ch(clickhouse_url, unique):
     """A clickhouse-connect client and a database of this test's own."""
+    from yrdbus import store
+
     client = store.get_client(clickhouse_url)
     db = f"t_{unique}".lower()
     client.command(f"CREATE DATABASE {db}")
@@ -146,6 +154,8 @@ def secure_kafka(session_dir):
     """
     import subprocess
     import sys
+
+    from yrdbus.stack import KafkaStack
 
     settings = embedded_settings(session_dir / "secure-var")
     stack = KafkaStack(settings)

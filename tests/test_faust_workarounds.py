@@ -15,6 +15,8 @@ from faust.types import TP
 
 from streams import faust_workarounds as catchup
 
+pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
+
 TOPIC = "t.streams.subjects"
 TP1 = TP(TOPIC, 1)
 

@@ -213,6 +213,33 @@ def test_every_command_module_is_added_one_way_and_fails_one_way():
                 seen_code = True
 
 
+def test_the_pure_tests_run_without_java_kafka_or_clickhouse(tmp_path):
+    """`make unit` (pytest -m unit) in a process where `java` only leaves a mark, no broker is reachable and the
+    store's URL leads nowhere: every test passes, nothing ran Java, and the embedded engine (chDB) was never
+    loaded (collecting the other test files imports the ClickHouse client library, which connects to nothing)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    mark = tmp_path / "java-ran"
+    (fake / "java").write_text(f"#!/bin/sh\ntouch {mark}\nexit 1\n")
+    (fake / "java").chmod(0o755)
+    probe = tmp_path / "probe_modules.py"
+    loaded = tmp_path / "loaded.json"
+    probe.write_text("import json, sys\n\n\ndef pytest_sessionfinish(session, exitstatus):\n"
+                     f"    open({str(loaded)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n")
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHONPATH": str(tmp_path),
+           "YRDBUS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "YRDBUS_TEST_CLICKHOUSE_URL": "http://127.0.0.1:1",
+           "YRDBUS_CLICKHOUSE_URL": "http://127.0.0.1:1"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "unit", "-q", "-p", "no:cacheprovider",
+                           "-p", "probe_modules", "-n", "0", "-W", "ignore::DeprecationWarning"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "deselected" in done.stdout, done.stdout[-500:]
+    assert not mark.exists(), "a pure test ran java"
+    modules = json.loads(loaded.read_text())
+    assert not [m for m in modules if m.split(".")[0] == "chdb"]
+
+
 def test_cluster_ids_never_start_with_a_dash_that_the_storage_tool_would_read_as_an_option():
     from yrdbus.stack import _new_cluster_id
 

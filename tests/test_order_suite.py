@@ -12,7 +12,9 @@ random order; and (d') the stages restarted at random points on nothing but what
 records read since a commit read again (a worker killed: what lives only in memory is lost, what it had read
 after its last commit is read twice).
 The real-broker variants ((d) a worker SIGKILLed and restarted, (e) a second worker joining and leaving) are
-tests/test_order_suite_broker.py; these try many more orders than a broker can.
+tests/test_order_suite_broker.py; these try many more orders than a broker can. The orders on a tenth of the
+volume and (d') are tests/test_order_suite_other_orders.py (a file of their own: pytest-xdist runs a file in one
+process, and the two share out the suite's CPU).
 """
 from __future__ import annotations
 
@@ -145,30 +147,3 @@ def test_a_region_delayed_within_the_allowed_delay_gives_the_answer_of_event_tim
     delivery, late, hours = region_delayed(events, random.Random(seed * 100 + 50 + draw))
     got = Pipeline().deliver(delivery).live()
     assert got == want, f"seed {seed}, {late} {hours:.1f} h late: {differ(want, got)}"
-
-
-@pytest.fixture(scope="module", params=SEEDS)
-def small_day(request):
-    """A seed's day at 0.1 of the volume, and event-time order's answer."""
-    sim, events = simulate(request.param, 0.1)
-    return request.param, events, Pipeline().deliver(in_event_time(events)).live()
-
-
-@pytest.mark.parametrize("order", [kind_files, region_kind_files, shuffled_hours, each_delayed],
-                         ids=lambda f: f.__name__)
-def test_other_orders_within_the_allowed_delay_give_the_answer_of_event_time_order(small_day, order):
-    seed, events, want = small_day
-    got = Pipeline().deliver(order(events, random.Random(seed * 100 + 70))).live()
-    assert got == want, f"seed {seed} {order.__name__}: {differ(want, got)}"
-
-
-@pytest.mark.parametrize("order", [in_event_time, backlog, region_files], ids=lambda f: f.__name__)
-def test_stages_restarted_at_random_points_from_their_tables_give_the_answer_of_event_time_order(small_day, order):
-    seed, events, want = small_day
-    rng = random.Random(seed * 100 + 90)
-    delivery = order(events, rng) if order is region_files else order(events)
-    points = sorted(rng.sample(range(len(events)), 3))
-    pipeline = Pipeline().deliver(delivery, restarts=points, replay=500)
-    assert pipeline.restarts == 3
-    got = pipeline.live()
-    assert got == want, f"seed {seed} {order.__name__}, restarted before records {points}: {differ(want, got)}"

@@ -18,6 +18,8 @@ from streams.subject_stage import upstream_key
 from yrdbus import topics
 from yrdbus.settings import get_settings
 
+pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
+
 HOUR = 3_600_000
 T0 = 1_496_620_800_000          # 2017-06-05T00:00Z
 EPOCH_S = 1_700_000_000.0

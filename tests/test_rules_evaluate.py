@@ -7,6 +7,8 @@ import pytest
 
 from streams.evaluate import TruthError, load_truth, score
 
+pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
+
 ROW = {"scenario_id": "a-1", "scenario": "cross_region_hit", "incident_kind": "x",
        "expected_alert_kind": "CROSS_REGION_HIT", "must_notify": ["JS", "SH"], "subjects": ["tok"],
        "conveyance_id": None, "pattern": None, "port_code": None,

@@ -18,6 +18,8 @@ from streams.flow import FlowCounter, FlowSurge
 from streams.regional import RegionalRules
 from streams.scripted import DAY, HOUR, Script, token
 
+pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
+
 T0 = 1_496_275_200_000  # 2017-06-01T00:00Z
 SPAN_H = 40             # every scenario fits in the allowed delay (48 h), the regional lateness included
 PARTITIONS = 2

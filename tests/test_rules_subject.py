@@ -13,6 +13,8 @@ from streams import ruleset, subject
 from streams.events import plain
 from streams.scripted import HOUR, Script, token
 
+pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
+
 T0 = 1_496_304_000_000  # 2017-06-01T08:00Z
 
 

@@ -28,6 +28,8 @@ from streams.subject_stage import SubjectStage
 from yrdbus.settings import get_settings
 from streams.scripted import HOUR, Script, token
 
+pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
+
 T0 = 1_496_304_000_000  # 2017-06-01T08:00Z
 RS = ruleset.default()
 CODEC = get_codec()

@@ -8,6 +8,8 @@ import pytest
 
 from streams.deadlines import Deadlines
 
+pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
+
 
 def fire(dl: Deadlines, states: dict) -> list[tuple[int, str]]:
     """What the stage does on a step: every due deadline whose subject still has it, its stay then closed."""

@@ -20,6 +20,8 @@ from schemas.errors import (
 from schemas.examples import example
 from schemas.validation import validate, validate_structure
 
+pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
+
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 
