@@ -13,6 +13,7 @@ import subprocess
 import uuid
 
 from streams.evaluate import read_alerts_topic
+from test_hostile_worker import _metrics
 from test_streams_worker import YRDBUS, committed_everything, wait_for, workers  # noqa: F401 (fixture)
 from yrdbus import topics
 
@@ -56,19 +57,7 @@ def test_simulated_incidents_a_to_j_are_all_detected_with_precision(kafka, worke
 
 def regional_watermark(port: int) -> float | None:
     """The worker's regional watermark gauge (event time, epoch seconds), None before it is exported."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    except OSError:
-        return None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "yrdbus_streams_watermark_timestamp_seconds" and sample.labels.get("stage") == "regional":
-                return sample.value
-    return None
+    return _metrics(port).get("wm:regional")
 
 
 def everything_judged(kafka, prefix: str, summary: dict, port: int, w) -> None:
