@@ -37,7 +37,7 @@ def pytest_configure(config):
 #: the CPU shared), run first: pytest-xdist hands out files in collection order, and a long file started last keeps
 #: one process busy after the others are done
 LONGEST_FIRST = (
-    "test_scaleout.py",                   # ~400 s: a three-broker cluster, one worker then two
+    "test_scaleout.py",                   # ~200 s: a three-broker cluster, a worker joined by a second
     "test_order_suite.py",                # ~340 s of CPU: the simulator's day in three orders at the stages
     "test_streams_simulated.py",          # ~310 s
     "faults/test_faults_brokers.py",      # ~280 s: a broker stopped and restarted, three brokers losing one

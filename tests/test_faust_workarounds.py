@@ -295,6 +295,93 @@ def test_a_partition_with_nothing_committed_whose_records_were_dropped_is_read_a
     assert consumer.seeks == [{TP1: 2}] and seen == [2, 3, 4]
 
 
+class BusyConsumer(StalledConsumer):
+    """A stalled consumer of a real Faust app whose stage has (or has not) records waiting in its stream's queue."""
+
+    def __init__(self, committed: dict, positions: dict):
+        super().__init__(committed, positions)
+        self.app = faust.App(f"busy-test-{id(object())}", broker="kafka://127.0.0.1:1", store="memory://")
+        self.stream = self.app.topic("t.streams.subjects").__aiter__()   # what an agent's stream iterates
+
+    def wait(self, n: int) -> None:
+        self.stream.queue.put_nowait(f"record {n}")
+
+    def take(self) -> None:
+        self.stream.queue.get_nowait()
+
+
+def test_a_partition_that_does_not_move_while_records_wait_in_the_worker_is_not_read_again():
+    """A worker short of CPU leaves a partition unprocessed for many ticks while its stream's queue is full:
+    those ticks count for nothing; the partition is read again only after three ticks with nothing waiting. The
+    same holds for a commit that does not move (``reread_uncommitted``)."""
+    consumer = BusyConsumer({TP1: 3}, {TP1: 9})
+    turns = catchup.Turns(lambda: consumer, {})
+
+    async def scenario():
+        consumer.wait(1)
+        assert catchup.records_waiting(consumer)
+        for _ in range(20):
+            await turns.reread_stalled([TP1])
+        assert consumer.seeks == []
+        consumer.take()
+        assert not catchup.records_waiting(consumer)
+        for _ in range(2):
+            await turns.reread_stalled([TP1])
+        assert consumer.seeks == []
+        await turns.reread_stalled([TP1])
+        assert consumer.seeks == [{TP1: 3}]
+
+    run(scenario())
+
+    consumer = BusyConsumer({TP1: 3}, {TP1: 9})
+    consumer._paused_partitions = set()
+    consumer.assignment = lambda: {TP1}
+    turns = catchup.Turns(lambda: consumer, {})
+    turns.done[TP1] = 8        # processed to 8, committed at 3
+
+    async def uncommitted():
+        consumer.wait(1)
+        for _ in range(30):
+            await turns.reread_uncommitted()
+        assert consumer.seeks == []
+        consumer.take()
+        for _ in range(10):
+            await turns.reread_uncommitted()
+        assert consumer.seeks == [{TP1: 3}]
+
+    run(uncommitted())
+
+
+def test_records_waiting_reads_the_stream_queues_and_the_producer_buffer_of_the_pinned_faust():
+    """What ``records_waiting`` relies on in the pinned Faust: an iterated topic is among ``app.topics`` with its
+    queue in ``_queue``; the producer's buffer has a ``size``; over ``max_messages`` the conductor waits before it
+    delivers the next record, until a hundred have left the buffer or it is empty."""
+    import inspect
+
+    from faust.transport import conductor
+    from faust.transport.producer import ProducerBuffer
+
+    async def scenario():
+        app = faust.App(f"waiting-test-{id(object())}", broker="kafka://127.0.0.1:1", store="memory://")
+        consumer = type("C", (), {"app": app})()
+        stream = app.topic("t.streams.regional").__aiter__()
+        assert stream in list(app.topics)
+        assert not catchup.records_waiting(consumer)
+        stream.queue.put_nowait("a record")
+        assert stream._queue is stream.queue and catchup.records_waiting(consumer)
+        stream.queue.get_nowait()
+        assert not catchup.records_waiting(consumer)
+        buffer = app.producer.buffer
+        assert buffer.max_messages == 100 and buffer.size == 0
+        buffer.pending.put_nowait("a table write")
+        assert buffer.size == 1 and catchup.records_waiting(consumer)
+
+    run(scenario())
+    assert "wait_until_producer_ebb" in inspect.getsource(conductor)
+    assert "self.size > self.max_messages" in inspect.getsource(ProducerBuffer.wait_until_ebb)
+    assert "self.size != 0" in inspect.getsource(ProducerBuffer.flush_atmost)
+
+
 class LeftOutConsumer(StalledConsumer):
     """A stalled consumer with Faust's record of the partitions it fetches (``_active_partitions``) and pauses."""
 

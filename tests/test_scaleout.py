@@ -1,11 +1,11 @@
 """Scale-out on one machine: a three-broker KRaft cluster, stream workers sharing its partitions.
 
 The cluster is started as `yrdbus stack up --brokers 3` starts it (``KafkaStack(settings).up(brokers=3)``)
-on free ports. The same input (scripted incidents a-j over busy background traffic) goes to two private
-copies of the bus: one processed by a single worker from start to end, the other by a worker that is
-joined by a second one part-way through (a rebalance mid-stream). The derived alerts and what the sink
-stores from both are compared: the alerts and the stored events must be the very same, those of event-time
-order, and every alert and case published must reach the regional stage.
+on free ports. The input (scripted incidents a-j over busy background traffic) is processed by a worker that
+is joined by a second one part-way through (a rebalance mid-stream), and sunk. The reference is the answer of
+event-time order: the two stages fed the same events without Kafka (tests/stage_pipeline.py; one worker on the
+broker gives that answer in tests/test_streams_worker.py). The live alerts must be its very alerts, every event
+published must be stored once, and every alert and case published must reach the regional stage.
 """
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def test_three_broker_cluster_is_up_and_the_topics_replicate_three_times(cluster
 
 @pytest.fixture(scope="module")
 def scaled(cluster, clickhouse_url, tmp_path_factory):
-    """The same input through one worker, and through one joined mid-stream by a second; both sunk."""
+    """The input through a worker joined mid-stream by a second one, and sunk."""
     from yrdbus import store
 
     settings, _ = cluster
@@ -230,20 +230,11 @@ def scaled(cluster, clickhouse_url, tmp_path_factory):
     db = f"t_scaled_{uuid.uuid4().hex[:6]}"
     client.command(f"CREATE DATABASE {db}")
     records = script().encoded(get_codec())
-    one, two = f"a{uuid.uuid4().hex[:6]}.", f"b{uuid.uuid4().hex[:6]}."
-    for prefix in (one, two):
-        topics.apply(boot, prefix=prefix)
-    publish(boot, [(one + t, k, v) for t, k, v in records])
+    two = f"b{uuid.uuid4().hex[:6]}."
+    topics.apply(boot, prefix=two)
 
-    # the reference: one worker from start to end
-    w = Worker(boot, one, tmp_path, "single")
-    try:
-        wait_until(settled(boot, one), 240, "the single worker to finish", [w])
-    finally:
-        w.stop()
-
-    # the same input, a second worker joining once the first has committed part of it; the rest of the input
-    # is published while the second one joins, so the rebalance happens with events in flight
+    # a second worker joining once the first has committed part of the input; the rest of the input is
+    # published while the second one joins, so the rebalance happens with events in flight
     mine = [(two + t, k, v) for t, k, v in records]
     half = len(mine) * 2 // 5
     publish(boot, mine[:half])
@@ -275,19 +266,18 @@ def scaled(cluster, clickhouse_url, tmp_path_factory):
         for x in (first, second):
             if x is not None:
                 x.stop()
-    alerts_one = read_alerts_topic(boot, one + topics.DERIVED_ALERTS, 30)
-    alerts_two = read_alerts_topic(boot, two + topics.DERIVED_ALERTS, 30)
-    db_two = db + "_two"
-    client.command(f"CREATE DATABASE {db_two}")
+    alerts = read_alerts_topic(boot, two + topics.DERIVED_ALERTS, 30)
     try:
-        stored_one = sink_into(boot, client, db, one)
-        stored_two = sink_into(boot, client, db_two, two)
+        stored = sink_into(boot, client, db, two)
     finally:
-        for d in (db, db_two):
-            client.command(f"DROP DATABASE IF EXISTS {d} SYNC")
-    return {"prefix": two, "prefixes": (one, two), "shared": shared, "records": records,
-            "alerts": (alerts_one, alerts_two),
-            "stored": (stored_one, stored_two)}
+        client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+    return {"prefix": two, "shared": shared, "records": records, "alerts": alerts, "stored": stored}
+
+
+@pytest.fixture(scope="module")
+def ordered():
+    """The answer of event-time order: the two stages fed the same events without Kafka."""
+    return in_order(script(), PARTITIONS)
 
 
 #: alerts of the subject stage: one traveller's events, in the order of their partition
@@ -305,24 +295,30 @@ def test_a_worker_joining_mid_stream_takes_a_share_of_every_stage(scaled):
         assert {p for t, p in mine if ".border." in t}, "a worker holds no source partition"
 
 
-def test_rebalance_loses_and_doubles_no_subject_stage_alert(scaled):
-    one, two = scaled["alerts"]
-    assert len({x["alert_id"] for x in one}) == len(one) >= 10
+def test_rebalance_loses_and_doubles_no_subject_stage_alert(scaled, ordered):
     ids = lambda alerts: {i: k for i, k in live(alerts).items() if k in SUBJECT_KINDS}  # noqa: E731
-    assert len(ids(one)) >= 5
-    assert ids(two) == ids(one), {"only one worker": {i: k for i, k in ids(one).items() if i not in ids(two)},
-                                  "only two workers": {i: k for i, k in ids(two).items() if i not in ids(one)}}
+    want, got = ids(ordered.versions), ids(scaled["alerts"])
+    assert len(want) >= 5
+    assert got == want, {"only in event-time order": {i: k for i, k in want.items() if i not in got},
+                         "only with two workers": {i: k for i, k in got.items() if i not in want}}
 
 
 def test_rebalance_changes_no_stored_row(scaled):
-    one, two = scaled["stored"]
-    assert one["clearances"][0] == sum(1 for t, _, _ in scaled["records"] if t.endswith(".clearance"))
-    for table in ("clearances", "alerts", "cases"):
-        assert two[table] == one[table], table
-    subject = {x["alert_id"]: (x["kind"], x.get("subject")) for x in scaled["alerts"][0] if x["kind"] in SUBJECT_KINDS}
-    for stored in (one, two):
-        missing = {i: k for i, k in subject.items() if i not in set(stored["derived_alerts"][1])}
-        assert not missing, f"derived alerts of the one-worker run not stored: {missing}"
+    """Every event published is stored once, and nothing else; every subject-stage alert is stored."""
+    codec = get_codec()
+    published: dict[str, list[str]] = {"clearances": [], "alerts": [], "cases": []}
+    for topic, _, value in scaled["records"]:
+        kind = topic.rsplit(".", 1)[-1]
+        table = {"clearance": "clearances", "alert": "alerts", "case": "cases"}.get(kind)
+        if table:
+            published[table].append(str(codec.decode(value)[1]["event_id"]))
+    stored = scaled["stored"]
+    for table, ids in published.items():
+        assert len(ids) >= 10 and len(set(ids)) == len(ids), table
+        assert stored[table] == (len(ids), sorted(ids)), table
+    subject = {x["alert_id"]: x["kind"] for x in last_versions(scaled["alerts"]) if x["kind"] in SUBJECT_KINDS}
+    missing = {i: k for i, k in subject.items() if i not in set(stored["derived_alerts"][1])}
+    assert subject and not missing, f"derived alerts not stored: {missing}"
 
 
 def forwarded(bootstrap: str, prefix: str) -> tuple[set, set]:
@@ -349,33 +345,30 @@ def forwarded(bootstrap: str, prefix: str) -> tuple[set, set]:
 
 
 def test_every_alert_and_case_reaches_the_regional_stage_through_the_rebalance(scaled, cluster):
-    """Nothing lost at the re-key step: every alert and case record of every source partition, of both runs, is
-    forwarded to streams.regional (a joining worker delivered a sparse partition's second record first, and the
-    first was never forwarded while the commit went past it)."""
+    """Nothing lost at the re-key step: every alert and case record of every source partition is forwarded to
+    streams.regional (a joining worker delivered a sparse partition's second record first, and the first was
+    never forwarded while the commit went past it)."""
     settings, _ = cluster
-    for prefix in scaled["prefixes"]:
-        published, got = forwarded(settings.bootstrap, prefix)
-        assert len(published) >= 20
-        assert published <= got, f"{prefix}: not forwarded {sorted(published - got)[:10]}"
+    published, got = forwarded(settings.bootstrap, scaled["prefix"])
+    assert len(published) >= 20
+    assert published <= got, f"not forwarded {sorted(published - got)[:10]}"
 
 
-def test_regional_stage_alerts_are_the_same_with_a_second_worker(scaled):
-    one, two = scaled["alerts"]
+def test_regional_stage_alerts_are_the_same_with_a_second_worker(scaled, ordered):
     what = lambda alerts: sorted({x["alert_id"]: (x["kind"], x.get("pattern") or "", x.get("conveyance_id") or "")  # noqa: E731
                                   for x in last_versions(alerts) if derived.is_live(x)
                                   and x["kind"] not in SUBJECT_KINDS}.values())
-    assert what(two) == what(one)
+    assert what(ordered.versions)
+    assert what(scaled["alerts"]) == what(ordered.versions)
 
 
-def test_the_workers_give_the_answer_of_the_stages_run_without_kafka(scaled):
-    """One answer per set of events: the live alerts of one worker, and of two sharing the work after a rebalance,
-    are those of the two stages fed the same events in event-time order without Kafka (tests/stage_pipeline.py)."""
-    ordered = in_order(script(), PARTITIONS)
+def test_the_workers_give_the_answer_of_the_stages_run_without_kafka(scaled, ordered):
+    """One answer per set of events: the live alerts of two workers sharing the work after a rebalance are those
+    of the two stages fed the same events in event-time order without Kafka (tests/stage_pipeline.py)."""
     want = ordered.live()
     assert len(want) >= 10
-    for n, alerts in enumerate(scaled["alerts"], 1):
-        got = live(alerts)
-        diff = (f"{n} worker(s): missing {sorted((k, i) for i, k in want.items() if i not in got)}, "
-                f"extra {sorted((k, i) for i, k in got.items() if i not in want)}")
-        assert got == want, diff
+    got = live(scaled["alerts"])
+    diff = (f"missing {sorted((k, i) for i, k in want.items() if i not in got)}, "
+            f"extra {sorted((k, i) for i, k in got.items() if i not in want)}")
+    assert got == want, diff
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -349,7 +350,7 @@ class KafkaStack:
             raise StackError("'java' is not on PATH: it is needed to run the Kafka broker (Java 17 or newer).")
         cmd = [java]
         if heap:
-            cmd += [f"-Xmx{heap}", "-Xms256m", "-XX:+UseG1GC"]
+            cmd += [f"-Xmx{heap}", "-Xms256m", "-XX:+UseG1GC", *shlex.split(self.settings.kafka_jvm_options)]
         cmd += ["-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={KAFKA_INFRA / 'log4j2.properties'}",
                 "-cp", f"{lib}/*", *args]

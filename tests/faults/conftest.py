@@ -116,9 +116,10 @@ def finish(bus: faults.Bus, wl: faults.Workload, scale: faults.Scale, stations: 
     published = time.monotonic()
     assert stats["failed"] == 0 and stats["unconfirmed"] == 0, stats
     progress = bus.wait_complete(wl, scale.timeout_s, check=alive(*(procs or (bus.worker, bus.sink))))
-    result = record(bus.verify(wl, fault, started=started, notes=notes))
+    result = bus.verify(wl, fault, started=started, notes=notes)
     result.details.update(progress=progress, stations=stats,
                           timing={"published_s": round(published - started, 1),
                                   "complete_s": round(time.monotonic() - started, 1)})
+    record(result)
     assert result.ok, result.describe() + "\n--- worker:\n" + bus.worker.tail() + "\n--- sink:\n" + bus.sink.tail()
     return result
