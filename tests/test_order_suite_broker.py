@@ -24,8 +24,9 @@ from streams.app import StreamsConfig, ensure_topics
 from streams.evaluate import read_alerts_topic
 from test_order_suite import in_event_time, simulate
 from test_scaleout import group_offsets, members, short_partitions
-from test_streams_worker import WorkerProcess, committed_everything, keys_on, publish, wait_for, workers  # noqa: F401
+from test_streams_worker import WorkerProcess, keys_on, publish, wait_for, workers  # noqa: F401
 from yrdbus import topics
+from yrdbus.faults import CaughtUp
 from yrdbus.cli_streams import changelog_topic, read_changelog
 from yrdbus.settings import Settings
 
@@ -68,8 +69,8 @@ def alerts_of(kafka, prefix: str) -> list[dict]:
 def the_answer(kafka, prefix: str, group: str, want: dict, worker) -> list[dict]:
     """Wait for every record to be read and committed and the alerts that stand to be ``want``; then the alerts."""
     internal = [f"{prefix}streams.subjects", f"{prefix}streams.regional"]
-    wait_for(lambda: committed_everything(kafka.bootstrap, group, inputs(prefix) + internal)
-             and live(alerts_of(kafka, prefix)) == want, 240,
+    caught_up = CaughtUp(kafka.bootstrap, group, inputs(prefix), internal)
+    wait_for(lambda: caught_up() and live(alerts_of(kafka, prefix)) == want, 240,
              "the alerts that stand to be those of event-time order", worker,
              lambda: {"committed/end": group_offsets(kafka.bootstrap, group, inputs(prefix)),
                       "short": short_partitions(kafka.bootstrap, group, inputs(prefix) + internal),

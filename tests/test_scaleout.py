@@ -28,6 +28,7 @@ from streams.evaluate import last_versions, read_alerts_topic
 from streams.scripted import HOUR, Script, background, incidents
 from test_streams_worker import publish, records_on
 from yrdbus import topics
+from yrdbus.faults import CaughtUp
 from yrdbus.settings import Settings
 from yrdbus.stack import KafkaStack
 
@@ -145,21 +146,16 @@ def stage_inputs(prefix: str) -> dict[str, list[str]]:
             "internal": [prefix + "streams.subjects", prefix + "streams.regional"]}
 
 
-def finished(bootstrap: str, prefix: str) -> bool:
-    done = True
-    for names in stage_inputs(prefix).values():
-        committed, end = group_offsets(bootstrap, prefix + "streams", names)
-        done = done and end > 0 and committed >= end
-    return done
-
-
 def settled(bootstrap: str, prefix: str, quiet: float = 15.0):
-    """A predicate: everything read and committed, and no new derived alert for ``quiet`` seconds (what the
-    regional stage judges on its watermark comes once its upstreams have gone idle: global_idle_seconds)."""
+    """A predicate: everything read and committed (the internal topics: what they held once the sources were done,
+    ``CaughtUp``), and no new derived alert for ``quiet`` seconds (what the regional stage judges on its watermark
+    comes once its upstreams have gone idle: global_idle_seconds)."""
     last = {"count": -1, "since": time.monotonic()}
+    inputs = stage_inputs(prefix)
+    caught_up = CaughtUp(bootstrap, prefix + "streams", inputs["sources"], inputs["internal"])
 
     def check() -> bool:
-        if not finished(bootstrap, prefix):
+        if not caught_up():
             return False
         count = len(read_alerts_topic(bootstrap, prefix + topics.DERIVED_ALERTS, 5))
         if count != last["count"]:

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.codec import get_codec
 from streams import derived
@@ -135,27 +135,6 @@ def records_on(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | N
 
 def keys_on(bootstrap: str, topic: str) -> list[str]:
     return [k.decode() for k, _, _ in records_on(bootstrap, topic)]
-
-
-def committed_everything(bootstrap: str, group: str, topic_names: list[str]) -> bool:
-    """Whether the group's committed offsets have reached the end of every partition of these topics."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        tps = []
-        for t in topic_names:
-            md = c.list_topics(t, timeout=10).topics[t]
-            tps += [TopicPartition(t, p) for p in md.partitions]
-        try:
-            committed = c.committed(tps, timeout=10)
-        except KafkaException:   # the group coordinator is still moving (NOT_COORDINATOR on a young broker)
-            return False
-        for tp in committed:
-            _, hi = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            if hi > 0 and tp.offset < hi:
-                return False
-        return True
-    finally:
-        c.close()
 
 
 def scripted(seed: int = 7) -> Script:

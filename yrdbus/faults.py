@@ -501,6 +501,7 @@ class Bus:
         self.prefix = f"f{tag}."
         self.app_id = f"f{tag}-streams"
         self.group = f"f{tag}-sink"
+        self._worker_caught_up: CaughtUp | None = None
         self.replication = replication
         self.partitions = partitions
         self.store_dir = Path(store_dir) if store_dir else self.root / "clickhouse"
@@ -578,15 +579,17 @@ class Bus:
             return {"events": -1, "alerts": -1, "error": str(exc).splitlines()[0][:200] if str(exc) else repr(exc)}
 
     def caught_up(self) -> bool:
-        """Whether the worker's and the sink's groups have committed everything there is to read."""
+        """Whether the worker's and the sink's groups have committed everything there is to read (the worker's
+        own topics: everything they held once the sources were done, ``CaughtUp``)."""
         from connectors.clickhouse import tables as T
         from yrdbus import topics
 
-        sources = [self.prefix + t for t in topics.source_topics()]
-        internal = [self.prefix + "streams.subjects", self.prefix + "streams.regional"]
+        if self._worker_caught_up is None:
+            self._worker_caught_up = CaughtUp(self.bootstrap, self.app_id,
+                                              [self.prefix + t for t in topics.source_topics()],
+                                              [self.prefix + "streams.subjects", self.prefix + "streams.regional"])
         named, _ = T.sink_topics(self.prefix)
-        return committed_everything(self.bootstrap, self.app_id, sources + internal) \
-            and committed_everything(self.bootstrap, self.group, named)
+        return self._worker_caught_up() and committed_everything(self.bootstrap, self.group, named)
 
     def wait_complete(self, wl: Workload, timeout: float, *, check: Callable[[], None] | None = None) -> dict:
         """Until every event and every expected alert is stored and both groups have read everything.
@@ -663,6 +666,69 @@ class Bus:
                      "missed": [(sc["scenario_id"], row["expected_alert_kind"]) for sc in result["scenarios"]
                                 for row in sc["rows"] if not row["matched"]],
                      "precision": result["precision"], "recall": result["recall"]})
+
+
+class CaughtUp:
+    """A predicate: ``group`` has committed every record of ``sources`` and, of ``internal`` (the stages' own
+    topics), every record they held once the sources were done. The workers write a tick to the internal topics
+    every 2 s, so their ends never stay put: held to the ends of the moment, a check passes only when a commit
+    happens to fall between a tick and the look, which beside other processes took minutes (the broker-restart
+    fault waited 2 min for two such passes a second apart). Ask the same object again: the ends are noted at the
+    first look with the sources done, and forgotten when the sources are not done any more."""
+
+    def __init__(self, bootstrap: str, group: str, sources: list[str], internal: list[str],
+                 config: dict | None = None):
+        self.bootstrap, self.group, self.sources, self.internal = bootstrap, group, sources, internal
+        self.config = config
+        self.marks: dict | None = None
+
+    def __call__(self) -> bool:
+        from confluent_kafka import KafkaException
+
+        try:
+            if not committed_everything(self.bootstrap, self.group, self.sources, self.config):
+                self.marks = None
+                return False
+            if self.marks is None:
+                self.marks = end_offsets(self.bootstrap, self.internal, self.config)
+            return committed_past(self.bootstrap, self.group, self.marks, self.config)
+        except KafkaException:   # the group coordinator is moving (a young or restarted broker): ask again later
+            return False
+
+
+def end_offsets(bootstrap: str, topic_names: list[str], config: dict | None = None) -> dict[tuple[str, int], int]:
+    """The end offset of every partition of these topics."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "yrdbus-faults-ends", "enable.auto.commit": False,
+                  "socket.timeout.ms": 10000, **(config or {})})
+    try:
+        md = c.list_topics(timeout=10)
+        out = {}
+        for t in topic_names:
+            meta = md.topics.get(t)
+            if meta is None or meta.error is not None:
+                continue
+            for p in meta.partitions:
+                out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+        return out
+    finally:
+        c.close()
+
+
+def committed_past(bootstrap: str, group: str, marks: dict[tuple[str, int], int], config: dict | None = None) -> bool:
+    """Whether ``group``'s committed offsets have reached these offsets (partition -> offset)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    if not marks:
+        return True
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                  "socket.timeout.ms": 10000, **(config or {})})
+    try:
+        got = c.committed([TopicPartition(t, p) for t, p in marks], timeout=10)
+        return all(marks[(tp.topic, tp.partition)] <= 0 or tp.offset >= marks[(tp.topic, tp.partition)] for tp in got)
+    finally:
+        c.close()
 
 
 def committed_everything(bootstrap: str, group: str, topic_names: list[str], config: dict | None = None) -> bool:
