@@ -44,8 +44,7 @@ run: deps jars
 
 # The tests wait on brokers, workers and timeouts far more than they compute: TEST_WORKERS pytest-xdist
 # processes (each with its own broker and engine) share them out a file at a time. TEST_WORKERS=0: one process.
-# Four on two cores: a fresh clone's suite took 12 min 30 s with three, quiet, and 15 min 4 s with four beside
-# two CPU burners (18 min 26 s with two processes); the tests wait far more than they compute.
+# Four on two cores: a fresh clone's `make test` took 10 min 32 s in all, quiet (tests 9 min 47 s; e75d516).
 TEST_WORKERS ?= 4
 # The stage-level order suite (one file, so one process) runs at this share of the paper's volume in `make test`:
 # at full volume it alone took 10 of a quiet suite's 14 min (15 of 19 beside two burners), the suite's long pole.
