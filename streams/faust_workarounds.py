@@ -6,7 +6,9 @@ relies on (tests/test_faust_workarounds.py):
 - ``Turns``: records Faust skipped after a rebalance are read again and processed in their turn (below);
   ``Turns.reread_stalled``: the same when nothing follows the skipped run. (Upstream: records skipped or
   reordered around a rebalance's seek and queue emptying, faust-streaming/faust#216 and #221; their fixes
-  are in 0.15.3, and the skip is still seen with tables, below.)
+  are in 0.15.3, and the skip is still seen with tables, below.) It counts only the ticks with nothing waiting in
+  the worker: ``records_waiting`` reads the stream queues (``app.topics``) and the producer's buffer, as Faust has
+  no public count of records in flight (no upstream issue found).
 - ``commit_past_known_gaps``: ``Consumer._new_offset`` stops committing after a repeated offset
   (robinhood/faust#625).
 - ``flush_before_commit``: ``ProducerBuffer.flush`` gives up once no record left its buffer for 0.1 s, so a
