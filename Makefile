@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 YRDBUS := $(VENV)/bin/yrdbus
-KAFKA_LIB := infra/kafka/target/lib/.pom-mtime
 
 .PHONY: run test bench faults fuzz order-suite unit deps jars os-test-deps clean help
 
@@ -27,12 +26,10 @@ $(VENV)/.installed: pyproject.toml
 
 deps: $(VENV)/.installed
 
-$(KAFKA_LIB): infra/kafka/pom.xml | $(VENV)/.installed
+# The pinned Kafka jars (yrdbus/kafka/pom.xml) in a per-user cache folder: fetched once, then a quick check.
+jars: deps
 	@command -v java >/dev/null || { echo "error: java (17+) is not on PATH; it runs the Kafka broker. Debian: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
-	@command -v mvn >/dev/null || { echo "error: mvn is not on PATH; it fetches the pinned Kafka jars. Debian: apt-get install maven" >&2; exit 1; }
-	$(PY) -c "from yrdbus.stack import ensure_kafka_jars; ensure_kafka_jars()"
-
-jars: $(KAFKA_LIB)
+	@$(YRDBUS) stack jars >/dev/null
 
 # Debian packages the tests use (kcat: a Kafka client nobody here wrote; chromium: the wall's browser test;
 # prometheus: promtool and the Prometheus that scrapes a running bus).
@@ -44,14 +41,16 @@ run: deps jars
 
 # The tests wait on brokers, workers and timeouts far more than they compute: TEST_WORKERS pytest-xdist
 # processes (each with its own broker and engine) share them out a file at a time. TEST_WORKERS=0: one process.
-# Four on two cores: a fresh clone's `make test` took 10 min 32 s in all, quiet (tests 9 min 47 s; e75d516).
+# Four on two cores. Files are handed out in the order of tests/conftest.py (the longest first):
+# --no-loadscope-reorder, or pytest-xdist (3.6 and later) sorts them by their number of tests, which sent the
+# heaviest files, with two or three tests each, last.
 TEST_WORKERS ?= 4
 # The stage-level order suite (one file, so one process) runs at this share of the paper's volume in `make test`:
 # at full volume it alone took 10 of a quiet suite's 14 min (15 of 19 beside two burners), the suite's long pole.
 # `make order-suite` runs it at full volume over five seeds.
 TEST_ORDER_SCALE ?= 0.3
 test: deps jars os-test-deps
-	YRDBUS_ORDER_SCALE=$(TEST_ORDER_SCALE) $(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
+	YRDBUS_ORDER_SCALE=$(TEST_ORDER_SCALE) $(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,) $(PYTEST_ARGS)
 
 # The pure tests alone (marker `unit`: rules, stages, watermarks, Faust workarounds): no Java, Kafka or ClickHouse.
 unit: deps
@@ -101,4 +100,4 @@ bench: deps jars $(VENV)/.bench-installed .venv-peer/.installed
 	$(PY) -m bench $(BENCH)
 
 clean:
-	rm -rf $(VENV) .venv-peer infra/kafka/target
+	rm -rf $(VENV) .venv-peer

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "tests") not in sys.path:   # the test kit (tests/kit: free ports, scripted incidents, synthetic data)
+    sys.path.insert(0, str(ROOT / "tests"))
 REPORT = ROOT / "docs" / "benchmarks.md"
 _HEAD = ("# Benchmarks\n\nWritten by `make bench` (`python -m bench`); each section by its own module in "
          "`bench/`. Figures are medians of several runs on the machine named in the section.\n")

@@ -2,7 +2,6 @@
 consumer-group progress, and per-process CPU and memory."""
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import statistics
@@ -19,8 +18,8 @@ YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 
 
 def free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free ports on 127.0.0.1 (yrdbus.faults.free_port_run)."""
-    from yrdbus.faults import free_port_run
+    """The first of ``n`` consecutive free ports on 127.0.0.1 (kit.faults.free_port_run)."""
+    from kit.faults import free_port_run
 
     return free_port_run(n)
 
@@ -28,7 +27,7 @@ def free_ports(n: int) -> int:
 def private_broker(brokers: int = 1, heap: str = "1g"):
     """A private embedded Kafka cluster on free ports in a temporary folder; yields its Settings.
     ``YRDBUS_KAFKA_BOOTSTRAP`` set: that cluster instead."""
-    from yrdbus.settings import Settings
+    from schemas.settings import Settings
     from yrdbus.stack import KafkaStack
 
     external = os.environ.get("YRDBUS_KAFKA_BOOTSTRAP")

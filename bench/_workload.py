@@ -57,7 +57,7 @@ def generate(n: int, seed: int = SEED) -> Workload:
     from connectors.simulator.engine import Options, Simulation
     from schemas.codec import get_codec
     from schemas.reference import REGIONS, ports
-    from yrdbus import topics
+    from schemas import topics
 
     codec = get_codec()
     rng = random.Random(seed)

@@ -38,7 +38,7 @@ def one_run(options: str) -> tuple[float, float, float]:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from yrdbus.settings import Settings
+    from schemas.settings import Settings
     from yrdbus.stack import KafkaStack
 
     (bench.ROOT / "var").mkdir(exist_ok=True)

@@ -44,6 +44,7 @@ import bench
 from bench import _harness as H
 from bench import _workload as W
 from bench import peer_quix
+from kit.faults import free_port
 
 RUNS = int(os.environ.get("BENCH_E2E_RUNS", 3))
 CMP_EVENTS = int(os.environ.get("BENCH_E2E_EVENTS", 60_000))
@@ -128,10 +129,6 @@ def start_worker(boot: str, prefix: str, app_id: str, tmp: Path, port: int, name
                     "--replication", str(replication), "--data-dir", str(tmp / f"{name}-data"),
                     "--metrics-port", str(port)],
                    tmp / f"{name}.log", env={"YRDBUS_KAFKA_BOOTSTRAP": boot, "YRDBUS_VAR_DIR": str(tmp)})
-
-
-def free_port() -> int:
-    return H.free_ports(1)
 
 
 def writer_schemas_file(tmp: Path) -> Path:
@@ -265,7 +262,7 @@ def run_ours(boot: str, prefix: str, wl: W.Workload, tmp: Path, sampler: H.ProcS
 
 
 def side_by_side(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> list[dict]:
-    from yrdbus import topics
+    from schemas import topics
 
     schemas = writer_schemas_file(tmp)
     expect = subject_records(wl)
@@ -411,7 +408,7 @@ def wait_http(port: int, path: str, timeout: float, proc) -> None:
 def ramp(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict:
     from schemas.codec import get_codec
     from streams.decoding import PlainDecoder
-    from yrdbus import topics
+    from schemas import topics
 
     prefix = "ramp."
     topics.apply(boot, prefix=prefix)
@@ -586,7 +583,7 @@ def memory(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from streams.app import subject_partition
-    from yrdbus import topics
+    from schemas import topics
 
     prefix = "mem."
     app_id = prefix + "w"

@@ -25,18 +25,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import bench
+from kit.faults import free_port
 
 RUNS = int(os.environ.get("BENCH_GATEWAY_RUNS", 3))
 SECONDS = int(os.environ.get("BENCH_GATEWAY_SECONDS", 20))
 ALERT_RATE = 20          # alerts a second
 LOAD_RATE = 5_000        # background events a second
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
-
-
-def _free_port() -> int:
-    from yrdbus.faults import free_port
-
-    return free_port()
 
 
 def _load(bootstrap: str, topic: str, rate: int, stop_at: float, out) -> None:
@@ -162,15 +157,15 @@ def one_run(bootstrap: str, gateway_url: str, token: str, prefix: str, load: boo
 
 def main() -> None:
     from connectors.gateway.access import hash_token, new_token
-    from yrdbus.settings import Settings
+    from schemas.settings import Settings
     from yrdbus.stack import KafkaStack
 
     work = Path(tempfile.mkdtemp(prefix="yrdbus-bench-gateway-"))
     stack = None
     bootstrap = os.environ.get("YRDBUS_KAFKA_BOOTSTRAP")
     if not bootstrap:
-        settings = Settings(var_dir=work / "var", kafka_bootstrap=None, kafka_port=_free_port(),
-                            kafka_controller_port=_free_port(), kafka_heap="768m")
+        settings = Settings(var_dir=work / "var", kafka_bootstrap=None, kafka_port=free_port(),
+                            kafka_controller_port=free_port(), kafka_heap="768m")
         stack = KafkaStack(settings)
         stack.up(echo=lambda m: None)
         bootstrap = settings.bootstrap
@@ -178,7 +173,7 @@ def main() -> None:
     tokens_file = work / "gateway.toml"
     tokens_file.write_text(f'[[tokens]]\nid = "bench-ah"\nhash = "{hash_token(token)}"\nregions = ["AH"]\n')
     prefix = f"bench{int(time.time())}."
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": bootstrap}
     gateway = subprocess.Popen([YRDBUS, "gateway", "--port", str(port), "--tokens-file", str(tokens_file),
                                 "--prefix", prefix, "--log-level", "warning"], env=env)

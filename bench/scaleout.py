@@ -25,6 +25,7 @@ import bench
 from bench import _harness as H
 from bench import _workload as W
 from bench import e2e
+from kit.faults import free_port
 
 RUNS = int(os.environ.get("BENCH_SCALEOUT_RUNS", 3))
 EVENTS = int(os.environ.get("BENCH_SCALEOUT_EVENTS", 60_000))
@@ -42,7 +43,7 @@ class Group:
 
     def add(self) -> None:
         name = f"worker-{self.prefix.strip('.')}-{len(self.procs)}"
-        port = e2e.free_port()
+        port = free_port()
         proc = e2e.start_worker(self.boot, self.prefix, self.prefix + "w", self.tmp, port, name, self.replication)
         self.procs.append(proc)
         self.ports.append(port)
@@ -99,7 +100,7 @@ def _hit_records(boot: str, topic: str) -> tuple[int, int]:
 
 def measure(boot: str, replication: int, prefix: str, wl: W.Workload, workers: int, tmp: Path,
             sampler: H.ProcSampler) -> dict:
-    from yrdbus import topics
+    from schemas import topics
 
     topics.apply(boot, prefix=prefix)
     group = Group(boot, prefix, replication, tmp, sampler)
@@ -136,7 +137,7 @@ def measure(boot: str, replication: int, prefix: str, wl: W.Workload, workers: i
 
 def join(boot: str, replication: int, prefix: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict:
     """One worker on the input, a second started when a third of it is read."""
-    from yrdbus import topics
+    from schemas import topics
 
     topics.apply(boot, prefix=prefix)
     H.publish_all(boot, wl.messages, prefix)

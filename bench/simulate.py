@@ -20,17 +20,12 @@ import time
 from pathlib import Path
 
 import bench
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 from yrdbus.stack import KafkaStack
+from kit.faults import free_port
 
 RUNS = 3
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
-
-
-def _free_port() -> int:
-    from yrdbus.faults import free_port
-
-    return free_port()
 
 
 def _children_cpu() -> float:
@@ -73,7 +68,7 @@ def _compression(bootstrap: str) -> list[dict]:
     from connectors.publisher import PRODUCER_CONFIG
     from connectors.simulator import Options, Simulation
     from schemas.codec import get_codec
-    from yrdbus import topics
+    from schemas import topics
 
     codec = get_codec()
     events = [(e[3], codec.encode(e[2], e[3])) for e in Simulation(Options(seed=3, span_hours=12)).events()
@@ -111,8 +106,8 @@ def _compression(bootstrap: str) -> list[dict]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="yrdbus-bench-sim-") as tmp:
-        settings = Settings(var_dir=Path(tmp), kafka_bootstrap=None, kafka_port=_free_port(),
-                            kafka_controller_port=_free_port(), kafka_heap="768m")
+        settings = Settings(var_dir=Path(tmp), kafka_bootstrap=None, kafka_port=free_port(),
+                            kafka_controller_port=free_port(), kafka_heap="768m")
         stack = KafkaStack(settings)
         stack.up(echo=lambda m: None)
         try:

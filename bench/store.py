@@ -27,7 +27,7 @@ def _percentile(values, q):
 
 
 def _broker(tmp: Path):
-    from yrdbus.settings import Settings
+    from schemas.settings import Settings
     from yrdbus.stack import KafkaStack
     import socket
 
@@ -50,10 +50,11 @@ def _broker(tmp: Path):
 def bench_sink(client, bootstrap: str, n: int) -> dict:
     from confluent_kafka import Producer
 
-    from connectors.clickhouse import Target, migrate, synthetic
-    from connectors.sink import Sink
+    from connectors.store import Target, migrate
+    from kit import synthetic
+    from connectors.store.sink import Sink
     from schemas.codec import get_codec
-    from yrdbus import topics
+    from schemas import topics
 
     prefix = f"bench{random.randrange(10**6)}."
     topics.apply(bootstrap, prefix=prefix)
@@ -121,7 +122,7 @@ def generate(client, db: str, start: int, count: int, subjects: int) -> None:
 
 
 def bench_queries(client, db: str, total: int) -> dict:
-    from connectors import queries
+    from connectors.store import queries
 
     previous = client.database
     client.database = db
@@ -157,8 +158,8 @@ def bench_queries(client, db: str, total: int) -> dict:
 
 
 def main() -> None:
-    from connectors.clickhouse import Target, migrate
-    from yrdbus import store
+    from connectors.store import Target, migrate
+    from connectors.store import client as store
 
     sizes = [int(x) for x in os.environ.get("YRDBUS_BENCH_STORE_SIZES", "10000000,100000000").split(",") if x]
     sink_rows = int(os.environ.get("YRDBUS_BENCH_SINK_ROWS", "300000"))
@@ -212,7 +213,7 @@ def report(sink: dict, results: list[dict]) -> str:
         f"cores. Embedded engine (chDB {_chdb_version()}).",
         "",
         f"**Sink**, end to end: {sink['n']:,} ClearanceEvents pre-published on the four regions' clearance topics "
-        f"(4 partitions each), read by `connectors/sink.py` into `clearances` and the materialized views that "
+        f"(4 partitions each), read by `connectors/store/sink.py` into `clearances` and the materialized views that "
         f"feed from it (hourly flow, subject events), from the first record consumed to the last offset "
         f"committed; batches of 50,000, one consumer. The same run without the subject_events views, "
         f"interleaved with it, is the baseline that prices them.",

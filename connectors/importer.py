@@ -47,7 +47,7 @@ from schemas.errors import EventError, UndecodableError, ValidationError
 from schemas.jsonform import from_json
 from schemas.pseudonym import Pseudonymizer
 from schemas.validation import validate
-from yrdbus import topics
+from schemas import topics
 
 SOURCE_KINDS = contract.SOURCE_KINDS
 #: raw identity fields a station export may carry; turned into tokens, never published
@@ -999,7 +999,7 @@ class Importer:
         self.kind = kind
         self.region = region
         if max_line_bytes is None:
-            from yrdbus.settings import get_settings
+            from schemas.settings import get_settings
 
             max_line_bytes = getattr(get_settings(), "import_max_line_bytes", DEFAULT_MAX_LINE_BYTES)
         if max_line_bytes < 1:

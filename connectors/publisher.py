@@ -22,8 +22,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from schemas import reference
 from schemas.codec import get_codec
-from yrdbus import topics
-from yrdbus.kafka_config import kafka_security
+from schemas import topics
+from schemas.kafka_config import kafka_security
 
 #: Producer settings, each on purpose.
 PRODUCER_CONFIG = {

@@ -275,7 +275,7 @@ def _record_name(schema_str: str) -> str:
 def get_codec(registry_url: str | None = None) -> Codec:
     """The process's codec. ``registry_url`` defaults to ``YRDBUS_SCHEMA_REGISTRY_URL`` (settings)."""
     if registry_url is None:
-        from yrdbus.settings import get_settings
+        from schemas.settings import get_settings
 
         registry_url = get_settings().schema_registry_url or None
     return _codec_for(registry_url)

@@ -7,7 +7,7 @@ worker goes on; nothing is lost silently.
 """
 from __future__ import annotations
 
-from yrdbus import topics
+from schemas import topics
 from schemas.errors import EventError
 
 #: header names, in one place for the sink and the tests

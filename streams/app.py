@@ -41,8 +41,8 @@ from streams.emitter import Emitter
 from streams.faust_workarounds import SubjectTable, subject_partition
 from streams.regional_stage import WATERMARK_KEY, RegionalStage, origin_of, source_of
 from streams.subject_stage import SubjectStage, restorable, upstream_key
-from yrdbus import kafka_config, topics
-from yrdbus.settings import get_settings
+from schemas import kafka_config, topics
+from schemas.settings import get_settings
 
 log = logging.getLogger("yrdbus.streams")
 
@@ -438,7 +438,7 @@ def worker_topics(app: faust.App) -> list[topics.TopicSpec]:
 
 def ensure_topics(cfg: StreamsConfig, app: faust.App | None = None) -> None:
     """The topics the stream layer reads and writes exist before the worker subscribes: the bus's topics
-    (``yrdbus.topics``; on a secured cluster only admin applies them) and, given the worker's ``app``, its
+    (``schemas.topics``; on a secured cluster only admin applies them) and, given the worker's ``app``, its
     own (``worker_topics``, which its principal owns)."""
     topics.ensure(cfg.bootstrap, prefix=cfg.prefix, timeout=60)
     if app is not None:

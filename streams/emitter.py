@@ -11,7 +11,7 @@ import faust
 from schemas.deadletter import headers_for
 from streams import derived, metrics
 from streams.events import for_avro
-from yrdbus import topics
+from schemas import topics
 
 log = logging.getLogger("yrdbus.streams")
 

@@ -179,7 +179,7 @@ def read_alerts_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> li
     from streams.events import plain
 
     codec = get_codec()
-    from yrdbus.kafka_config import kafka_security
+    from schemas.kafka_config import kafka_security
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"yrdbus-evaluate-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest", **kafka_security()})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 
 
 #: the fault suite's results of this run (tests/faults): every pytest-xdist worker appends to one file
@@ -34,8 +34,8 @@ def pytest_configure(config):
 
 
 #: the test files that take longest (seconds of a fresh clone's run with four processes, `--durations=0`, the
-#: CPU shared), run first: pytest-xdist hands out files in collection order, and a long file started last keeps
-#: one process busy after the others are done
+#: CPU shared), run first: pytest-xdist hands out files in collection order (with `--no-loadscope-reorder`, see
+#: the Makefile), and a long file started last keeps one process busy after the others are done
 LONGEST_FIRST = (      # seconds each file took in a fresh clone's `make test`, quiet / beside two burners (ea6920d)
     "test_streams_simulated.py",          # 250 / 273: the simulator's incidents and a week of baseline, a worker
     "test_order_suite.py",                # 207 / 194: the simulator's day in four orders at the stages
@@ -75,7 +75,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
     path = Path(os.environ.get(RESULTS_ENV, ""))
     if hasattr(config, "workerinput") or not path.name or not path.exists():
         return
-    from yrdbus import faults
+    from kit import faults
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     path.unlink()
@@ -91,8 +91,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
 
 def free_port() -> int:
     """A port nothing listens on now, below the ephemeral range, never one this process was given before
-    (yrdbus.faults.free_port_run says why)."""
-    from yrdbus.faults import free_port_run
+    (kit.faults.free_port_run says why)."""
+    from kit.faults import free_port_run
 
     return free_port_run(1)
 
@@ -140,7 +140,7 @@ def unique(request) -> str:
 @pytest.fixture
 def ch(clickhouse_url, unique):
     """A clickhouse-connect client and a database of this test's own."""
-    from yrdbus import store
+    from connectors.store import client as store
 
     client = store.get_client(clickhouse_url)
     db = f"t_{unique}".lower()

@@ -21,7 +21,7 @@ from connectors.gateway import Gateway
 from connectors.gateway.app import make_server
 from connectors.gateway.access import hash_token, new_token
 from schemas.codec import get_codec
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 
 from conftest import free_port
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx2
 
-from connectors.clickhouse import Target, migrate
-from connectors.queryserver import QueryServer, hash_password
+from connectors.store import Target, migrate
+from connectors.store.queryserver import QueryServer, hash_password
 from schemas.reference import REGIONS
 
 USERS = {"rcc": "rcc-pw", "sh": "sh-pw"}

@@ -23,10 +23,10 @@ from streams.evaluate import last_versions
 from streams.decoding import PlainDecoder
 from streams.faust_workarounds import subject_partition
 from streams.regional_stage import RegionalStage
-from streams.scripted import _dt
+from kit.scripted import _dt
 from streams.subject_stage import SubjectStage, upstream_key
-from yrdbus import topics
-from yrdbus.settings import get_settings
+from schemas import topics
+from schemas.settings import get_settings
 
 REGIONS = ("SH", "JS", "ZJ", "AH")
 SOURCE_PARTITIONS = topics.DEFAULT_PARTITIONS
@@ -208,7 +208,7 @@ def live(alerts: list[dict]) -> dict[str, str]:
 
 
 def in_order(script, partitions: int = 4) -> Pipeline:
-    """The two stages fed a ``streams.scripted.Script``'s events in event-time order, at an hour of event time a
+    """The two stages fed a ``kit.scripted.Script``'s events in event-time order, at an hour of event time a
     second."""
     events = sorted(script.events, key=lambda e: (e[3]["occurred_at"], e[3]["event_id"]))
     t0 = events[0][3]["occurred_at"]

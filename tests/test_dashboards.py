@@ -12,8 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from observability_day import seed
-from yrdbus import report, store
-from yrdbus.settings import Settings
+from connectors.store import client as store
+from yrdbus import report
+from schemas.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISIONING = ROOT / "dashboards" / "provisioning"
@@ -179,7 +180,7 @@ ALERT_PANELS = [(uid, title) for uid, title in CLICKHOUSE_PANELS
 def test_the_panels_on_derived_alerts_count_and_list_only_alerts_that_were_not_withdrawn(ch):
     """One alert of every kind, raised: every panel on derived alerts shows something; then the version withdrawing
     each is stored (same id, later emitted_at): they show nothing."""
-    from connectors.clickhouse import Target, migrate
+    from connectors.store import Target, migrate
     from schemas import contract
 
     client, db = ch
@@ -225,7 +226,7 @@ def test_report_renders_the_main_panels_to_png_from_the_dashboards_sql(day, clic
 
     monkeypatch.setenv("YRDBUS_CLICKHOUSE_URL", clickhouse_url)
     monkeypatch.setenv("YRDBUS_VAR_DIR", str(tmp_path / "var"))    # no running bus: the store directly
-    from yrdbus.settings import get_settings
+    from schemas.settings import get_settings
     get_settings.cache_clear()
     start, end = period("yrdbus-risk", seeded)
     out = tmp_path / "report"

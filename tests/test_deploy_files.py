@@ -2,8 +2,8 @@
 
 Nothing here needs Docker or a cluster: each file is read as the tool that uses it would read it (Java
 properties, systemd units, YAML, ClickHouse XML, Prometheus' own `promtool check config` when it is
-installed), and its topic names, ports, settings and commands are compared with yrdbus/topics.py,
-yrdbus/settings.py, the migrations and the command line.
+installed), and its topic names, ports, settings and commands are compared with schemas/topics.py,
+schemas/settings.py, the migrations and the command line.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yrdbus import topics
-from yrdbus.settings import Settings
+from schemas import topics
+from schemas.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "infra" / "deploy"
@@ -127,7 +127,7 @@ def test_topic_plan_is_the_codes_definitions_for_three_brokers():
 
 # --------------------------------------------------------------------------- ClickHouse
 def test_clickhouse_schema_is_what_db_migrate_cluster_prints_now():
-    from connectors.clickhouse import Target, render_script
+    from connectors.store import Target, render_script
 
     want = render_script(Target(database="yrdbus", cluster="yrd", ttl_days=0))
     assert (DEPLOY / "clickhouse" / "schema.sql").read_text() == want, \

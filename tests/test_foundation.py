@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from yrdbus.stack import KafkaStack
-from yrdbus import store
+from connectors.store import client as store
 
 from conftest import embedded_settings
 

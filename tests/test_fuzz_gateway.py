@@ -28,7 +28,7 @@ from connectors.gateway.selection import BadRequest, alert_kinds, parse_cursor
 from fuzzing import E2E_EXAMPLES, SQL, fuzz
 from gateway_harness import STANDARD_SCOPES, RunningGateway, write_access_file
 from schemas.reference import REGIONS, stations
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 
 PARAMS = ["region", "station", "min_severity", "kind", "since", "from_time", "ticket", "token", "x"]
 GOOD_VALUES = (list(REGIONS) + list(stations()) + ["LOW", "HIGH", "CRITICAL"] + alert_kinds()[:3]

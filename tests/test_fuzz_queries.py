@@ -27,14 +27,14 @@ from hypothesis import strategies as st
 
 import hostile_store
 from conftest import free_port
-from connectors.clickhouse import Target, migrate
-from connectors.query_policy import ALLOWED_SETTINGS, QueryRefused
-from connectors.queryserver import UserLimits
-from connectors.sink import Sink
+from connectors.store import Target, migrate
+from connectors.store.query_policy import ALLOWED_SETTINGS, QueryRefused
+from connectors.store.queryserver import UserLimits
+from connectors.store.sink import Sink
 from fuzzing import E2E_EXAMPLES, SQL, fuzz
 from schemas.codec import get_codec
 from schemas.examples import example
-from yrdbus import topics
+from schemas import topics
 
 KEYWORDS = ["SELECT", "WITH 1 AS a SELECT", "SHOW TABLES", "SHOW DATABASES", "SHOW PROCESSLIST", "DESCRIBE",
             "DESC", "EXISTS", "EXPLAIN", "EXPLAIN AST", "EXPLAIN ESTIMATE", "INSERT INTO", "DROP TABLE",
@@ -77,7 +77,7 @@ def url_settings(draw) -> dict:
 
 @pytest.fixture(scope="module")
 def stage(clickhouse_url, tmp_path_factory):
-    from yrdbus import store
+    from connectors.store import client as store
 
     client = store.get_client(clickhouse_url)
     s = hostile_store.build(client, clickhouse_url, tmp_path_factory.mktemp("fuzzq"), free_port(),
@@ -110,7 +110,7 @@ def test_fuzz_engine_path_reads_writes_and_escapes_nothing(stage, sql, settings,
     sql = fill(stage, sql)
     settings = {fill(stage, k): fill(stage, v) for k, v in settings.items()}
     try:
-        from connectors.query_policy import check_setting
+        from connectors.store.query_policy import check_setting
 
         for k in settings:
             check_setting(k, where="URL parameter")

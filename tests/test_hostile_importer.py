@@ -454,9 +454,9 @@ def cli(monkeypatch):
     from typer.testing import CliRunner
 
     import yrdbus.cli_stations as cli_stations
-    from yrdbus import topics
+    from schemas import topics
     from yrdbus.cli import app
-    from yrdbus.settings import get_settings
+    from schemas.settings import get_settings
 
     monkeypatch.setattr(publisher_module, "Producer", FakeProducer)
     monkeypatch.setattr(cli_stations, "_reachable", lambda bootstrap: None)

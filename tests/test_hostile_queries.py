@@ -8,7 +8,6 @@ waits. The same oracles run on generated statements in tests/test_fuzz_queries.p
 from __future__ import annotations
 
 import threading
-import time
 
 import clickhouse_connect
 import httpx2
@@ -21,7 +20,7 @@ from schemas.reference import REGIONS
 
 @pytest.fixture(scope="module")
 def stage(clickhouse_url, tmp_path_factory):
-    from yrdbus import store
+    from connectors.store import client as store
 
     client = store.get_client(clickhouse_url)
     s = hostile_store.build(client, clickhouse_url, tmp_path_factory.mktemp("hostile"), free_port())

@@ -22,12 +22,14 @@ import clickhouse_connect
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from connectors.clickhouse import Target, migrate, synthetic
-from connectors.sink import Sink, WriterSchemas, about_the_data, occurred_at_ms
+from connectors.store import Target, migrate
+from connectors.store.sink import Sink, WriterSchemas, about_the_data, occurred_at_ms
 from conftest import free_port
+from kit import synthetic
+from kit.faults import kit_argv
 from schemas.codec import get_codec
 from schemas.eventtime import OccurredAtReader, _skip_plan
-from yrdbus import topics
+from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[1]
 UTC = timezone.utc
@@ -313,10 +315,9 @@ def test_sigterm_while_the_store_is_away_exits_cleanly_in_10s_and_the_next_start
         except Exception:
             return None
 
-    # the sink, with SIGUSR1 taking every table it writes away under it (yrdbus.faults)
+    # the sink, with SIGUSR1 taking every table it writes away under it (kit.faults)
     with logfile.open("w") as out:
-        p = subprocess.Popen([sys.executable, "-m", "yrdbus.faults", "sink", "--", "sink", "--prefix", prefix,
-                              "--group", group], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(kit_argv("sink", "--", "sink", "--prefix", prefix, "--group", group), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: (endpoint("SELECT count() FROM clearances") or [[0]])[0][0] >= len(first), 90,
                  "the first clearances stored")

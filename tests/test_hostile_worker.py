@@ -34,11 +34,11 @@ from streams.event_time import Watermark
 from streams.evaluate import read_alerts_topic
 from streams.flow import FlowCounter, FlowSurge
 from streams.regional import RegionalRules
-from streams.scripted import HOUR, Script, background, token
+from kit.scripted import HOUR, Script, background, token
 from streams.trends import Trends
-from yrdbus import topics
+from schemas import topics
 from yrdbus.cli_streams import changelog_topic, plan_watermark_repair, read_changelog, write_changelog
-from yrdbus.settings import get_settings
+from schemas.settings import get_settings
 
 from test_streams_worker import YRDBUS, publish, records_on, wait_for, workers  # noqa: F401  (workers: a fixture)
 

@@ -19,7 +19,7 @@ from schemas.codec import get_codec
 from schemas.deadletter import read_headers
 from schemas.errors import EventError
 from schemas.pseudonym import Pseudonymizer
-from yrdbus import topics
+from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[1]
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import free_port
 from yrdbus import observability as obs
 from yrdbus import report
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 from yrdbus.supervisor import ChildSpec, Supervisor
 
 YRDBUS = [str(Path(sys.executable).with_name("yrdbus"))]

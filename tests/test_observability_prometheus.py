@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from yrdbus import observability as obs
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 
 
 def test_promtool_checks_the_configuration_and_the_rules():

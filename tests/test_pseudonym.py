@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from schemas import pseudonym
 from schemas.errors import ValidationError
 from schemas.pseudonym import DEMO_KEY, Pseudonymizer, SubjectKeyError, load_key
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 
 KEY = b"k" * 20 + b"-test-key-of-the-agencies"
 ROOT = Path(__file__).resolve().parent.parent

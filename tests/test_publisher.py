@@ -13,7 +13,7 @@ from conftest import embedded_settings
 from connectors.publisher import StationPublisher
 from connectors.simulator import Options, Simulation
 from schemas.codec import get_codec
-from yrdbus import topics
+from schemas import topics
 from yrdbus.stack import KafkaStack
 
 

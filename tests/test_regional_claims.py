@@ -13,10 +13,10 @@ from schemas.eventtime import EventTimeBounds
 from streams import ruleset
 from streams.decoding import PlainDecoder
 from streams.regional_stage import RegionalStage
-from streams.scripted import Script, _dt, token
+from kit.scripted import Script, _dt, token
 from streams.subject_stage import upstream_key
-from yrdbus import topics
-from yrdbus.settings import get_settings
+from schemas import topics
+from schemas.settings import get_settings
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 

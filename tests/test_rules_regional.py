@@ -14,7 +14,7 @@ from streams.event_time import RecordClock, Watermark
 from streams.events import plain
 from streams.flow import FlowCounter, FlowSurge
 from streams.regional import RegionalRules
-from streams.scripted import DAY, HOUR, Script, token
+from kit.scripted import DAY, HOUR, Script, token
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 
@@ -541,7 +541,7 @@ def test_an_event_changes_no_section_of_the_state_but_those_the_stage_writes_bac
     a vessel's crew, or of a flight that landed where it was scheduled, does not name the conveyance section."""
     import copy
 
-    from streams.scripted import background, incidents
+    from kit.scripted import background, incidents
 
     s = Script()
     incidents(s, T0)

@@ -16,7 +16,7 @@ from streams import derived, ruleset
 from streams.events import plain
 from streams.flow import FlowCounter, FlowSurge
 from streams.regional import RegionalRules
-from streams.scripted import DAY, HOUR, Script, token
+from kit.scripted import DAY, HOUR, Script, token
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 

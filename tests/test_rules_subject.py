@@ -11,7 +11,7 @@ import pytest
 
 from streams import ruleset, subject
 from streams.events import plain
-from streams.scripted import HOUR, Script, token
+from kit.scripted import HOUR, Script, token
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 

@@ -25,8 +25,8 @@ from streams import subject as subject_rules
 from streams.decoding import PlainDecoder
 from streams.events import for_avro
 from streams.subject_stage import SubjectStage
-from yrdbus.settings import get_settings
-from streams.scripted import HOUR, Script, token
+from schemas.settings import get_settings
+from kit.scripted import HOUR, Script, token
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 

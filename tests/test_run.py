@@ -172,7 +172,7 @@ def test_a_crash_loop_stops_the_run_with_a_clear_message(tmp_path):
     from rich.console import Console
 
     from yrdbus.run import BusRun, CrashLoop, RunOptions
-    from yrdbus.settings import Settings
+    from schemas.settings import Settings
     from yrdbus.supervisor import ChildSpec, RestartPolicy, Supervisor
 
     out = io.StringIO()
@@ -208,7 +208,7 @@ def test_a_timed_run_whose_simulator_ends_past_its_time_waits_for_it_and_then_dr
 
     from yrdbus import run as run_module
     from yrdbus.run import BusRun, RunOptions
-    from yrdbus.settings import Settings
+    from schemas.settings import Settings
     from yrdbus.supervisor import ChildSpec, Supervisor
 
     class QuietBus:   # what the monitor reads of a bus with nothing left to consume
@@ -248,7 +248,7 @@ def test_a_timed_run_whose_simulator_ends_past_its_time_waits_for_it_and_then_dr
 def test_the_summary_counts_each_alert_once_by_its_last_version_and_a_withdrawn_one_apart(ch):
     from datetime import datetime, timedelta, timezone
 
-    from connectors.clickhouse import Target, migrate
+    from connectors.store import Target, migrate
     from yrdbus.run import stored_alerts
 
     client, db = ch

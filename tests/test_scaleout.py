@@ -25,11 +25,11 @@ from schemas.codec import get_codec
 from stage_pipeline import in_order, live
 from streams import derived
 from streams.evaluate import last_versions, read_alerts_topic
-from streams.scripted import HOUR, Script, background, incidents
+from kit.scripted import HOUR, Script, background, incidents
 from test_streams_worker import publish, records_on
-from yrdbus import topics
-from yrdbus.faults import CaughtUp
-from yrdbus.settings import Settings
+from schemas import topics
+from kit.faults import CaughtUp
+from schemas.settings import Settings
 from yrdbus.stack import KafkaStack
 
 T0 = 1_496_304_000_000  # 2017-06-01T08:00Z
@@ -38,7 +38,7 @@ PARTITIONS = 4
 
 
 def consecutive_free_ports(n: int) -> int:
-    from yrdbus.faults import free_port_run
+    from kit.faults import free_port_run
 
     return free_port_run(n)
 
@@ -185,8 +185,8 @@ def members(bootstrap: str, group: str) -> list[set[tuple[str, int]]]:
 
 
 def sink_into(bootstrap: str, client, db: str, prefix: str) -> dict[str, tuple]:
-    from connectors.clickhouse import Target, migrate
-    from connectors.sink import Sink
+    from connectors.store import Target, migrate
+    from connectors.store.sink import Sink
 
     migrate(client, Target(database=db))
     Sink(bootstrap=bootstrap, client=client, database=db, group=prefix + "sink", prefix=prefix).run(
@@ -217,7 +217,7 @@ def test_three_broker_cluster_is_up_and_the_topics_replicate_three_times(cluster
 @pytest.fixture(scope="module")
 def scaled(cluster, clickhouse_url, tmp_path_factory):
     """The input through a worker joined mid-stream by a second one, and sunk."""
-    from yrdbus import store
+    from connectors.store import client as store
 
     settings, _ = cluster
     boot = settings.bootstrap

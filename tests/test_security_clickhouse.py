@@ -9,9 +9,9 @@ import clickhouse_connect
 import pytest
 
 from conftest import free_port
-from connectors.clickhouse import Target, migrate
-from connectors.clickhouse.access import REGION_CONDITIONS, condition, render, table_filters
-from connectors.queryserver import QueryServer, Users, hash_password
+from connectors.store import Target, migrate
+from connectors.store.access import REGION_CONDITIONS, condition, render, table_filters
+from connectors.store.queryserver import QueryServer, Users, hash_password
 from schemas.reference import REGIONS
 
 

@@ -21,15 +21,16 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.clickhouse import Target, migrate
-from connectors.sink import Sink
+from connectors.store import Target, migrate
+from connectors.store.sink import Sink
 from schemas.codec import get_codec
 from schemas.examples import example
 from streams.evaluate import score
 from streams.events import plain
-from streams.scripted import HOUR, Script, background, incidents
-from yrdbus import security, topics
-from yrdbus.kafka_config import kafka_security
+from kit.scripted import HOUR, Script, background, incidents
+from schemas import topics
+from yrdbus import security
+from schemas.kafka_config import kafka_security
 
 ROOT = Path(__file__).resolve().parents[1]
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))

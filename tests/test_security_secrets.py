@@ -22,7 +22,7 @@ import httpx2
 
 from conftest import free_port
 from connectors.gateway.access import hash_token, new_token
-from connectors.queryserver import hash_password
+from connectors.store.queryserver import hash_password
 from yrdbus.supervisor import ChildSpec, Supervisor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from connectors.simulator.traffic import SERIES_LETTERS
 from schemas import reference
 from schemas.codec import get_codec
 from schemas.validation import validate
-from yrdbus import topics
+from schemas import topics
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 REF = Path(__file__).resolve().parents[1] / "schemas" / "reference"

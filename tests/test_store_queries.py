@@ -7,8 +7,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from connectors import queries
-from connectors.clickhouse import Target, migrate
+from connectors.store import queries
+from connectors.store import Target, migrate
 from schemas import reference
 
 S1, S2, S3, S4, S9 = ("1" * 64, "2" * 64, "3" * 64, "4" * 64, "9" * 64)

@@ -6,9 +6,9 @@ import re
 import clickhouse_connect
 import pytest
 
-from connectors.clickhouse import Target, load, migrate, render, render_script
-from connectors.clickhouse.schema import table_layout
-from connectors.queryserver import QueryServer, hash_password
+from connectors.store import Target, load, migrate, render, render_script
+from connectors.store.schema import table_layout
+from connectors.store.queryserver import QueryServer, hash_password
 from schemas import reference
 from conftest import free_port
 

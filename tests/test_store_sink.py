@@ -14,11 +14,13 @@ import clickhouse_connect
 import pytest
 from confluent_kafka import Producer
 
-from connectors.clickhouse import Target, migrate, synthetic
-from connectors.sink import Sink
+from connectors.store import Target, migrate
+from kit import synthetic
+from kit.faults import kit_argv
+from connectors.store.sink import Sink
 from schemas.codec import get_codec
 from conftest import free_port
-from yrdbus import topics
+from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[1]
 YRDBUS = [sys.executable, "-m", "yrdbus.cli"]
@@ -133,8 +135,12 @@ def test_sink_waits_while_clickhouse_refuses_inserts_and_catches_up_without_loss
         assert (n, distinct) == (sent[kind], sent[kind]), kind
 
 
-def _start_sink(env: dict, prefix: str, group: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(YRDBUS + ["sink", "--prefix", prefix, "--group", group, *extra], cwd=ROOT, env=env,
+def _start_sink(env: dict, prefix: str, group: str, crash_after_inserts: int | None = None) -> subprocess.Popen:
+    """`yrdbus sink`; with ``crash_after_inserts``, under the test kit's harness, which SIGKILLs it after that many
+    inserts (each before its offsets are committed)."""
+    argv = (kit_argv("sink", "--crash-after-inserts", str(crash_after_inserts), "--") if crash_after_inserts
+            else YRDBUS)
+    return subprocess.Popen(argv + ["sink", "--prefix", prefix, "--group", group], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -164,7 +170,7 @@ def test_sink_killed_mid_batch_and_restarted_stores_everything_exactly_once(kafk
     sent = publish(kafka.bootstrap, prefix, scale=1.0, bad=False)
 
     # 1. The sink dies by SIGKILL right after its third insert, before committing its offsets.
-    p = _start_sink(env, prefix, unique, "--crash-after-inserts", "3")
+    p = _start_sink(env, prefix, unique, crash_after_inserts=3)
     out, _ = p.communicate(timeout=90)
     assert p.returncode == -signal.SIGKILL, out
 
@@ -227,7 +233,7 @@ def _alert_versions():
 
 def _store_insert(client, db: str, record: dict, version: int = 2) -> None:
     """Insert one record the way the sink does: its writer schema's fields that are columns, Avro through the engine."""
-    from connectors.sink import Store
+    from connectors.store.sink import Store
     from schemas import contract
 
     row = next(r for r in contract.load_ids() if r["name"] == "yrd.border.DerivedAlert" and r["version"] == version)
@@ -276,7 +282,7 @@ def test_a_v1_derived_alert_is_stored_as_raised(ch):
 
 
 def test_the_sink_stores_a_v2_derived_alert_in_a_store_not_yet_migrated_to_alert_status(ch):
-    from connectors.clickhouse import load, render
+    from connectors.store import load, render
 
     client, db = ch
     for mig, sql in render(Target(database=db), [m for m in load() if m.version < 7]):

@@ -1,6 +1,6 @@
 """The stream layer on the real broker: scripted incidents through `yrdbus worker` processes.
 
-Each test publishes contract events (streams.scripted, following docs/scenarios.md) to a private
+Each test publishes contract events (kit.scripted, following docs/scenarios.md) to a private
 copy of the bus (a unique topic prefix), runs real worker processes against the session's broker,
 and reads what they derived from the output topics.
 """
@@ -22,8 +22,8 @@ from schemas.codec import get_codec
 from streams import derived
 from streams.app import StreamsConfig, ensure_topics, subject_partition
 from streams.evaluate import read_alerts_topic, score
-from streams.scripted import HOUR, Script, background, incidents
-from yrdbus import topics
+from kit.scripted import HOUR, Script, background, incidents
+from schemas import topics
 
 T0 = 1_496_304_000_000  # 2017-06-01T08:00Z
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
@@ -272,7 +272,7 @@ def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewher
     from prometheus_client.parser import text_string_to_metric_families
 
     from conftest import free_port
-    from connectors.clickhouse import synthetic
+    from kit import synthetic
     from connectors.publisher import StationPublisher
 
     prefix = f"d{uuid.uuid4().hex[:6]}."

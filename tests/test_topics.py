@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from schemas.reference import REGIONS
-from yrdbus import topics
+from schemas import topics
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 

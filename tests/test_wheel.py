@@ -8,7 +8,9 @@ the ``.pth`` files in it, so the editable install's hook does not put the reposi
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,18 +81,27 @@ def test_wheel_has_the_product_packages_and_no_test_kit(installed):
     expected = {p.parent.relative_to(ROOT).as_posix() for folder in PACKAGE_FOLDERS
                 for p in (ROOT / folder).rglob("__init__.py") if "__pycache__" not in p.parts}
     assert expected <= packages, f"packages missing from the wheel: {sorted(expected - packages)}"
+    # the test kit (tests/kit) is not installed, nothing installed imports it, and no fault hook is left behind
+    kit = {p.stem for p in (ROOT / "tests" / "kit").glob("*.py")} - {"__init__"}
+    assert kit and not [n for n in names if n.endswith(".py") and Path(n).stem in kit]
+    with zipfile.ZipFile(wheel) as zf:
+        for n in names:
+            if n.endswith(".py"):
+                text = zf.read(n).decode()
+                assert not re.search(r"^\s*(from kit\b|import kit\b)", text, re.MULTILINE), n
+                assert "--crash-after-inserts" not in text, n
     for data in ("schemas/ids.json", "schemas/history/yrd.border.DerivedAlert/v2.avsc",
                  "schemas/reference/flow_profile.json", "streams/rules.toml",
-                 "connectors/clickhouse/migrations/0001_events.sql", "connectors/queries/late_events.sql",
+                 "connectors/store/migrations/0001_events.sql", "connectors/store/queries/late_events.sql",
                  "connectors/gateway/static/index.html"):
         assert data in names, data
 
 
 def test_installed_code_is_the_wheels_not_the_repositorys(installed):
     _, bin_dir, env, cwd, site = installed
-    probe = ("import streams, yrdbus, connectors.clickhouse, connectors.gateway.app as app, schemas.reference as ref, "
+    probe = ("import streams, yrdbus, connectors.store, connectors.gateway.app as app, schemas.reference as ref, "
              "streams.ruleset as rs\n"
-             "for m in (streams, yrdbus, connectors.clickhouse): print(m.__file__)\n"
+             "for m in (streams, yrdbus, connectors.store): print(m.__file__)\n"
              "assert app.STATIC.joinpath('index.html').is_file()\n"
              "assert ref.regions()\n"
              "assert rs.default().flow_profile is not None, 'the rule set did not find its flow profile'\n")
@@ -105,7 +116,9 @@ def test_cli_from_the_wheel(installed):
     yrdbus = bin_dir / "yrdbus"
     migrate = _run([yrdbus, "db", "migrate", "--print"], cwd=cwd, env=env).stdout
     assert "CREATE TABLE IF NOT EXISTS yrdbus.schema_migrations" in migrate
-    for sql in sorted((ROOT / "connectors" / "clickhouse" / "migrations").glob("*.sql")):
+    migrations = sorted((ROOT / "connectors" / "store" / "migrations").glob("*.sql"))
+    assert migrations
+    for sql in migrations:
         version, name = sql.stem.split("_", 1)
         assert f"-- migration {version} {name}" in migrate
     check = _run([yrdbus, "schemas", "check"], cwd=cwd, env=env).stdout
@@ -114,5 +127,28 @@ def test_cli_from_the_wheel(installed):
     assert f"{len(history)} version(s) of {len(subjects)} schema(s) checked both ways: ok" in check
     queries = _run([yrdbus, "query", "--list"], cwd=cwd, env=env).stdout
     assert "late_events: Events uploaded late" in queries
-    for sql in (ROOT / "connectors" / "queries").glob("*.sql"):
+    named = sorted((ROOT / "connectors" / "store" / "queries").glob("*.sql"))
+    assert named
+    for sql in named:
         assert f"\n{sql.stem}: " in "\n" + queries, sql.stem
+
+
+def test_the_installed_wheel_starts_its_own_broker_and_passes_run_check(installed):
+    """What a new user of the wheel does first: `yrdbus run --check` starts the pinned broker (its jars and
+    logging configuration come with the package) and checks a Kafka round trip and a ClickHouse write/read."""
+    from kit.faults import free_port_run
+
+    _, bin_dir, env, cwd, _ = installed
+    yrdbus = bin_dir / "yrdbus"
+    env = dict(env, YRDBUS_KAFKA_PORT=str(free_port_run(1)), YRDBUS_KAFKA_CONTROLLER_PORT=str(free_port_run(1)),
+               YRDBUS_CLICKHOUSE_URL=f"chdb://{cwd / 'ch'}")
+    try:
+        lib = json.loads(_run([yrdbus, "stack", "jars", "--json"], cwd=cwd, env=env).stdout)["kafka_lib_dir"]
+        assert list(Path(lib).glob("kafka_2.13-*.jar")), lib
+        out = _run([yrdbus, "run", "--check"], cwd=cwd, env=env).stdout
+        assert re.search(r"Kafka round trip: (\d+) messages produced .* consumed back: \1/\1", out), out
+        status = json.loads(_run([yrdbus, "stack", "status", "--json"], cwd=cwd, env=env).stdout)
+        assert status["kafka"]["running"], status
+    finally:
+        subprocess.run([yrdbus, "stack", "down"], cwd=cwd, env=env, capture_output=True, timeout=120)
+    assert (cwd / "var" / "kafka").is_dir()           # the broker's data where the settings say, not in the package

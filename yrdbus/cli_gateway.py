@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from yrdbus.cli_common import fail
-from yrdbus.settings import get_settings
+from schemas.settings import get_settings
 
 gateway_app = typer.Typer(
     help="The alert gateway: SSE, WebSocket and webhooks for subscribers, and the live alert wall.",

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from yrdbus.cli_common import fail
-from yrdbus.settings import get_settings
+from schemas.settings import get_settings
 
 prometheus_app = typer.Typer(
     help="Prometheus for the bus: the Kafka exporter, the scrape configuration, the alerting rules and their checks. "

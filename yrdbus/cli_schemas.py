@@ -42,7 +42,7 @@ def codec_example(
     from schemas import jsonform
     from schemas.examples import EXAMPLE_KINDS, example
     from schemas.pseudonym import DEMO_KEY, Pseudonymizer, SubjectKeyError, load_key
-    from yrdbus.settings import get_settings
+    from schemas.settings import get_settings
 
     if kind not in EXAMPLE_KINDS:
         fail(f"no example for kind {kind!r}; choose one of {', '.join(EXAMPLE_KINDS)}", 2)

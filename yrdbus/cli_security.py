@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from yrdbus.cli_common import fail
-from yrdbus.settings import get_settings
+from schemas.settings import get_settings
 
 security_app = typer.Typer(help="Kafka principals, SCRAM users and ACLs as code; TLS for a local stack; "
                                 "ClickHouse analyst roles and row policies. See docs/security.md.",
@@ -60,7 +60,7 @@ def apply_cmd(
     On the local secured stack this runs by itself at `stack up`; against another cluster, set
     YRDBUS_KAFKA_BOOTSTRAP and the admin's YRDBUS_KAFKA_* settings and give --passwords-dir.
     """
-    from yrdbus.kafka_config import KafkaSecurityError, client_config
+    from schemas.kafka_config import KafkaSecurityError, client_config
     from yrdbus.security import PasswordStore, SecurityError, apply
     from yrdbus.stack import KafkaStack
 
@@ -142,7 +142,7 @@ def clickhouse_cmd(
     max_result_rows: int = typer.Option(1_000_000, "--max-result-rows", help="Analysts' result size limit."),
 ) -> None:
     """Print the analyst roles, their read-only grants, limits and region row policies for a ClickHouse server."""
-    from connectors.clickhouse.access import render
+    from connectors.store.access import render
 
     for statement in render(database, cluster=cluster, max_execution_time=max_execution_time,
                             max_result_rows=max_result_rows):

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from yrdbus.cli_common import fail
-from yrdbus.settings import get_settings
+from schemas.settings import get_settings
 from yrdbus.stack import KafkaStack, StackError
 
 stack_app = typer.Typer(help="The local stack: a real Apache Kafka broker (KRaft) started by the project.",
@@ -46,6 +46,18 @@ def stack_up(
             fail(str(exc))
     if json_out:
         typer.echo(json.dumps(status))
+
+
+@stack_app.command("jars")
+def stack_jars(json_out: bool = typer.Option(False, "--json", help="Print the folder as JSON.")) -> None:
+    """Fetch the pinned Kafka jars with Maven, once (`stack up` does it too); print their folder."""
+    from yrdbus.stack import ensure_kafka_jars
+
+    try:
+        lib = ensure_kafka_jars(quiet=json_out, settings=get_settings())
+    except StackError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps({"kafka_lib_dir": str(lib)}) if json_out else str(lib))
 
 
 @stack_app.command("down")

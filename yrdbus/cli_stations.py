@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import List, Optional
@@ -11,9 +10,9 @@ from typing import List, Optional
 import typer
 
 from yrdbus.cli_common import fail
-from yrdbus.settings import get_settings
+from schemas.settings import get_settings
 
-topics_app = typer.Typer(help="The bus's topics, defined as code (yrdbus/topics.py).", no_args_is_help=True)
+topics_app = typer.Typer(help="The bus's topics, defined as code (schemas/topics.py).", no_args_is_help=True)
 
 PREFIX_HELP = "Prefix of every topic name (a private copy of the bus, e.g. for tests)."
 METRICS_PORT_HELP = ("Serve the publisher's Prometheus /metrics on this port while it runs "
@@ -38,7 +37,7 @@ def _reachable(bootstrap: str) -> None:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka import KafkaException
 
-    from yrdbus.kafka_config import KafkaSecurityError, kafka_security
+    from schemas.kafka_config import KafkaSecurityError, kafka_security
 
     try:
         security = kafka_security()
@@ -59,7 +58,7 @@ def topics_apply(
     prefix: str = typer.Option("", "--prefix", envvar="YRDBUS_TOPIC_PREFIX", help=PREFIX_HELP),
 ) -> None:
     """Create or update every topic of the bus from its definition; a second run changes nothing."""
-    from yrdbus import topics
+    from schemas import topics
 
     bootstrap = get_settings().bootstrap
     _reachable(bootstrap)
@@ -85,7 +84,7 @@ def topics_list(
     prefix: str = typer.Option("", "--prefix", envvar="YRDBUS_TOPIC_PREFIX", help=PREFIX_HELP),
 ) -> None:
     """Every defined topic: its definition and, when the broker answers, what the broker has."""
-    from yrdbus import topics
+    from schemas import topics
 
     bootstrap = get_settings().bootstrap
     _reachable(bootstrap)
@@ -158,7 +157,7 @@ def publish(
     from connectors.importer import Importer, ImportFileError, UnreadableFileError, check_export, infer_kind
     from connectors.publisher import StationPublisher
     from schemas.pseudonym import SubjectKeyError, from_settings
-    from yrdbus import topics
+    from schemas import topics
 
     def unreadable(message: str) -> None:
         if json_out:
@@ -264,7 +263,7 @@ def simulate(
 
     from connectors.publisher import StationPublisher
     from connectors.simulator import Options, Simulation, SimulationError, UnknownScenario
-    from yrdbus import topics
+    from schemas import topics
 
     names = list(scenario or []) + ([s for s in scenarios.split(",") if s.strip()] if scenarios else [])
     region_list = [r.strip().upper() for r in regions.split(",") if r.strip()] if regions else None

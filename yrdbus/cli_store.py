@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from yrdbus.cli_common import fail
-from yrdbus.settings import get_settings
+from schemas.settings import get_settings
 
 db_app = typer.Typer(help="The ClickHouse schema: versioned migrations, one node or a cluster.", no_args_is_help=True)
 
@@ -23,7 +23,7 @@ db_app = typer.Typer(help="The ClickHouse schema: versioned migrations, one node
 def _database_of(url: str, given: str | None) -> str:
     from urllib.parse import urlparse
 
-    from connectors.clickhouse import DEFAULT_DATABASE
+    from connectors.store import DEFAULT_DATABASE
 
     if given:
         return given
@@ -44,8 +44,8 @@ def db_migrate(
     json_out: bool = typer.Option(False, "--json", help="Print what was done as JSON."),
 ) -> None:
     """Apply the schema migrations not yet applied (idempotent), reconcile the TTL, reload reference data."""
-    from connectors.clickhouse import MigrationError, Target, migrate, render_script
-    from yrdbus import store
+    from connectors.store import MigrationError, Target, migrate, render_script
+    from connectors.store import client as store
 
     s = get_settings()
     try:
@@ -79,17 +79,17 @@ def db_hash_password(
                                  help="The password (prompted when not given)."),
 ) -> None:
     """Print the hash of a password for YRDBUS_QUERY_USERS (the query endpoint's users)."""
-    from connectors.queryserver import hash_password
+    from connectors.store.queryserver import hash_password
 
     typer.echo(hash_password(password))
 
 
 # --------------------------------------------------------------------------- serving
 def _serve(sink: bool, duration: float | None, no_serve: bool, group: str | None, prefix: str,
-           crash_after_inserts: int | None, idle_exit: float | None, port: int | None, migrate_first: bool) -> int:
-    from connectors.clickhouse import Target, migrate
-    from connectors.queryserver import QueryServer, state_file
-    from yrdbus import store
+           idle_exit: float | None, port: int | None, migrate_first: bool) -> int:
+    from connectors.store import Target, migrate
+    from connectors.store.queryserver import QueryServer, state_file
+    from connectors.store import client as store
 
     s = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -125,14 +125,13 @@ def _serve(sink: bool, duration: float | None, no_serve: bool, group: str | None
     signal.signal(signal.SIGINT, on_signal)
     try:
         if sink:
-            from connectors.sink import Sink
+            from connectors.store.sink import Sink
             from schemas.eventtime import EventTimeBounds
 
             worker = Sink(bootstrap=s.bootstrap, client=client, database=database,
                           embedded=store.is_embedded(s.clickhouse_url), group=group or s.sink_group,
                           prefix=prefix, batch_rows=s.sink_batch_rows, batch_age_s=s.sink_batch_age_s,
-                          registry_url=s.schema_registry_url, crash_after_inserts=crash_after_inserts,
-                          event_time=EventTimeBounds.from_settings(s))
+                          registry_url=s.schema_registry_url, event_time=EventTimeBounds.from_settings(s))
             stopper["stop"] = worker.stop
             typer.echo(f"sink: {s.bootstrap} -> {store.describe(s.clickhouse_url)} database {database}, "
                        f"group {group or s.sink_group}", err=True)
@@ -166,13 +165,9 @@ def register(app: typer.Typer) -> None:
         idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Stop after this many seconds "
                                                    "without a record."),
         no_migrate: bool = typer.Option(False, "--no-migrate", help="Do not apply the schema migrations first."),
-        crash_after_inserts: Optional[int] = typer.Option(None, "--crash-after-inserts", hidden=True,
-                                                          help="Fault injection: SIGKILL itself after N inserts, "
-                                                               "before their commit."),
     ) -> None:
         """Store every event, derived output and dead letter in ClickHouse; serve the store read-only over HTTP."""
-        sys.exit(_serve(True, duration, no_serve, group, prefix, crash_after_inserts, idle_exit, port,
-                        not no_migrate))
+        sys.exit(_serve(True, duration, no_serve, group, prefix, idle_exit, port, not no_migrate))
 
     @app.command("serve-queries")
     def serve_queries_cmd(
@@ -180,7 +175,7 @@ def register(app: typer.Typer) -> None:
         port: Optional[int] = typer.Option(None, "--port", help="Port (YRDBUS_QUERY_PORT, default 8124)."),
     ) -> None:
         """Serve the embedded store read-only over the ClickHouse HTTP interface, without sinking."""
-        sys.exit(_serve(False, duration, False, None, "", None, None, port, True))
+        sys.exit(_serve(False, duration, False, None, "", None, port, True))
 
     @app.command("query")
     def query_cmd(
@@ -192,8 +187,8 @@ def register(app: typer.Typer) -> None:
         user: str = typer.Option("default", "--user", envvar="YRDBUS_QUERY_USER", help="Endpoint user."),
         password: str = typer.Option("", "--password", envvar="YRDBUS_QUERY_PASSWORD", help="Endpoint password."),
     ) -> None:
-        """Run a named analyst query (connectors/queries/NAME.sql) on the store."""
-        from connectors import queries
+        """Run a named analyst query (connectors/store/queries/NAME.sql) on the store."""
+        from connectors.store import queries
 
         if list_ or not name:
             lib = queries.library()
@@ -225,7 +220,7 @@ def register(app: typer.Typer) -> None:
         password: str = typer.Option("", "--password", envvar="YRDBUS_QUERY_PASSWORD", help="Endpoint password."),
     ) -> None:
         """Run ad-hoc read-only SQL on the store (through the live endpoint when a running bus owns it)."""
-        from connectors import queries
+        from connectors.store import queries
 
         try:
             params = queries.parse_params(param)
@@ -238,8 +233,8 @@ def query_client(user: str = "default", password: str = ""):
     """(client, where): the live endpoint of a running bus that owns the store, else the store itself."""
     import clickhouse_connect
 
-    from connectors.queryserver import running_endpoint
-    from yrdbus import store
+    from connectors.store.queryserver import running_endpoint
+    from connectors.store import client as store
 
     s = get_settings()
     database = _database_of(s.clickhouse_url, None)
@@ -277,8 +272,8 @@ def _run_and_print(sql: str, params: dict, fmt: str, user: str, password: str, j
     store is opened directly (the endpoint judges it itself when a running bus serves it)."""
     if fmt not in ("table", "json", "csv"):
         fail(f"--format {fmt!r}: expected table, json or csv")
-    from connectors.query_policy import Policy, QueryRefused
-    from yrdbus import store
+    from connectors.store.query_policy import Policy, QueryRefused
+    from connectors.store import client as store
 
     try:
         client, where = query_client(user, password)

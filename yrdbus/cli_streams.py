@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from yrdbus.cli_common import fail
-from yrdbus.settings import get_settings
+from schemas.settings import get_settings
 
 
 class Loop(str, Enum):
@@ -82,7 +82,7 @@ def worker(
                         data_dir=data_dir or settings.var_dir / "streams" / str(os.getpid()),
                         rules=str(rules) if rules else None, replication=replication, metrics_port=metrics_port)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    from yrdbus.kafka_config import KafkaSecurityError, describe, faust_credentials, secured
+    from schemas.kafka_config import KafkaSecurityError, describe, faust_credentials, secured
 
     try:
         fapp = build_app(cfg)
@@ -295,7 +295,7 @@ def _group_members(settings, group: str) -> int:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
-    from yrdbus.kafka_config import client_config
+    from schemas.kafka_config import client_config
 
     admin = AdminClient(client_config(settings, **{"socket.timeout.ms": 10000}))
     try:
@@ -327,7 +327,7 @@ def read_changelog(settings, topic: str, timeout: float = 60.0) -> dict[str, tup
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from yrdbus.kafka_config import client_config
+    from schemas.kafka_config import client_config
 
     c = Consumer(client_config(settings, **{"group.id": f"yrdbus-repair-{uuid.uuid4().hex[:8]}",
                                             "enable.auto.commit": False, "enable.partition.eof": False}))
@@ -372,7 +372,7 @@ def write_changelog(settings, topic: str, records: list[tuple[int, str, object]]
     value with its json serializer; a value None is a deletion); raises unless the broker acknowledged every one."""
     from confluent_kafka import Producer
 
-    from yrdbus.kafka_config import client_config
+    from schemas.kafka_config import client_config
 
     errors = []
     p = Producer(client_config(settings, **{"enable.idempotence": True, "acks": "all"}))
@@ -448,7 +448,7 @@ def evaluate(
     alert, and is listed apart.
     """
     from streams.evaluate import TruthError, load_truth, read_alerts_file, read_alerts_topic, score
-    from yrdbus import topics
+    from schemas import topics
 
     try:
         rows = load_truth(truth)

@@ -18,8 +18,8 @@ from schemas.codec import get_codec
 from schemas.contract import SOURCE_KINDS
 from schemas.reference import REGIONS
 from streams.derived import is_live
-from yrdbus import topics
-from yrdbus.kafka_config import kafka_security
+from schemas import topics
+from schemas.kafka_config import kafka_security
 
 
 @dataclass

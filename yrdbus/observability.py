@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 
 log = logging.getLogger("yrdbus.observability")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -39,8 +38,9 @@ from rich.table import Table
 
 from schemas.contract import SOURCE_KINDS
 from schemas.reference import REGIONS
-from yrdbus import store, topics
-from yrdbus.settings import Settings
+from schemas import topics
+from connectors.store import client as store
+from schemas.settings import Settings
 from yrdbus.stack import KafkaStack
 from yrdbus.supervisor import ChildSpec, RestartPolicy, Supervisor
 
@@ -64,7 +64,7 @@ def self_check(settings: Settings, echo=typer.echo) -> dict:
     run_id = uuid.uuid4().hex[:8]
     topic = "yrdbus.selfcheck"
     n = 100
-    from yrdbus.kafka_config import kafka_security
+    from schemas.kafka_config import kafka_security
 
     security = kafka_security(settings)
     producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True, "acks": "all",
@@ -277,7 +277,7 @@ class BusRun:
         import httpx2 as httpx
         from confluent_kafka.admin import AdminClient
 
-        from yrdbus.kafka_config import kafka_security
+        from schemas.kafka_config import kafka_security
 
         admin = AdminClient({"bootstrap.servers": self.settings.bootstrap, **kafka_security(self.settings)})
         deadline = time.monotonic() + timeout_s

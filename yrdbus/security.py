@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Iterable
 
 from schemas.reference import stations
-from yrdbus import topics
+from schemas import topics
 
 ADMIN = "admin"
 #: the KRaft controller listener's own principal (SASL/PLAIN: SCRAM credentials live in the metadata log,

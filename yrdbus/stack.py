@@ -1,7 +1,7 @@
 """The local stack: a real Apache Kafka broker (KRaft) started by the project.
 
-The jars are the official ones from Maven Central, pinned in
-``infra/kafka/pom.xml`` and copied by Maven into ``infra/kafka/target/lib``.
+The jars are the official ones from Maven Central, pinned in ``yrdbus/kafka/pom.xml`` (shipped with the
+package) and copied by Maven into a per-user cache folder (``kafka_lib_dir``).
 Each node is one JVM running Kafka's own main class, ``kafka.Kafka``, with a
 ``server.properties`` this module writes under ``<var>/kafka/node-<id>/``.
 Every node is both broker and controller, so one node is a whole cluster and
@@ -18,6 +18,8 @@ unchanged.
 from __future__ import annotations
 
 import base64
+import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -25,16 +27,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-KAFKA_INFRA = ROOT / "infra" / "kafka"
-KAFKA_LIB = KAFKA_INFRA / "target" / "lib"
+#: shipped with the package (a wheel too): the pinned broker and its logging
+KAFKA_FILES = Path(__file__).resolve().parent / "kafka"
+POM = KAFKA_FILES / "pom.xml"
+LOG4J = KAFKA_FILES / "log4j2.properties"
 
 
 class StackError(RuntimeError):
@@ -42,28 +46,47 @@ class StackError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- jars
-def ensure_kafka_jars(quiet: bool = False) -> Path:
-    """Resolve the pinned Kafka jars with Maven unless they are already there."""
-    stamp = KAFKA_LIB / ".pom-mtime"
-    pom = KAFKA_INFRA / "pom.xml"
-    if stamp.is_file() and stamp.read_text() == str(pom.stat().st_mtime_ns):
-        return KAFKA_LIB
+def kafka_lib_dir(settings: Settings | None = None) -> Path:
+    """Where the pinned jars are: ``YRDBUS_KAFKA_LIB_DIR``, else a per-user cache folder named by the pom's hash
+    (``$XDG_CACHE_HOME/yrdbus`` or ``~/.cache/yrdbus``), which every checkout and install of that pin shares."""
+    if settings is not None and settings.kafka_lib_dir is not None:
+        return Path(settings.kafka_lib_dir).expanduser().resolve()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    return cache / "yrdbus" / f"kafka-{digest}" / "lib"
+
+
+def ensure_kafka_jars(quiet: bool = False, settings: Settings | None = None) -> Path:
+    """The folder of the pinned Kafka jars, resolved with Maven (from its local repository, else Maven Central)
+    unless they are there already; one process at a time (a lock beside the folder)."""
+    lib = kafka_lib_dir(settings)
+    done = lib / ".complete"
+    if done.is_file():
+        return lib
     for tool, why in (("java", "run the Kafka broker (Java 17 or newer)"),
                       ("mvn", "fetch the pinned Kafka jars from Maven Central")):
         if shutil.which(tool) is None:
             raise StackError(f"'{tool}' is not on PATH: it is needed to {why}. "
                              f"Install it (Debian: apt-get install {'openjdk-17-jre-headless' if tool == 'java' else 'maven'}).")
-    if KAFKA_LIB.exists():
-        shutil.rmtree(KAFKA_LIB)
-    cmd = ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-           f"-DoutputDirectory={KAFKA_LIB}", "-DincludeScope=runtime"]
-    if not quiet:
-        print("Fetching the Kafka jars with Maven (once) ...", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise StackError("Maven could not resolve infra/kafka/pom.xml:\n" + (proc.stdout + proc.stderr)[-3000:])
-    stamp.write_text(str(pom.stat().st_mtime_ns))
-    return KAFKA_LIB
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with open(lib.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():                  # another process resolved them while this one waited
+            return lib
+        if lib.exists():
+            shutil.rmtree(lib)
+        # Maven reads the pom from a copy: the package's folder may not be writable, and Maven writes beside it
+        pom = lib.parent / "pom.xml"
+        shutil.copyfile(POM, pom)
+        cmd = ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+               f"-DoutputDirectory={lib}", "-DincludeScope=runtime"]
+        if not quiet:
+            print(f"Fetching the Kafka jars with Maven (once) into {lib} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"Maven could not resolve {POM}:\n" + (proc.stdout + proc.stderr)[-3000:])
+        done.write_text(f"{POM}\n")
+    return lib
 
 
 # --------------------------------------------------------------------------- layout
@@ -162,7 +185,7 @@ class KafkaStack:
 
     def admin_config(self) -> dict:
         """librdkafka options of the admin principal on this cluster (empty additions when it is plain)."""
-        from yrdbus.kafka_config import kafka_security
+        from schemas.kafka_config import kafka_security
 
         if self.security_protocol == "PLAINTEXT":
             return {}
@@ -240,7 +263,7 @@ class KafkaStack:
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         if not self.settings.embedded_kafka:
-            from yrdbus.kafka_config import kafka_security
+            from schemas.kafka_config import kafka_security
 
             return {"kafka": {"running": _answers(self.settings.bootstrap, config=kafka_security(self.settings)),
                               "external": True,
@@ -286,7 +309,7 @@ class KafkaStack:
         if len(running) == len(nodes):
             echo(f"Kafka is already running at {self.bootstrap(nodes)} (pid {', '.join(str(n.pid()) for n in nodes)}).")
             return self.status()
-        lib = ensure_kafka_jars(quiet=False)
+        lib = ensure_kafka_jars(quiet=False, settings=self.settings)
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if not layout:
@@ -352,7 +375,7 @@ class KafkaStack:
         if heap:
             cmd += [f"-Xmx{heap}", "-Xms256m", "-XX:+UseG1GC", *shlex.split(self.settings.kafka_jvm_options)]
         cmd += ["-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={KAFKA_INFRA / 'log4j2.properties'}",
+                f"-Dlog4j2.configurationFile={LOG4J}",
                 "-cp", f"{lib}/*", *args]
         return cmd
 

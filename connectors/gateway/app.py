@@ -40,7 +40,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from yrdbus.settings import Settings
+from schemas.settings import Settings
 
 from connectors.gateway.access import AccessControl, Forbidden, TokenEntry, Unauthorized
 from connectors.gateway.guard import WriteGuard, with_transport

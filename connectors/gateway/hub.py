@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,9 +33,9 @@ from aiokafka.structs import TopicPartition
 
 from schemas.codec import get_codec
 from schemas.errors import EventError
-from yrdbus import topics
-from yrdbus.kafka_config import aiokafka_security, kafka_security
-from yrdbus.settings import Settings
+from schemas import topics
+from schemas.kafka_config import aiokafka_security, kafka_security
+from schemas.settings import Settings
 
 from connectors.gateway.metrics import GatewayMetrics
 from connectors.gateway.selection import (
@@ -47,55 +46,6 @@ log = logging.getLogger("yrdbus.gateway")
 LAGGED = object()
 CLOSING = object()
 CUT = object()        # the connection was aborted (it stopped reading): the stream ends without a word
-
-
-def ensure_topics(bootstrap: str, names: list[str], prefix: str = "", timeout_s: float = 30.0,
-                  config: dict | None = None) -> dict[str, int]:
-    """Create the topics that do not exist yet and return each one's partition count.
-
-    A topic the bus declares (``yrdbus.topics``) is created as declared; any other
-    (``dlq.webhooks``) with the broker's defaults.
-    """
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(kafka_security() if config is None else config)})
-    meta = admin.list_topics(timeout=timeout_s)
-    missing = [n for n in names if n not in meta.topics or meta.topics[n].error]
-    if missing:
-        brokers = max(1, len(meta.brokers))
-        new = []
-        for n in missing:
-            declared = _declared(n, prefix)
-            if declared is None:
-                new.append(NewTopic(n))
-            else:
-                new.append(NewTopic(n, num_partitions=declared.partitions,
-                                    replication_factor=declared.replication_for(brokers),
-                                    config=declared.configs(brokers)))
-        for name, fut in admin.create_topics(new, operation_timeout=timeout_s).items():
-            try:
-                fut.result()
-            except Exception as exc:  # another process may have created it meanwhile
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
-    # A topic just created can take a moment to show its partitions, and their leaders, in the metadata.
-    deadline = time.monotonic() + timeout_s
-    while True:
-        meta = admin.list_topics(timeout=timeout_s)
-        lacking = [n for n in names if n not in meta.topics or meta.topics[n].error or not meta.topics[n].partitions
-                   or any(p.leader < 0 for p in meta.topics[n].partitions.values())]
-        if not lacking:
-            return {n: len(meta.topics[n].partitions) for n in names}
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topic(s) {', '.join(lacking)} still have no partitions {timeout_s:g} s after creation")
-        time.sleep(0.1)
-
-
-def _declared(name: str, prefix: str):
-    try:
-        return topics.spec(name, prefix)
-    except KeyError:
-        return None
 
 
 def decode_item(names: TopicNames, metrics: GatewayMetrics, record) -> Optional[Item]:
@@ -162,7 +112,7 @@ class Hub:
 
     async def start(self) -> None:
         wanted = self.names.all_alert_topics() + [self.names.webhook_dead_letters]
-        counts = await asyncio.to_thread(ensure_topics, self.bootstrap, wanted, self.names.prefix, 30.0,
+        counts = await asyncio.to_thread(topics.create_missing, self.bootstrap, wanted, self.names.prefix, 30.0,
                                          self.kafka_config)
         self.partitions = {t: counts[t] for t in self.names.all_alert_topics()}
         self._consumer = AIOKafkaConsumer(

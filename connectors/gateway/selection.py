@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 from schemas import contract, reference
 from schemas.reference import REGIONS
-from yrdbus import topics
+from schemas import topics
 
 from connectors.gateway.access import SEVERITIES, Forbidden, Scope
 

@@ -1,6 +1,6 @@
 """Faults survived with nothing lost and nothing doubled, on the real broker and the real engine.
 
-Each test publishes the same known events (``yrdbus.faults.workload``: the scripted incidents a-j inside
+Each test publishes the same known events (``kit.faults.workload``: the scripted incidents a-j inside
 84 hours of background traffic) through the station publisher while ``yrdbus worker`` and ``yrdbus sink``
 run as processes on a private copy of the bus, injects one fault while the stations publish, and then
 reads ClickHouse back: every published event id stored exactly once and no other row, and the derived
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from yrdbus import faults
-from yrdbus.settings import Settings
+from kit import faults
+from schemas.settings import Settings
 from yrdbus.stack import KafkaStack
 
 from conftest import RESULTS_ENV   # tests/conftest.py names the run's results file

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from yrdbus import faults
+from kit import faults
 
 from .conftest import finish
 

@@ -8,7 +8,7 @@ import signal
 import time
 
 
-from yrdbus import faults
+from kit import faults
 
 from .conftest import finish
 
@@ -43,7 +43,7 @@ def test_sink_killed_by_sigkill_mid_batch_and_restarted_stores_each_event_once(k
     bus.apply_topics()
     bus.worker.start()
     # 1. the sink dies by SIGKILL right after its third insert, before it commits that batch's offsets
-    bus.sink.start("--crash-after-inserts", "3")
+    bus.sink.start(argv=faults.kit_argv("sink", "--crash-after-inserts", "3", "--") + bus.sink_cmd)
     stations = bus.stations(wl, scale.publish_s).start()
     assert bus.sink.wait(scale.timeout_s) == -signal.SIGKILL, bus.sink.tail()
     # 2. restarted, it is killed from outside while the stations still publish

@@ -7,12 +7,11 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from yrdbus import faults
+from kit import faults
 
 from .conftest import finish
 
@@ -65,7 +64,7 @@ def test_store_disk_nearly_full_gives_a_clear_error_no_corruption_and_catches_up
         assert reads_while_full["events"] >= 0, "the store should still answer reads while its disk is full"
         assert re.search(r"not enough space|No space left|NOT_ENOUGH_SPACE", failed[0], re.IGNORECASE), failed[0]
         assert bus.sink.stop() == 0
-        check = subprocess.run([sys.executable, "-m", "yrdbus.faults", "check-store", str(bus.store_dir)],
+        check = subprocess.run(faults.kit_argv("check-store", str(bus.store_dir)),
                                capture_output=True, text=True, timeout=120, env=faults.clean_env())
         assert check.returncode == 0, check.stdout + check.stderr
         result.details["check"] = check.stdout

@@ -284,7 +284,7 @@ def migrate(client, target: Target, *, load_reference: bool = True, echo=None) -
         echo(f"applied {label}")
     result.ttl_changed = reconcile_ttl(client, target, migrations)
     if load_reference:
-        from connectors.clickhouse.reference import load_reference as _load_reference
+        from connectors.store.reference import load_reference as _load_reference
 
         result.reference_rows = _load_reference(client, target.database, cluster=target.cluster)
     return result

@@ -14,7 +14,7 @@ unchanged:
   ``X-ClickHouse-Exception-Code`` with ClickHouse's ``Code: N. DB::Exception: ...`` text;
 - ``/ping`` answers ``Ok.``; ``/metrics`` is the process's Prometheus metrics.
 
-Read-only and nothing outside the store: every statement is judged by ``connectors.query_policy`` (parsed
+Read-only and nothing outside the store: every statement is judged by ``connectors.store.query_policy`` (parsed
 by ClickHouse's own parser; statement kinds, output formats, settings, table functions and system tables
 from allow-lists; no ``INTO OUTFILE``; functions that reach files, hosts or processes refused) and the
 canonical text it admitted is what runs, on engine handles that are themselves in ``readonly = 2`` mode.
@@ -28,7 +28,7 @@ of their own (``YRDBUS_QUERY_USERS``: ``{"name": {"hash": ..., "max_execution_ti
 "max_result_rows": 100000, "max_memory_usage_bytes": 500000000, "max_concurrent_queries": 1,
 "regions": ["SH"]}}``): a region-scoped user sees the rows of their regions only
 (``additional_table_filters`` keyed by the store's own database, whatever database the client names;
-the same conditions as the server row policies of ``connectors.clickhouse.access``) and reads no table
+the same conditions as the server row policies of ``connectors.store.access``) and reads no table
 outside the store's regional and reference tables.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ import time
 import uuid
 from pathlib import Path
 
-from connectors.query_policy import LOWER_ONLY, Admitted, Policy, QueryRefused, check_format, check_setting
+from connectors.store.query_policy import LOWER_ONLY, Admitted, Policy, QueryRefused, check_format, check_setting
 
 log = logging.getLogger("yrdbus.queryserver")
 
@@ -235,7 +235,7 @@ class Engine:
             if limits.max_result_rows:
                 assign["max_result_rows"] = str(limits.max_result_rows)
             if limits.regions:
-                from connectors.clickhouse.access import table_filters
+                from connectors.store.access import table_filters
 
                 assign["additional_table_filters"] = _map_literal(table_filters(self.database, limits.regions))
             conn.query("SET " + ", ".join(f"{k} = {v}" for k, v in assign.items()), "TabSeparated")

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from yrdbus import topics
+from schemas import topics
 
 #: event kind -> table
 TABLE_OF_KIND = {

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from yrdbus.settings import Settings, get_settings
+from schemas.settings import Settings, get_settings
 
 
 class KafkaSecurityError(ValueError):

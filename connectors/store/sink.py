@@ -41,7 +41,7 @@ marks the partitions to be checked against the batch log, which the main loop do
 
 **Fast path.** Records are not decoded in Python (about 13-18 us each with fastavro): the sink checks the
 framing and the schema id (a dict look-up) and hands ClickHouse the Avro bodies in one container block
-(``connectors/clickhouse/tables.py``).
+(``connectors/store/tables.py``).
 """
 from __future__ import annotations
 
@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import re
-import signal
 import tempfile
 import threading
 import time
@@ -60,7 +59,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from connectors.clickhouse import tables as T
+from connectors.store import tables as T
 from schemas import contract
 from schemas.errors import EventError, UndecodableError, UnknownSchemaError
 from schemas.eventtime import SOURCE_KINDS, EventTimeBounds, OccurredAtReader, _skip_plan
@@ -429,9 +428,9 @@ class Sink:
     def __init__(self, *, bootstrap: str, client, database: str = "yrdbus", embedded: bool = True,
                  group: str = "yrdbus-sink", prefix: str = "", batch_rows: int = 50_000,
                  batch_age_s: float = 1.0, registry_url: str | None = None, consume_batch: int = 10_000,
-                 crash_after_inserts: int | None = None, kafka_config: dict | None = None,
+                 kafka_config: dict | None = None,
                  event_time: EventTimeBounds | None = None):
-        from yrdbus.kafka_config import kafka_security
+        from schemas.kafka_config import kafka_security
 
         self.bootstrap = bootstrap
         # security options of the sink's principal (docs/security.md); default: the process's settings
@@ -445,15 +444,13 @@ class Sink:
         self.consume_batch = consume_batch
         self.schemas = WriterSchemas(registry_url)
         if event_time is None:
-            from yrdbus.settings import get_settings
+            from schemas.settings import get_settings
 
             event_time = EventTimeBounds.from_settings(get_settings())
         self.event_time = event_time
         self._occurred_at = OccurredAtReader(self.schemas.get)
         self._plans: dict[int, list | None] = {}         # schema id -> skip plan to occurred_at (None: none)
         self._registry_url = registry_url
-        self._crash_after = crash_after_inserts
-        self._inserts = 0
         self._stop = threading.Event()
         self._batches: dict[str, Batch] = {}
         self._ready: list[Batch] = []                   # full batches, to write in this order
@@ -833,9 +830,6 @@ class Sink:
                             batch.table, attempt, delay, _first_line(exc, 300))
                 self._pause()
                 self._wait(delay, batch)
-        self._inserts += 1
-        if self._crash_after is not None and self._inserts >= self._crash_after:
-            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for tests: die after an insert, before the commit
         if not self._dead_letter(batch):
             return False
         ROWS_WRITTEN.labels(batch.table).inc(batch.written)

@@ -97,7 +97,7 @@ class Script:
 
     def encoded(self, codec, prefix: str = "") -> list[tuple[str, bytes, bytes]]:
         """(topic, key, value) of every event, in event-time order."""
-        from yrdbus import topics
+        from schemas import topics
 
         out = []
         for kind, region, key, rec in sorted(self.events, key=lambda e: (e[3]["occurred_at"], e[3]["event_id"])):

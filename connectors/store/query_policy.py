@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from connectors.clickhouse.access import REGION_CONDITIONS
+from connectors.store.access import REGION_CONDITIONS
 
 
 class QueryRefused(Exception):

@@ -3,7 +3,7 @@
 Each fault test (``tests/faults/``) does the same four things:
 
 1. **Publish a known set of events.** ``workload()`` builds the scripted incidents a-j of
-   docs/scenarios.md (``streams.scripted``, the stream layer's deterministic stand-in for the
+   docs/scenarios.md (``kit.scripted``, the stream layer's deterministic stand-in for the
    simulator's scenarios, with its ground truth) inside hours of plain background traffic; the
    ``Stations`` publish them with the real station publisher (idempotent, ``acks=all``), paced over a
    number of seconds so that the fault strikes while they publish.
@@ -20,7 +20,7 @@ Each fault test (``tests/faults/``) does the same four things:
 ``YRDBUS_FAULTS=short`` (the default, what ``make test`` runs) uses a small workload and short outages;
 ``YRDBUS_FAULTS=full`` (``make faults``) a larger one and a one-minute ClickHouse outage.
 
-``python -m yrdbus.faults`` holds the harness's own processes: ``sink`` runs ``yrdbus sink`` with two
+``python -m kit.faults`` holds the harness's own processes: ``sink`` runs ``yrdbus sink`` with two
 signal handlers that take the store away under it and bring it back (below), ``check-store`` opens a
 store folder in a fresh process and checks every table, ``table`` prints a results file.
 """
@@ -41,11 +41,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import typer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = ROOT / "tests"
 
 #: 2017-06-01T08:00Z: the scripted incidents' reference time (as in the stream layer's own tests)
 T0 = 1_496_304_000_000
@@ -118,7 +119,7 @@ def workload(background_per_hour: int, pvg_per_hour: int = 0, seed: int = 11) ->
     FLOW_SURGE_SUPPORT alerts (the rule judges each port against the hour-of-week level it has seen), which the
     ground truth does not list. So both scales use 12 an hour; ``pvg_per_hour`` is there to study that rule.
     """
-    from streams.scripted import Script, background, incidents, token
+    from kit.scripted import Script, background, incidents, token
 
     script = Script(seed)
     incidents(script, T0)
@@ -359,6 +360,12 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def kit_argv(*args: str) -> list[str]:
+    """The command line of ``python -m kit.faults ARGS`` in a child that finds the kit (``tests/`` on its path)."""
+    boot = f"import sys; sys.path.insert(0, {str(TESTS)!r}); from kit.faults import main; sys.exit(main())"
+    return [sys.executable, "-c", boot, *args]
+
+
 def yrdbus_argv() -> list[str]:
     exe = Path(sys.executable).with_name("yrdbus")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "yrdbus.cli"]
@@ -373,14 +380,14 @@ class Proc:
         self.starts = 0
         self.exits: list[int] = []
 
-    def start(self, *extra: str) -> "Proc":
-        """Start it (again); ``extra`` arguments for this start only."""
+    def start(self, *extra: str, argv: list[str] | None = None) -> "Proc":
+        """Start it (again); ``extra`` arguments, or another command line ``argv``, for this start only."""
         if self.alive:
             raise FaultError(f"{self.name} is already running (pid {self.proc.pid})")
         self.starts += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([*self.argv, *extra], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen([*(argv or self.argv), *extra], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         return self
 
@@ -512,9 +519,8 @@ class Bus:
                                        "--partitions", str(partitions), "--replication", str(replication),
                                        "--data-dir", str(self.root / "worker")]
         self.worker = Proc("worker", worker_argv, clean_env(**base), self.log_dir)
-        sink_cmd = ["sink", "--prefix", self.prefix, "--group", self.group, "--port", str(self.query_port)]
-        sink_argv = ([sys.executable, "-m", "yrdbus.faults", "sink", "--"] if harness_sink else yrdbus_argv()) \
-            + sink_cmd
+        self.sink_cmd = ["sink", "--prefix", self.prefix, "--group", self.group, "--port", str(self.query_port)]
+        sink_argv = (kit_argv("sink", "--") if harness_sink else yrdbus_argv()) + self.sink_cmd
         self.sink_env = clean_env(**base, YRDBUS_CLICKHOUSE_URL=f"chdb://{self.store_dir}",
                                   YRDBUS_SINK_BATCH_ROWS=str(sink_batch_rows), YRDBUS_SINK_BATCH_AGE_S="0.5",
                                   **(sink_env or {}))
@@ -524,12 +530,12 @@ class Bus:
 
     # ------------------------------------------------------------------ set-up
     def apply_topics(self) -> list:
-        from yrdbus import topics
+        from schemas import topics
 
         return topics.apply(self.bootstrap, prefix=self.prefix, timeout=60)
 
     def describe_topics(self) -> list[dict]:
-        from yrdbus import topics
+        from schemas import topics
 
         return topics.describe(self.bootstrap, prefix=self.prefix)
 
@@ -581,8 +587,8 @@ class Bus:
     def caught_up(self) -> bool:
         """Whether the worker's and the sink's groups have committed everything there is to read (the worker's
         own topics: everything they held once the sources were done, ``CaughtUp``)."""
-        from connectors.clickhouse import tables as T
-        from yrdbus import topics
+        from connectors.store import tables as T
+        from schemas import topics
 
         if self._worker_caught_up is None:
             self._worker_caught_up = CaughtUp(self.bootstrap, self.app_id,
@@ -863,7 +869,7 @@ def _store_outage_handlers(url: str, database: str = "yrdbus") -> None:
     inside the signal handler (which may interrupt the sink in the middle of a client call)."""
     import queue
 
-    from yrdbus import store
+    from connectors.store import client as store
 
     path = str(store.embedded_path(url))
     orders: queue.Queue = queue.Queue()
@@ -895,9 +901,27 @@ def _store_outage_handlers(url: str, database: str = "yrdbus") -> None:
     signal.signal(signal.SIGUSR2, lambda *_: orders.put("attach"))
 
 
+def _crash_after_inserts(n: int) -> None:
+    """Make the sink of this process die (SIGKILL) right after its ``n``-th insert, before it dead-letters what the
+    insert set aside and commits the batch's offsets: the crash a replay must store exactly once."""
+    from connectors.store.sink import Sink
+
+    write = Sink._write
+    done = [0]
+
+    def crashing_write(self, *args, **kwargs):
+        result = write(self, *args, **kwargs)
+        done[0] += 1
+        if done[0] >= n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    Sink._write = crashing_write
+
+
 def check_store(folder: Path, database: str = "yrdbus") -> dict:
     """Open a store folder in this (fresh) process: CHECK TABLE on every MergeTree table, and the row counts."""
-    from yrdbus import store
+    from connectors.store import client as store
 
     client = store.get_client(f"chdb://{folder}")
     tables = [r[0] for r in client.query(
@@ -923,11 +947,18 @@ def main(argv: list[str] | None = None) -> int:
                       add_completion=False)
 
     @app.command("sink", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def sink(ctx: typer.Context) -> None:
-        """`yrdbus sink ARGS`, with SIGUSR1 taking the store's tables away under it and SIGUSR2 bringing them back."""
-        from yrdbus.settings import get_settings
+    def sink(ctx: typer.Context,
+             crash_after_inserts: Optional[int] = typer.Option(
+                 None, "--crash-after-inserts", min=1,
+                 help="SIGKILL the process after this many inserts, each before its offsets are committed.")
+             ) -> None:
+        """`yrdbus sink ARGS`, with SIGUSR1 taking the store's tables away under it and SIGUSR2 bringing them back
+        (options of the harness before ``--``, the sink's after it)."""
+        from schemas.settings import get_settings
 
         _store_outage_handlers(get_settings().clickhouse_url)
+        if crash_after_inserts is not None:
+            _crash_after_inserts(crash_after_inserts)
         from yrdbus.cli import app as yrdbus_app
 
         yrdbus_app(args=list(ctx.args), prog_name="yrdbus")
@@ -947,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
         typer.echo(table(rows, markdown=markdown))
 
-    app(args=argv, prog_name="python -m yrdbus.faults")
+    app(args=argv, prog_name="python -m kit.faults")
     return 0
 
 

@@ -5,7 +5,9 @@
 factor); ``apply()`` makes a cluster match it: creates what is missing, adds
 partitions, alters configs that differ. Running it twice changes nothing the
 second time. ``yrdbus topics apply`` and ``yrdbus topics list`` are its
-command line.
+command line. Every topic the bus creates is created here: ``apply()`` (the
+command line, the stream worker's own topics), ``ensure()`` (a publisher
+before its first event) and ``create_missing()`` (the gateway's topics).
 """
 from __future__ import annotations
 
@@ -142,7 +144,7 @@ class TopicsError(RuntimeError):
 def _admin(bootstrap: str):
     from confluent_kafka.admin import AdminClient
 
-    from yrdbus.kafka_config import kafka_security
+    from schemas.kafka_config import kafka_security
 
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000, **kafka_security()})
 
@@ -341,3 +343,56 @@ def ensure(bootstrap: str, prefix: str = "", timeout: float = 30.0) -> list[Chan
         if "AUTHORIZATION_FAILED" in str(exc):
             return []
         raise
+
+
+def create_missing(bootstrap: str, names: list[str], prefix: str = "", timeout_s: float = 30.0,
+                  config: dict | None = None) -> dict[str, int]:
+    """Create those of ``names`` that do not exist yet, wait until each has its partitions and their leaders, and
+    return each one's partition count: for a client that only needs its topics there (the gateway), where
+    ``apply`` makes a whole cluster match the definitions.
+
+    A topic defined here is created as defined; any other (``dlq.webhooks``) with the broker's defaults.
+    ``config``: the client's own security options (default: the process's settings).
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from schemas.kafka_config import kafka_security
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(kafka_security() if config is None else config)})
+    meta = admin.list_topics(timeout=timeout_s)
+    missing = [n for n in names if n not in meta.topics or meta.topics[n].error]
+    if missing:
+        brokers = max(1, len(meta.brokers))
+        new = []
+        for n in missing:
+            declared = _declared(n, prefix)
+            if declared is None:
+                new.append(NewTopic(n))
+            else:
+                new.append(NewTopic(n, num_partitions=declared.partitions,
+                                    replication_factor=declared.replication_for(brokers),
+                                    config=declared.configs(brokers)))
+        for name, fut in admin.create_topics(new, operation_timeout=timeout_s).items():
+            try:
+                fut.result()
+            except Exception as exc:  # another process may have created it meanwhile
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    # A topic just created can take a moment to show its partitions, and their leaders, in the metadata.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = admin.list_topics(timeout=timeout_s)
+        lacking = [n for n in names if n not in meta.topics or meta.topics[n].error or not meta.topics[n].partitions
+                   or any(p.leader < 0 for p in meta.topics[n].partitions.values())]
+        if not lacking:
+            return {n: len(meta.topics[n].partitions) for n in names}
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic(s) {', '.join(lacking)} still have no partitions {timeout_s:g} s after creation")
+        time.sleep(0.1)
+
+
+def _declared(name: str, prefix: str):
+    try:
+        return spec(name, prefix)
+    except KeyError:
+        return None

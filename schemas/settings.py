@@ -43,9 +43,12 @@ class Settings(BaseSettings):
         description="More JVM options of each embedded broker. The default compiles with the client JIT only: an "
                     "embedded broker's traffic is small, and its start-up and a 60,000-record round trip took about "
                     "40 % less CPU (docs/benchmarks.md); empty for the JVM's defaults.")
+    kafka_lib_dir: Optional[Path] = Field(
+        None, description="Folder of the pinned Kafka jars (`yrdbus stack jars` fills it with Maven). Unset: a "
+                          "per-user cache folder named by the pin, $XDG_CACHE_HOME/yrdbus or ~/.cache/yrdbus.")
     kafka_start_timeout_s: float = Field(90.0, description="How long `stack up` waits for the broker to answer a metadata request.")
 
-    # --- Kafka security (docs/security.md; every client reads these through yrdbus.kafka_config) ---------
+    # --- Kafka security (docs/security.md; every client reads these through schemas.kafka_config) ---------
     kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How clients talk to Kafka: PLAINTEXT, SASL_PLAINTEXT or SASL_SSL (SCRAM over TLS).")
     kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = Field(
