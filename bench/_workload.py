@@ -55,9 +55,9 @@ def _ms(dt: datetime) -> int:
 def generate(n: int, seed: int = SEED) -> Workload:
     """About ``n`` events of simulated traffic with planted cross-region hits."""
     from connectors.simulator.engine import Options, Simulation
+    from schemas import topics
     from schemas.codec import get_codec
     from schemas.reference import REGIONS, ports
-    from schemas import topics
 
     codec = get_codec()
     rng = random.Random(seed)

@@ -406,9 +406,9 @@ def wait_http(port: int, path: str, timeout: float, proc) -> None:
 
 
 def ramp(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict:
+    from schemas import topics
     from schemas.codec import get_codec
     from streams.decoding import PlainDecoder
-    from schemas import topics
 
     prefix = "ramp."
     topics.apply(boot, prefix=prefix)
@@ -582,8 +582,8 @@ def subject_states(n: int, seed: int = 5):
 def memory(boot: str, wl: W.Workload, tmp: Path, sampler: H.ProcSampler) -> dict:
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from streams.app import subject_partition
     from schemas import topics
+    from streams.app import subject_partition
 
     prefix = "mem."
     app_id = prefix + "w"

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import bench
+from kit.faults import free_port
 from schemas.settings import Settings
 from yrdbus.stack import KafkaStack
-from kit.faults import free_port
 
 RUNS = 3
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
@@ -67,8 +67,8 @@ def _compression(bootstrap: str) -> list[dict]:
 
     from connectors.publisher import PRODUCER_CONFIG
     from connectors.simulator import Options, Simulation
-    from schemas.codec import get_codec
     from schemas import topics
+    from schemas.codec import get_codec
 
     codec = get_codec()
     events = [(e[3], codec.encode(e[2], e[3])) for e in Simulation(Options(seed=3, span_hours=12)).events()

@@ -51,10 +51,10 @@ def bench_sink(client, bootstrap: str, n: int) -> dict:
     from confluent_kafka import Producer
 
     from connectors.store import Target, migrate
-    from kit import synthetic
     from connectors.store.sink import Sink
-    from schemas.codec import get_codec
+    from kit import synthetic
     from schemas import topics
+    from schemas.codec import get_codec
 
     prefix = f"bench{random.randrange(10**6)}."
     topics.apply(bootstrap, prefix=prefix)

@@ -43,11 +43,11 @@ from typing import BinaryIO, Callable, Iterator
 from confluent_kafka import KafkaError, KafkaException
 
 from schemas import contract, reference
+from schemas import topics
 from schemas.errors import EventError, UndecodableError, ValidationError
 from schemas.jsonform import from_json
 from schemas.pseudonym import Pseudonymizer
 from schemas.validation import validate
-from schemas import topics
 
 SOURCE_KINDS = contract.SOURCE_KINDS
 #: raw identity fields a station export may carry; turned into tokens, never published

@@ -21,8 +21,8 @@ from confluent_kafka import KafkaError, Producer
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from schemas import reference
-from schemas.codec import get_codec
 from schemas import topics
+from schemas.codec import get_codec
 from schemas.kafka_config import kafka_security
 
 #: Producer settings, each on purpose.

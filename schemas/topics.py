@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from schemas.reference import REGIONS
 from schemas.contract import SOURCE_KINDS
+from schemas.reference import REGIONS
 
 DERIVED_ALERTS = "alerts.derived"
 TRENDS = "trends"

@@ -32,17 +32,17 @@ from pathlib import Path
 
 import faust
 
+from schemas import kafka_config, topics
 from schemas.codec import get_codec
 from schemas.errors import EventError
 from schemas.eventtime import EventTimeBounds
+from schemas.settings import get_settings
 from streams import faust_workarounds, metrics, ruleset
 from streams.decoding import PlainDecoder
 from streams.emitter import Emitter
 from streams.faust_workarounds import SubjectTable, subject_partition
 from streams.regional_stage import WATERMARK_KEY, RegionalStage, origin_of, source_of
 from streams.subject_stage import SubjectStage, restorable, upstream_key
-from schemas import kafka_config, topics
-from schemas.settings import get_settings
 
 log = logging.getLogger("yrdbus.streams")
 

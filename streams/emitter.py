@@ -8,10 +8,10 @@ import time
 
 import faust
 
+from schemas import topics
 from schemas.deadletter import headers_for
 from streams import derived, metrics
 from streams.events import for_avro
-from schemas import topics
 
 log = logging.getLogger("yrdbus.streams")
 

@@ -18,8 +18,8 @@ import pytest
 from confluent_kafka import Producer
 
 from connectors.gateway import Gateway
-from connectors.gateway.app import make_server
 from connectors.gateway.access import hash_token, new_token
+from connectors.gateway.app import make_server
 from schemas.codec import get_codec
 from schemas.settings import Settings
 

@@ -16,17 +16,17 @@ from datetime import datetime, timezone
 
 from prometheus_client import CollectorRegistry
 
-from connectors.store import Target, migrate
 from connectors.publisher import StationPublisher
 from connectors.simulator import Options, Simulation
+from connectors.store import Target, migrate
 from connectors.store.sink import Sink
+from schemas import topics
 from schemas.codec import get_codec
 from streams import ruleset
+from streams import subject as subject_rules
 from streams.events import for_avro, plain
 from streams.flow import FlowCounter
 from streams.regional import RegionalRules
-from streams import subject as subject_rules
-from schemas import topics
 
 DAY_START = datetime(2017, 6, 5, tzinfo=timezone.utc)   # a Monday, the simulator's default start
 

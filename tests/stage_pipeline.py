@@ -16,17 +16,17 @@ import json
 from collections import defaultdict
 
 from connectors.publisher import StationPublisher
+from kit.scripted import _dt
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.eventtime import EventTimeBounds
+from schemas.settings import get_settings
 from streams import derived, ruleset
-from streams.evaluate import last_versions
 from streams.decoding import PlainDecoder
+from streams.evaluate import last_versions
 from streams.faust_workarounds import subject_partition
 from streams.regional_stage import RegionalStage
-from kit.scripted import _dt
 from streams.subject_stage import SubjectStage, upstream_key
-from schemas import topics
-from schemas.settings import get_settings
 
 REGIONS = ("SH", "JS", "ZJ", "AH")
 SOURCE_PARTITIONS = topics.DEFAULT_PARTITIONS

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from observability_day import seed
 from connectors.store import client as store
-from yrdbus import report
 from schemas.settings import Settings
+from yrdbus import report
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISIONING = ROOT / "dashboards" / "provisioning"

@@ -5,11 +5,11 @@ import time
 
 from confluent_kafka import Consumer, Producer
 
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.deadletter import dead_letter, read_headers
 from schemas.errors import EventError
 from schemas.examples import example
-from schemas import topics
 
 
 def test_bad_events_arrive_on_the_dead_letter_topic_with_reason_headers_and_original_bytes(kafka, unique):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from yrdbus.stack import KafkaStack
 from connectors.store import client as store
+from yrdbus.stack import KafkaStack
 
 from conftest import embedded_settings
 

@@ -32,9 +32,9 @@ from connectors.store.query_policy import ALLOWED_SETTINGS, QueryRefused
 from connectors.store.queryserver import UserLimits
 from connectors.store.sink import Sink
 from fuzzing import E2E_EXAMPLES, SQL, fuzz
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.examples import example
-from schemas import topics
 
 KEYWORDS = ["SELECT", "WITH 1 AS a SELECT", "SHOW TABLES", "SHOW DATABASES", "SHOW PROCESSLIST", "DESCRIBE",
             "DESC", "EXISTS", "EXPLAIN", "EXPLAIN AST", "EXPLAIN ESTIMATE", "INSERT INTO", "DROP TABLE",

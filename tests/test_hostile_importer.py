@@ -455,8 +455,8 @@ def cli(monkeypatch):
 
     import yrdbus.cli_stations as cli_stations
     from schemas import topics
-    from yrdbus.cli import app
     from schemas.settings import get_settings
+    from yrdbus.cli import app
 
     monkeypatch.setattr(publisher_module, "Producer", FakeProducer)
     monkeypatch.setattr(cli_stations, "_reachable", lambda bootstrap: None)

@@ -22,14 +22,14 @@ import clickhouse_connect
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from conftest import free_port
 from connectors.store import Target, migrate
 from connectors.store.sink import Sink, WriterSchemas, about_the_data, occurred_at_ms
-from conftest import free_port
 from kit import synthetic
 from kit.faults import kit_argv
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.eventtime import OccurredAtReader, _skip_plan
-from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[1]
 UTC = timezone.utc

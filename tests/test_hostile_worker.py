@@ -23,22 +23,22 @@ import pytest
 from confluent_kafka import Producer
 from typer.testing import CliRunner
 
+from kit.scripted import HOUR, Script, background, token
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.deadletter import read_headers
 from schemas.errors import EventTimeTooEarlyError, FutureEventError
 from schemas.eventtime import EventTimeBounds
+from schemas.settings import get_settings
 from streams import ruleset
 from streams.app import StreamsConfig, WATERMARK_KEY, build_app, ensure_topics, restorable, subject_partition
 from streams.decoding import PlainDecoder
-from streams.event_time import Watermark
 from streams.evaluate import read_alerts_topic
+from streams.event_time import Watermark
 from streams.flow import FlowCounter, FlowSurge
 from streams.regional import RegionalRules
-from kit.scripted import HOUR, Script, background, token
 from streams.trends import Trends
-from schemas import topics
 from yrdbus.cli_streams import changelog_topic, plan_watermark_repair, read_changelog, write_changelog
-from schemas.settings import get_settings
 
 from test_streams_worker import YRDBUS, publish, records_on, wait_for, workers  # noqa: F401  (workers: a fixture)
 

@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from connectors.importer import Importer, RowImporter, infer_kind, read_csv
 from connectors.publisher import StationPublisher
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.deadletter import read_headers
 from schemas.errors import EventError
 from schemas.pseudonym import Pseudonymizer
-from schemas import topics
 
 ROOT = Path(__file__).resolve().parents[1]
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))

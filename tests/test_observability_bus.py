@@ -21,9 +21,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port
+from schemas.settings import Settings
 from yrdbus import observability as obs
 from yrdbus import report
-from schemas.settings import Settings
 from yrdbus.supervisor import ChildSpec, Supervisor
 
 YRDBUS = [str(Path(sys.executable).with_name("yrdbus"))]

@@ -11,8 +11,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from yrdbus import observability as obs
 from schemas.settings import Settings
+from yrdbus import observability as obs
 
 
 def test_promtool_checks_the_configuration_and_the_rules():

@@ -25,10 +25,10 @@ from streams.evaluate import read_alerts_topic
 from test_order_suite import in_event_time, simulate
 from test_scaleout import group_offsets, members, short_partitions
 from test_streams_worker import WorkerProcess, keys_on, publish, wait_for, workers  # noqa: F401
-from schemas import topics
 from kit.faults import CaughtUp
-from yrdbus.cli_streams import changelog_topic, read_changelog
+from schemas import topics
 from schemas.settings import Settings
+from yrdbus.cli_streams import changelog_topic, read_changelog
 
 SEED = int(os.environ.get("YRDBUS_ORDER_SEEDS", "11").split(",")[0])
 SCALE = 0.05

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 from conftest import embedded_settings
 from connectors.publisher import StationPublisher
 from connectors.simulator import Options, Simulation
-from schemas.codec import get_codec
 from schemas import topics
+from schemas.codec import get_codec
 from yrdbus.stack import KafkaStack
 
 

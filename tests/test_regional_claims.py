@@ -8,15 +8,15 @@ import json
 
 import pytest
 
+from kit.scripted import Script, _dt, token
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.eventtime import EventTimeBounds
+from schemas.settings import get_settings
 from streams import ruleset
 from streams.decoding import PlainDecoder
 from streams.regional_stage import RegionalStage
-from kit.scripted import Script, _dt, token
 from streams.subject_stage import upstream_key
-from schemas import topics
-from schemas.settings import get_settings
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 

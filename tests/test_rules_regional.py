@@ -8,13 +8,13 @@ import random
 
 import pytest
 
+from kit.scripted import DAY, HOUR, Script, token
 from schemas.reference import ports
 from streams import derived, ruleset
 from streams.event_time import RecordClock, Watermark
 from streams.events import plain
 from streams.flow import FlowCounter, FlowSurge
 from streams.regional import RegionalRules
-from kit.scripted import DAY, HOUR, Script, token
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 

@@ -9,9 +9,9 @@ import itertools
 
 import pytest
 
+from kit.scripted import HOUR, Script, token
 from streams import ruleset, subject
 from streams.events import plain
-from kit.scripted import HOUR, Script, token
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 

@@ -18,15 +18,15 @@ import random
 
 import pytest
 
+from kit.scripted import HOUR, Script, token
 from schemas.codec import get_codec
 from schemas.eventtime import EventTimeBounds
+from schemas.settings import get_settings
 from streams import derived, ruleset
 from streams import subject as subject_rules
 from streams.decoding import PlainDecoder
 from streams.events import for_avro
 from streams.subject_stage import SubjectStage
-from schemas.settings import get_settings
-from kit.scripted import HOUR, Script, token
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
 

@@ -171,8 +171,8 @@ def test_a_crash_loop_stops_the_run_with_a_clear_message(tmp_path):
     import pytest
     from rich.console import Console
 
-    from yrdbus.run import BusRun, CrashLoop, RunOptions
     from schemas.settings import Settings
+    from yrdbus.run import BusRun, CrashLoop, RunOptions
     from yrdbus.supervisor import ChildSpec, RestartPolicy, Supervisor
 
     out = io.StringIO()
@@ -206,9 +206,9 @@ def test_a_timed_run_whose_simulator_ends_past_its_time_waits_for_it_and_then_dr
 
     from rich.console import Console
 
+    from schemas.settings import Settings
     from yrdbus import run as run_module
     from yrdbus.run import BusRun, RunOptions
-    from schemas.settings import Settings
     from yrdbus.supervisor import ChildSpec, Supervisor
 
     class QuietBus:   # what the monitor reads of a bus with nothing left to consume

@@ -23,12 +23,12 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.codec import get_codec
 from stage_pipeline import in_order, live
+from kit.scripted import HOUR, Script, background, incidents
 from streams import derived
 from streams.evaluate import last_versions, read_alerts_topic
-from kit.scripted import HOUR, Script, background, incidents
 from test_streams_worker import publish, records_on
-from schemas import topics
 from kit.faults import CaughtUp
+from schemas import topics
 from schemas.settings import Settings
 from yrdbus.stack import KafkaStack
 

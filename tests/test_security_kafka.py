@@ -23,14 +23,14 @@ from confluent_kafka.admin import AdminClient
 
 from connectors.store import Target, migrate
 from connectors.store.sink import Sink
-from schemas.codec import get_codec
-from schemas.examples import example
-from streams.evaluate import score
-from streams.events import plain
 from kit.scripted import HOUR, Script, background, incidents
 from schemas import topics
-from yrdbus import security
+from schemas.codec import get_codec
+from schemas.examples import example
 from schemas.kafka_config import kafka_security
+from streams.evaluate import score
+from streams.events import plain
+from yrdbus import security
 
 ROOT = Path(__file__).resolve().parents[1]
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))

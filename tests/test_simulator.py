@@ -17,9 +17,9 @@ from connectors.simulator import Options, Simulation
 from connectors.simulator.records import HOUR, ms_of
 from connectors.simulator.traffic import SERIES_LETTERS
 from schemas import reference
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.validation import validate
-from schemas import topics
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 REF = Path(__file__).resolve().parents[1] / "schemas" / "reference"

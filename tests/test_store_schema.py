@@ -6,11 +6,11 @@ import re
 import clickhouse_connect
 import pytest
 
-from connectors.store import Target, load, migrate, render, render_script
-from connectors.store.schema import table_layout
-from connectors.store.queryserver import QueryServer, hash_password
-from schemas import reference
 from conftest import free_port
+from connectors.store import Target, load, migrate, render, render_script
+from connectors.store.queryserver import QueryServer, hash_password
+from connectors.store.schema import table_layout
+from schemas import reference
 
 
 def test_migrate_twice_applies_once_and_records_every_migration(ch):

@@ -14,13 +14,13 @@ import clickhouse_connect
 import pytest
 from confluent_kafka import Producer
 
+from conftest import free_port
 from connectors.store import Target, migrate
+from connectors.store.sink import Sink
 from kit import synthetic
 from kit.faults import kit_argv
-from connectors.store.sink import Sink
-from schemas.codec import get_codec
-from conftest import free_port
 from schemas import topics
+from schemas.codec import get_codec
 
 ROOT = Path(__file__).resolve().parents[1]
 YRDBUS = [sys.executable, "-m", "yrdbus.cli"]

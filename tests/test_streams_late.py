@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 import uuid
 
+from kit.scripted import HOUR, Script, token
+from schemas import topics
 from schemas.codec import get_codec
 from streams import ruleset
 from streams.app import StreamsConfig, ensure_topics
 from streams.evaluate import read_alerts_topic
-from kit.scripted import HOUR, Script, token
-from schemas import topics
 
 from test_hostile_worker import _metrics
 from test_streams_worker import publish, wait_for, workers  # noqa: F401  (workers: a fixture)

@@ -15,8 +15,8 @@ import uuid
 from streams.evaluate import read_alerts_topic
 from test_hostile_worker import _metrics
 from test_streams_worker import YRDBUS, wait_for, workers  # noqa: F401 (fixture)
-from schemas import topics
 from kit.faults import CaughtUp
+from schemas import topics
 
 
 def simulate(kafka, prefix: str, *args: str) -> dict:

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from kit.scripted import HOUR, Script, background, incidents
+from schemas import topics
 from schemas.codec import get_codec
 from streams import derived
 from streams.app import StreamsConfig, ensure_topics, subject_partition
 from streams.evaluate import read_alerts_topic, score
-from kit.scripted import HOUR, Script, background, incidents
-from schemas import topics
 
 T0 = 1_496_304_000_000  # 2017-06-01T08:00Z
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
@@ -272,8 +272,8 @@ def test_a_clearance_in_its_subjects_partition_is_read_in_place_and_one_elsewher
     from prometheus_client.parser import text_string_to_metric_families
 
     from conftest import free_port
-    from kit import synthetic
     from connectors.publisher import StationPublisher
+    from kit import synthetic
 
     prefix = f"d{uuid.uuid4().hex[:6]}."
     ensure_topics(StreamsConfig(kafka.bootstrap, prefix=prefix))

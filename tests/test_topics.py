@@ -11,8 +11,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from schemas.reference import REGIONS
 from schemas import topics
+from schemas.reference import REGIONS
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 

@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from yrdbus.cli_common import fail
 from schemas.settings import get_settings
+from yrdbus.cli_common import fail
 
 gateway_app = typer.Typer(
     help="The alert gateway: SSE, WebSocket and webhooks for subscribers, and the live alert wall.",

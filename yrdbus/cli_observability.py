@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from yrdbus.cli_common import fail
 from schemas.settings import get_settings
+from yrdbus.cli_common import fail
 
 prometheus_app = typer.Typer(
     help="Prometheus for the bus: the Kafka exporter, the scrape configuration, the alerting rules and their checks. "

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from yrdbus.cli_common import fail
 from schemas.settings import get_settings
+from yrdbus.cli_common import fail
 
 security_app = typer.Typer(help="Kafka principals, SCRAM users and ACLs as code; TLS for a local stack; "
                                 "ClickHouse analyst roles and row policies. See docs/security.md.",

@@ -6,8 +6,8 @@ import sys
 
 import typer
 
-from yrdbus.cli_common import fail
 from schemas.settings import get_settings
+from yrdbus.cli_common import fail
 from yrdbus.stack import KafkaStack, StackError
 
 stack_app = typer.Typer(help="The local stack: a real Apache Kafka broker (KRaft) started by the project.",

@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from yrdbus.cli_common import fail
 from schemas.settings import get_settings
+from yrdbus.cli_common import fail
 
 topics_app = typer.Typer(help="The bus's topics, defined as code (schemas/topics.py).", no_args_is_help=True)
 
@@ -156,8 +156,8 @@ def publish(
 
     from connectors.importer import Importer, ImportFileError, UnreadableFileError, check_export, infer_kind
     from connectors.publisher import StationPublisher
-    from schemas.pseudonym import SubjectKeyError, from_settings
     from schemas import topics
+    from schemas.pseudonym import SubjectKeyError, from_settings
 
     def unreadable(message: str) -> None:
         if json_out:

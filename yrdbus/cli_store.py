@@ -14,8 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from yrdbus.cli_common import fail
 from schemas.settings import get_settings
+from yrdbus.cli_common import fail
 
 db_app = typer.Typer(help="The ClickHouse schema: versioned migrations, one node or a cluster.", no_args_is_help=True)
 
@@ -88,8 +88,8 @@ def db_hash_password(
 def _serve(sink: bool, duration: float | None, no_serve: bool, group: str | None, prefix: str,
            idle_exit: float | None, port: int | None, migrate_first: bool) -> int:
     from connectors.store import Target, migrate
-    from connectors.store.queryserver import QueryServer, state_file
     from connectors.store import client as store
+    from connectors.store.queryserver import QueryServer, state_file
 
     s = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -233,8 +233,8 @@ def query_client(user: str = "default", password: str = ""):
     """(client, where): the live endpoint of a running bus that owns the store, else the store itself."""
     import clickhouse_connect
 
-    from connectors.store.queryserver import running_endpoint
     from connectors.store import client as store
+    from connectors.store.queryserver import running_endpoint
 
     s = get_settings()
     database = _database_of(s.clickhouse_url, None)
@@ -272,8 +272,8 @@ def _run_and_print(sql: str, params: dict, fmt: str, user: str, password: str, j
     store is opened directly (the endpoint judges it itself when a running bus serves it)."""
     if fmt not in ("table", "json", "csv"):
         fail(f"--format {fmt!r}: expected table, json or csv")
-    from connectors.store.query_policy import Policy, QueryRefused
     from connectors.store import client as store
+    from connectors.store.query_policy import Policy, QueryRefused
 
     try:
         client, where = query_client(user, password)

@@ -13,8 +13,8 @@ from typing import Optional
 
 import typer
 
-from yrdbus.cli_common import fail
 from schemas.settings import get_settings
+from yrdbus.cli_common import fail
 
 
 class Loop(str, Enum):
@@ -447,8 +447,8 @@ def evaluate(
     The last version of each alert id (by emitted_at) counts; a withdrawn alert is neither a true nor a false
     alert, and is listed apart.
     """
-    from streams.evaluate import TruthError, load_truth, read_alerts_file, read_alerts_topic, score
     from schemas import topics
+    from streams.evaluate import TruthError, load_truth, read_alerts_file, read_alerts_topic, score
 
     try:
         rows = load_truth(truth)

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.contract import SOURCE_KINDS
+from schemas.kafka_config import kafka_security
 from schemas.reference import REGIONS
 from streams.derived import is_live
-from schemas import topics
-from schemas.kafka_config import kafka_security
 
 
 @dataclass

@@ -36,10 +36,10 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from connectors.store import client as store
+from schemas import topics
 from schemas.contract import SOURCE_KINDS
 from schemas.reference import REGIONS
-from schemas import topics
-from connectors.store import client as store
 from schemas.settings import Settings
 from yrdbus.stack import KafkaStack
 from yrdbus.supervisor import ChildSpec, RestartPolicy, Supervisor

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from schemas.reference import stations
 from schemas import topics
+from schemas.reference import stations
 
 ADMIN = "admin"
 #: the KRaft controller listener's own principal (SASL/PLAIN: SCRAM credentials live in the metadata log,

@@ -31,9 +31,9 @@ from typing import AsyncIterator, Optional
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from schemas import topics
 from schemas.codec import get_codec
 from schemas.errors import EventError
-from schemas import topics
 from schemas.kafka_config import aiokafka_security, kafka_security
 from schemas.settings import Settings
 

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from typing import Iterable, Optional
 
 from schemas import contract, reference
-from schemas.reference import REGIONS
 from schemas import topics
+from schemas.reference import REGIONS
 
 from connectors.gateway.access import SEVERITIES, Forbidden, Scope
 
