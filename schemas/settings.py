@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,8 +61,9 @@ class Settings(BaseSettings):
 
     # --- ClickHouse --------------------------------------------------------
     clickhouse_url: str = Field(
-        "chdb://./var/clickhouse",
-        description="chdb://<folder> runs the ClickHouse engine in-process; http(s)://host:8123 points at a server.")
+        "",
+        description="chdb://<folder> runs the ClickHouse engine in-process; http(s)://host:8123 points at a server. "
+                    "Unset: chdb://<var_dir>/clickhouse, so that the var folder holds everything.")
     clickhouse_ttl_days: int = Field(
         0, ge=0, description="Days the event tables keep rows (TTL on event time); 0 keeps them for ever.")
     query_host: str = Field("127.0.0.1", description="Address of the live query endpoint (ClickHouse HTTP interface).")
@@ -108,6 +109,9 @@ class Settings(BaseSettings):
     demo: bool = Field(False, description="Demo mode: a fixed, public subject key is used when none is configured.")
 
     # --- process metrics ---------------------------------------------------
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the stream workers' and the station publishers' /metrics listen on "
+                                 "(0.0.0.0: every interface, for a Prometheus on another host).")
     worker_metrics_port: int = Field(9402, description="Prometheus /metrics of the first stream worker (the next ones take the next ports).")
     station_metrics_port: int = Field(9401, description="Prometheus /metrics of a station publisher or the simulator run by `yrdbus run`.")
     kafka_exporter_port: int = Field(9400, description="Prometheus /metrics of the Kafka exporter (consumer lag, topic offsets) of `stack up --with-prometheus`.")
@@ -129,6 +133,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A stream subscriber (SSE, WebSocket) whose connection takes no bytes for this long "
         "(an event or keep-alive cannot be written) is disconnected and its buffers released; it resumes from its "
         "cursor. A subscriber that is idle because no alerts come is never closed.")
+
+    @model_validator(mode="after")
+    def _store_in_var_dir(self) -> "Settings":
+        if not self.clickhouse_url:
+            self.clickhouse_url = f"chdb://{self.var_dir / 'clickhouse'}"
+        return self
 
     @property
     def embedded_kafka(self) -> bool:

@@ -44,7 +44,8 @@ def labelled(metric, *values):
     return child
 
 
-def serve(port: int | None) -> None:
+def serve(port: int | None, host: str = "127.0.0.1") -> None:
+    """Serve this process's metrics on ``host:port`` (once; no port: not at all)."""
     if port and port not in _started:
-        start_http_server(port)
+        start_http_server(port, addr=host)
         _started.add(port)

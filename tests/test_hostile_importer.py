@@ -448,6 +448,27 @@ def test_the_command_exits_3_on_a_file_it_cannot_read_before_asking_for_a_broker
                                        "exit_status": 3}
 
 
+def test_no_broker_is_one_line_with_exit_status_4_and_advice_that_fits_the_configuration(tmp_path):
+    from conftest import free_port
+
+    good = tmp_path / "ok.csv"
+    good.write_text("event_id,region\n")
+    env = {**os.environ, "YRDBUS_SUBJECT_KEY": KEY.decode(), "YRDBUS_VAR_DIR": str(tmp_path / "var")}
+    env.pop("YRDBUS_DEMO", None)
+    external = dict(env, YRDBUS_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    embedded = {k: v for k, v in env.items() if k != "YRDBUS_KAFKA_BOOTSTRAP"}
+    embedded["YRDBUS_KAFKA_PORT"] = str(free_port())
+    runs = {name: subprocess.Popen([YRDBUS, "publish", "--file", str(good), "--kind", "clearance"], env=e,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name, e in (("external", external), ("embedded", embedded))}
+    said = {name: p.communicate(timeout=60) + (p.returncode,) for name, p in runs.items()}
+    for name, (out, err, code) in said.items():
+        assert code == 4, (name, code, err[-2000:])
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: no Kafka broker answers at "), err[-2000:]
+    assert "YRDBUS_KAFKA_BOOTSTRAP" in said["external"][1] and "stack up" not in said["external"][1]
+    assert "`yrdbus stack up`" in said["embedded"][1]
+
+
 @pytest.fixture
 def cli(monkeypatch):
     """`yrdbus publish` in this process, on FakeProducer, with no broker to reach."""

@@ -237,7 +237,7 @@ def _repair_cli(kafka, app_id: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _log(w) -> str:
-    return "".join(f.read_text(errors="replace") for f in sorted(w.dir.glob("log*")))
+    return w.log_text()
 
 
 def _group_empty(kafka, app_id: str) -> bool:

@@ -16,6 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from conftest import free_port
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
@@ -46,14 +48,14 @@ def _run_env(tmp_path: Path) -> dict:
     """A run of its own: its folder, store, broker and ports."""
     var = tmp_path / "var"
     env = {**os.environ,
-           "YRDBUS_VAR_DIR": str(var), "YRDBUS_CLICKHOUSE_URL": f"chdb://{var / 'clickhouse'}",
+           "YRDBUS_VAR_DIR": str(var),          # the store too: chdb://<var>/clickhouse
            "YRDBUS_KAFKA_PORT": str(free_port()), "YRDBUS_KAFKA_CONTROLLER_PORT": str(free_port()),
            "YRDBUS_KAFKA_HEAP": "512m", "YRDBUS_QUERY_PORT": str(free_port()),
            "YRDBUS_GATEWAY_PORT": str(free_port()), "YRDBUS_WORKER_METRICS_PORT": str(free_port()),
            "YRDBUS_STATION_METRICS_PORT": str(free_port()), "YRDBUS_KAFKA_EXPORTER_PORT": str(free_port()),
            "YRDBUS_GATEWAY_TOKENS_FILE": str(tmp_path / "none.toml")}
-    env.pop("YRDBUS_KAFKA_BOOTSTRAP", None)
-    env.pop("DURATION", None)
+    for name in ("YRDBUS_KAFKA_BOOTSTRAP", "YRDBUS_CLICKHOUSE_URL", "DURATION"):
+        env.pop(name, None)
     return env
 
 
@@ -65,14 +67,28 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(tmp_path):
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """The README's `yrdbus simulate` example published to the run's own broker first, then `yrdbus run
+    --duration 60` from another working folder, its gateway killed once the simulator has started."""
+    tmp_path = tmp_path_factory.mktemp("run")
     var = tmp_path / "var"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     env = _run_env(tmp_path)
     gateway_port = int(env["YRDBUS_GATEWAY_PORT"])
+    try:
+        subprocess.run([YRDBUS, "stack", "up"], env=env, cwd=cwd, check=True, capture_output=True, timeout=120)
+        early = subprocess.run([YRDBUS, "simulate", "--seed", "7", "--speed", "3600", "--duration", "5",
+                                "--scenarios", "all", "--truth", str(cwd / "t.jsonl"), "--json"],
+                               env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+        assert early.returncode == 0 and json.loads(early.stdout)["events"] > 0, early.stderr[-2000:]
+    finally:
+        subprocess.run([YRDBUS, "stack", "down"], env=env, cwd=cwd, capture_output=True, timeout=120)
     log_path = tmp_path / "run.log"
     with open(log_path, "w") as log:   # the child's own file description: reading it here moves no offset of its
         proc = subprocess.Popen([YRDBUS, "run", "--duration", "60"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=tmp_path)
+                                cwd=cwd)
     try:
         killed = restarted = None
         deadline = time.monotonic() + 150
@@ -91,7 +107,13 @@ def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(t
         if proc.poll() is None:
             proc.kill()
         subprocess.run([YRDBUS, "stack", "down"], env=env, capture_output=True, timeout=120)
-    output = log_path.read_text()
+    return {"env": env, "var": var, "cwd": cwd, "output": log_path.read_text(), "code": code, "killed": killed,
+            "restarted": restarted, "summary": json.loads((var / "run" / "summary.json").read_text())}
+
+
+def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(first_run):
+    env, var, output, code = first_run["env"], first_run["var"], first_run["output"], first_run["code"]
+    killed, restarted, summary = first_run["killed"], first_run["restarted"], first_run["summary"]
 
     # The killed child is reported, with the last line of its log, and started again: the run goes on whole,
     # its exit status is its check of the scripted incidents, and the summary counts the restart.
@@ -99,7 +121,6 @@ def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(t
     assert "process 'gateway' stopped (killed by signal 9)" in output, output[-3000:]
     assert "restarting it in 1 s (restart 1 of 5 in 5 min)" in output, output[-3000:]
     assert restarted is not None, "no new gateway process"
-    summary = json.loads((var / "run" / "summary.json").read_text())
     assert summary["failed_processes"] == [] and summary["restarts"]["gateway"] == 1, summary
     assert "evaluation" in summary, output[-3000:]   # the simulator finished and wrote its ground truth
     assert code == (0 if summary["evaluation"]["recall"] == 1.0 else 2), output[-3000:]
@@ -123,6 +144,42 @@ def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(t
                        "WHERE status != 'WITHDRAWN' GROUP BY kind")
     assert {r["kind"]: int(r["n"]) for r in alerts} == summary["derived_alerts_by_kind"]
     assert "evaluation" in summary and 0.0 <= summary["evaluation"]["recall"] <= 1.0
+
+
+def _doubled(env: dict) -> dict[str, int]:
+    """Event ids stored more than once, per event table."""
+    return {table: int(_sql(env, f"SELECT count() - uniqExact(event_id) AS n FROM yrdbus.{table}")[0]["n"])
+            for table in ("clearances", "alerts", "cases")}
+
+
+def test_a_simulated_run_starts_clean_after_other_publishing_and_keeps_everything_in_its_var_folder(first_run):
+    env, cwd, output = first_run["env"], first_run["cwd"], first_run["output"]
+    # what `yrdbus simulate` had published to the same broker was replaced, not read again
+    assert "A simulated run starts from empty topics and an empty store" in output, output[-3000:]
+    assert _doubled(env) == {"clearances": 0, "alerts": 0, "cases": 0}
+    since = first_run["summary"]["since"][:19].replace("T", " ")
+    older = _sql(env, f"SELECT count() AS n FROM yrdbus.clearances WHERE ingested_at < toDateTime64('{since}', 3, 'UTC')")
+    assert int(older[0]["n"]) == 0, "clearances of the earlier publishing are in the store"
+    # the broker, the store, the logs: all under YRDBUS_VAR_DIR, nothing in the working folder
+    assert not (cwd / "var").exists(), sorted(p.name for p in (cwd / "var").rglob("*"))[:20]
+    assert (first_run["var"] / "clickhouse").is_dir() and (first_run["var"] / "kafka").is_dir()
+
+
+def test_a_run_that_keeps_the_data_goes_on_with_the_calendar_and_stores_no_event_twice(first_run):
+    env, cwd, var = first_run["env"], first_run["cwd"], first_run["var"]
+    before = json.loads((var / "run" / "simulated.json").read_text())
+    out = subprocess.run([YRDBUS, "run", "--keep-data", "--duration", "60", "--json"], env=env, cwd=cwd,
+                         capture_output=True, text=True, timeout=240)
+    subprocess.run([YRDBUS, "stack", "down"], env=env, capture_output=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert "continuing the kept data's calendar" in text, text[-3000:]
+    after = json.loads((var / "run" / "simulated.json").read_text())
+    assert after["seed"] == before["seed"] + 1 and after["start_ms"] > before["reached_ms"], (before, after)
+    assert _doubled(env) == {"clearances": 0, "alerts": 0, "cases": 0}
+    summary = json.loads((var / "run" / "summary.json").read_text())
+    assert summary["events_total"] > 1000, summary
+    # the kept run's own incidents are found: its exit status is its check
+    assert out.returncode == 0 and summary["evaluation"]["recall"] == 1.0, (summary["evaluation"], text[-3000:])
 
 
 def test_run_restarts_a_killed_sink_which_serves_the_store_again(tmp_path):

@@ -27,7 +27,7 @@ from kit.scripted import HOUR, Script, background, incidents
 from streams import derived
 from streams.evaluate import last_versions, read_alerts_topic
 from test_streams_worker import publish, records_on
-from kit.faults import CaughtUp
+from kit.faults import CaughtUp, Proc
 from schemas import topics
 from schemas.settings import Settings
 from yrdbus.stack import KafkaStack
@@ -64,30 +64,18 @@ def script() -> Script:
     return s
 
 
-class Worker:
+class Worker(Proc):
+    """A `yrdbus worker` on the three-broker cluster, started at once; its log in ``folder/<name>-1.log``."""
+
     def __init__(self, bootstrap: str, prefix: str, folder: Path, name: str):
-        self.bootstrap, self.prefix, self.folder, self.name = bootstrap, prefix, folder, name
-        self.log = folder / f"{name}.log"
+        argv = [YRDBUS, "worker", "--prefix", prefix, "--app-id", prefix + "streams", "--partitions",
+                str(PARTITIONS), "--replication", "3", "--data-dir", str(folder / f"{name}-data")]
         env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": bootstrap, "YRDBUS_VAR_DIR": str(folder)}
-        self.proc = subprocess.Popen(
-            [YRDBUS, "worker", "--prefix", prefix, "--app-id", prefix + "streams", "--partitions", str(PARTITIONS),
-             "--replication", "3", "--data-dir", str(folder / f"{name}-data")],
-            env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        super().__init__(name, argv, env, folder)
+        self.start()
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def tail(self) -> str:
-        return self.log.read_text()[-2500:]
+    def tail(self, chars: int = 2500) -> str:
+        return self.log_text()[-chars:]
 
 
 def group_offsets(bootstrap: str, group: str, names: list[str]) -> tuple[int, int]:
@@ -132,7 +120,7 @@ def wait_until(predicate, timeout: float, what: str, workers: list[Worker]):
         if got:
             return got
         for w in workers:
-            if not w.alive():
+            if not w.alive:
                 pytest.fail(f"worker {w.name} exited while waiting for {what}:\n{w.tail()}")
         time.sleep(1.0)
     detail = getattr(predicate, "detail", None)
@@ -248,7 +236,7 @@ def scaled(cluster, clickhouse_url, tmp_path_factory):
                 shared = got
                 break
             for w in (first, second):
-                assert w.alive(), f"worker {w.name} exited:\n{w.tail()}"
+                assert w.alive, f"worker {w.name} exited:\n{w.tail()}"
             if sent < len(mine):
                 publish(boot, mine[sent:sent + 40])
                 sent += 40

@@ -51,9 +51,29 @@ def test_simulated_incidents_a_to_j_are_all_detected_with_precision(kafka, worke
     # a false alert would come with the last judgements: after the whole input is judged and committed
     everything_judged(kafka, prefix, summary, port, w)
     result = evaluate(kafka, prefix, truth)
+    listening = listening_on(port)
     w.stop()
     assert result["recall"] == 1.0
     assert result["precision"] >= 0.95, result["false_alerts"]
+    assert listening == {"127.0.0.1"}, f"the worker's /metrics listens on {listening} (YRDBUS_METRICS_HOST)"
+
+
+def listening_on(port: int) -> set[str]:
+    """The addresses a TCP socket of this machine listens on at ``port`` (/proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = set()
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                addr, hexport = local.split(":")
+                if state == "0A" and int(hexport, 16) == port:      # 0A: LISTEN
+                    raw = bytes.fromhex(addr)
+                    # the kernel writes each 32-bit word in host (little-endian) order
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))
+                    found.add(str(ipaddress.ip_address(raw)))
+    return found
 
 
 def regional_watermark(port: int) -> float | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from kit.faults import Proc
 from kit.scripted import HOUR, Script, background, incidents
 from schemas import topics
 from schemas.codec import get_codec
@@ -41,37 +42,31 @@ def publish(bootstrap: str, records) -> None:
     assert p.flush(30) == 0
 
 
-class WorkerProcess:
+class WorkerProcess(Proc):
+    """`yrdbus worker` on the session's broker under a private topic prefix, its data and logs (one per start)
+    in its own folder."""
+
     def __init__(self, kafka, tmp: Path, prefix: str, app_id: str, partitions: int = 3,
                  metrics_port: int | None = None):
         self.kafka, self.prefix, self.app_id = kafka, prefix, app_id
         self.partitions, self.metrics_port = partitions, metrics_port
         self.dir = tmp / f"worker-{app_id}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": self.kafka.bootstrap, "YRDBUS_VAR_DIR": str(self.dir)}
-        self.log = open(self.dir / f"log{self.starts}", "w")
-        metrics = ["--metrics-port", str(self.metrics_port)] if self.metrics_port else []
-        self.proc = subprocess.Popen(
-            [YRDBUS, "worker", "--prefix", self.prefix, "--app-id", self.app_id, "--partitions", str(self.partitions),
-             "--data-dir", str(self.dir / "data"), *metrics], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
+        argv = [YRDBUS, "worker", "--prefix", prefix, "--app-id", app_id, "--partitions", str(partitions),
+                "--data-dir", str(self.dir / "data"), *metrics]
+        env = {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": kafka.bootstrap, "YRDBUS_VAR_DIR": str(self.dir)}
+        super().__init__("worker", argv, env, self.dir)
 
     def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        """SIGTERM (a clean stop; SIGKILL after 20 s) or, given ``signal.SIGKILL``, a kill."""
+        if sig == signal.SIGKILL:
+            self.kill()
+        else:
+            super().stop(20.0)
         self.proc = None
 
-    def tail(self) -> str:
-        return "".join(open(f).read()[-3000:] for f in sorted(self.dir.glob("log*")))
+    def tail(self, chars: int = 3000) -> str:
+        return self.log_text()[-chars:]
 
 
 @pytest.fixture

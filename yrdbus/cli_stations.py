@@ -26,16 +26,23 @@ def _serve_station_metrics(port: int) -> None:
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(port)
+        start_http_server(port, addr=get_settings().metrics_host)
     except OSError as exc:
         typer.secho(f"warning: metrics not served: port {port}: {exc.strerror or exc}", fg=typer.colors.YELLOW,
                     err=True)
 
 
+#: exit status of a command that found no broker answering (README: "Stations")
+NO_BROKER = 4
+
+
 def _reachable(bootstrap: str) -> None:
-    """Fail with a clear message when no broker answers at ``bootstrap``."""
-    from confluent_kafka.admin import AdminClient
+    """Fail with one clear line, exit status ``NO_BROKER``, when no broker answers at ``bootstrap``; the client
+    library's own retries (a line each, every second) are not printed."""
+    import logging
+
     from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
 
     from schemas.kafka_config import KafkaSecurityError, kafka_security
 
@@ -43,11 +50,17 @@ def _reachable(bootstrap: str) -> None:
         security = kafka_security()
     except KafkaSecurityError as exc:
         fail(str(exc))
+    quiet = logging.getLogger("yrdbus.librdkafka.probe")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
     try:
-        AdminClient({"bootstrap.servers": bootstrap, **security}).list_topics(timeout=10)
+        AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **security}).list_topics(timeout=10)
     except KafkaException as exc:
-        fail(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str() if exc.args else exc}); "
-              f"start one with `yrdbus stack up`")
+        settings = get_settings()
+        advice = ("start the embedded one with `yrdbus stack up`" if settings.embedded_kafka else
+                  "check that the cluster YRDBUS_KAFKA_BOOTSTRAP names is up and reachable from here")
+        fail(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str() if exc.args else exc}); {advice}",
+             NO_BROKER)
 
 
 # --------------------------------------------------------------------------- topics

@@ -100,7 +100,7 @@ def worker(
         # own topics is told so by Faust as it declares them.
         if not (secured(settings) and "AUTHORIZATION_FAILED" in str(exc)):
             fail(f"cannot prepare the topics at {cfg.bootstrap}: {exc}")
-    metrics.serve(metrics_port)
+    metrics.serve(metrics_port, get_settings().metrics_host)
     typer.echo(f"stream worker {app_id} on {cfg.bootstrap} ({describe(settings)}, "
                f"rule set {fapp.yrd_rules.version}, prefix {prefix or '-'}, pid {os.getpid()})", err=True)
     from faust import Worker

@@ -47,6 +47,7 @@ from yrdbus.supervisor import ChildSpec, RestartPolicy, Supervisor
 STREAMS_APP_ID = "yrdbus-streams"
 SEVERITY_STYLE = {"CRITICAL": "bold white on red", "HIGH": "bold red", "MEDIUM": "yellow", "LOW": "cyan"}
 RAW_TABLES = {"clearance": "clearances", "alert": "alerts", "case": "cases"}
+HOUR_MS = 3_600_000
 #: a long-running child that dies is started again after 1, 2, 4 ... up to 30 s (1 s again once it had
 #: stayed up a minute); the sixth death within 5 minutes is a crash loop, which ends the run
 RESTARTS = RestartPolicy(max_restarts=5, window_s=300.0, backoff_s=1.0, backoff_max_s=30.0, reset_after_s=60.0)
@@ -146,16 +147,54 @@ def _plan(opts: RunOptions) -> tuple[float | None, float]:
 
 
 # --------------------------------------------------------------------------- fresh data
+MARKER = "simulated.json"     # under <var>/run: the simulated calendar of the last run, for --keep-data
+
+
 def _reset_simulated_data(settings: Settings, stack: KafkaStack, echo) -> None:
-    marker = settings.var_dir / "run" / "simulated.json"
-    if not marker.is_file():
+    """A simulated run starts from empty topics, an empty store and no worker state, whatever is there: events
+    of an earlier run, or of `yrdbus simulate`, would be read (and counted) again."""
+    folders = [stack.home, settings.var_dir / "streams"]
+    if store.is_embedded(settings.clickhouse_url):
+        folders.append(store.embedded_path(settings.clickhouse_url))
+    if not any(f.exists() for f in folders):
         return
-    echo("Replacing the data of the previous simulated run (topics, store, worker state); --keep-data keeps it.")
+    echo("A simulated run starts from empty topics and an empty store: replacing what is there "
+         "(topics, store, worker state); --keep-data keeps it.")
     stack.down(echo=lambda m: None)
     stack.reset()
-    if store.is_embedded(settings.clickhouse_url):
-        shutil.rmtree(store.embedded_path(settings.clickhouse_url), ignore_errors=True)
-    shutil.rmtree(settings.var_dir / "streams", ignore_errors=True)
+    for folder in folders[1:]:
+        shutil.rmtree(folder, ignore_errors=True)
+    (settings.var_dir / "run" / MARKER).unlink(missing_ok=True)
+
+
+#: the rules' longest memory of an incident (a flag's active days, the fraud-spread cooldown: streams/rules.toml)
+KEPT_RUN_GAP_DAYS = 30
+
+
+def _continued(settings: Settings, opts: RunOptions) -> tuple[int, int | None]:
+    """(seed, simulated start in ms or None for the simulator's own) of this run's simulator. A run that keeps
+    the data of an earlier simulated run goes on with its calendar, with the next seed, so that no event and no
+    event id comes a second time: it starts on the first Monday (the simulator's own start is one) at least
+    ``KEPT_RUN_GAP_DAYS`` past the latest event time the earlier run can have reached, so that the rules' memory
+    of its incidents (baselines, cooldowns, active flags) has lapsed and this run's incidents stand on their own."""
+    marker = settings.var_dir / "run" / MARKER
+    if not (opts.keep_data and marker.is_file()):
+        return opts.seed, None
+    prev = json.loads(marker.read_text())
+    reached = prev.get("reached_ms") or _reached_bound(prev, time.time())
+    day = 24 * HOUR_MS
+    first_day = -(-(int(reached) + KEPT_RUN_GAP_DAYS * day) // day)        # days since the epoch, rounded up
+    monday = first_day + (4 - first_day) % 7                               # 1970-01-01 was a Thursday: day 4 is a Monday
+    return int(prev["seed"]) + 1, monday * day
+
+
+def _reached_bound(calendar: dict, now_s: float) -> int:
+    """The latest event time a simulator started as ``calendar`` says can have reached by ``now_s``: it
+    publishes at most ``speed`` simulated seconds a wall second, and no further than its planned end."""
+    bound = calendar["start_ms"] + max(0.0, now_s - calendar["wall_started_s"]) * calendar["speed"] * 1000
+    if calendar.get("planned_end_ms"):
+        bound = min(bound, calendar["planned_end_ms"])
+    return int(bound)
 
 
 def _gateway_access(settings: Settings, echo) -> tuple[Path, Path | None]:
@@ -219,6 +258,7 @@ class BusRun:
         self.interrupted = False
         self.crash_loop: list[str] = []
         self.token_file: Path | None = None
+        self.calendar: dict | None = None
 
     def say(self, text: str) -> None:
         self.messages.append(text)
@@ -259,18 +299,39 @@ class BusRun:
         self.monitor.snapshot()
 
         if self.opts.simulate:
-            sim_s, _ = _plan(self.opts)
-            argv = y + ["simulate", "--seed", str(self.opts.seed), "--speed", str(self.opts.speed),
-                        "--scale", str(self.opts.scale),
-                        "--scenarios", self.opts.scenarios, "--truth", str(self.truth_file.resolve())]
-            if sim_s is not None:
-                argv += ["--duration", f"{sim_s:.0f}"]
-            self.sup.start(ChildSpec("simulator", argv, env={"YRDBUS_DEMO": "true"}, finite=True))
-            (self.run_dir / "simulated.json").write_text(json.dumps(
-                {"seed": self.opts.seed, "speed": self.opts.speed, "started_at": self.started_wall.isoformat()}) + "\n")
-            self.say(f"Simulator started: seed {self.opts.seed}, {self.opts.speed:g} simulated seconds a second, "
-                     f"{self.opts.scale:g} x the 2017 volume, "
-                     f"scenarios {self.opts.scenarios}" + (f", {sim_s:.0f} s" if sim_s else ""))
+            self._start_simulator(y)
+
+    def _start_simulator(self, y: list[str]) -> None:
+        from connectors.simulator.engine import DEFAULT_START
+
+        sim_s, _ = _plan(self.opts)
+        seed, start_ms = _continued(self.settings, self.opts)
+        start_ms = start_ms or int(DEFAULT_START.timestamp() * 1000)
+        start = datetime.fromtimestamp(start_ms / 1000, timezone.utc)
+        argv = y + ["simulate", "--seed", str(seed), "--speed", str(self.opts.speed), "--scale", str(self.opts.scale),
+                    "--start", start.strftime("%Y-%m-%dT%H:%MZ"),
+                    "--scenarios", self.opts.scenarios, "--truth", str(self.truth_file.resolve())]
+        if sim_s is not None:
+            argv += ["--duration", f"{sim_s:.0f}"]
+        self.sup.start(ChildSpec("simulator", argv, env={"YRDBUS_DEMO": "true"}, finite=True))
+        self.calendar = {"seed": seed, "speed": self.opts.speed, "start_ms": start_ms, "wall_started_s": time.time(),
+                         "planned_end_ms": start_ms + int(sim_s * self.opts.speed * 1000) if sim_s else None,
+                         "started_at": self.started_wall.isoformat()}
+        self._write_calendar()
+        self.say(f"Simulator started: seed {seed}, from {start:%Y-%m-%d %H:%M} UTC"
+                 + (" (continuing the kept data's calendar)" if self.opts.keep_data and start_ms != int(
+                     DEFAULT_START.timestamp() * 1000) else "")
+                 + f", {self.opts.speed:g} simulated seconds a second, {self.opts.scale:g} x the 2017 volume, "
+                 f"scenarios {self.opts.scenarios}" + (f", {sim_s:.0f} s" if sim_s else ""))
+
+    def _write_calendar(self, final: bool = False) -> None:
+        """The simulated calendar of this run (<var>/run/simulated.json); at the end, the latest event time the
+        simulator can have reached, where a later --keep-data run goes on from."""
+        if self.calendar is None:
+            return
+        if final:
+            self.calendar["reached_ms"] = _reached_bound(self.calendar, time.time())
+        (self.run_dir / MARKER).write_text(json.dumps(self.calendar) + "\n")
 
     def _wait_ready(self, timeout_s: float = 90.0) -> None:
         """Until the sink answers /ping, the gateway answers, and every worker has joined its group."""
@@ -391,6 +452,7 @@ class BusRun:
 
     def stop(self) -> None:
         self.sup.stop()
+        self._write_calendar(final=True)
         self._report_deaths()
         if self.monitor:
             self.monitor.close()
