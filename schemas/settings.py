@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     sink_batch_age_s: float = Field(1.0, gt=0, description="... or when its oldest row waited this long (seconds).")
 
     # --- schemas -----------------------------------------------------------
+    schema_registry_port: int = Field(
+        8081, ge=0, description="Port of the read-only schema registry (the Confluent API over schemas/ids.json) "
+                                "that the sink serves beside its query endpoint, on the query endpoint's address, "
+                                "when schema_registry_url is unset; 0: not served.")
     schema_registry_url: Optional[str] = Field(
         None, description="Confluent-compatible schema registry. Unset: ids come from schemas/ids.json.")
 

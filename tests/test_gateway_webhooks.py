@@ -4,6 +4,7 @@ The receivers are on 127.0.0.1, which a webhook may target only when its entry s
 (see test_hostile_gateway.py for the refusals)."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -11,6 +12,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from schemas.deadletter import read_headers
 
@@ -84,6 +86,12 @@ def test_a_webhook_that_fails_twice_is_retried_with_backoff_and_then_gets_the_si
             assert hmac.compare_digest(h["x-yrdbus-signature"], expected)
             assert abs(int(h["x-yrdbus-timestamp"]) - time.time()) < 30
             assert h["x-yrdbus-attempt"] == str(i) and h["x-yrdbus-delivery"] == alert["alert_id"]
+            # Standard Webhooks, checked by its own library with the secret in its usual form
+            verified = Webhook("whsec_" + base64.b64encode(SECRET.encode()).decode()).verify(req["body"], h)
+            assert verified["alert"]["alert_id"] == alert["alert_id"] and h["webhook-id"] == alert["alert_id"]
+            tampered = req["body"].replace(b'"attempt":', b'"attempt": ')
+            with pytest.raises(WebhookVerificationError):
+                Webhook("whsec_" + base64.b64encode(SECRET.encode()).decode()).verify(tampered, h)
             body = json.loads(req["body"])
             assert body["alert"]["alert_id"] == alert["alert_id"] and body["alert"]["evidence"] == alert["evidence"]
             assert body["webhook"] == "ah-cc" and body["attempt"] == i

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from yrdbus.run import DRAIN_CAP_S
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 
@@ -53,8 +54,9 @@ def _run_env(tmp_path: Path) -> dict:
            "YRDBUS_KAFKA_HEAP": "512m", "YRDBUS_QUERY_PORT": str(free_port()),
            "YRDBUS_GATEWAY_PORT": str(free_port()), "YRDBUS_WORKER_METRICS_PORT": str(free_port()),
            "YRDBUS_STATION_METRICS_PORT": str(free_port()), "YRDBUS_KAFKA_EXPORTER_PORT": str(free_port()),
-           "YRDBUS_GATEWAY_TOKENS_FILE": str(tmp_path / "none.toml")}
-    for name in ("YRDBUS_KAFKA_BOOTSTRAP", "YRDBUS_CLICKHOUSE_URL", "DURATION"):
+           "YRDBUS_GATEWAY_TOKENS_FILE": str(tmp_path / "none.toml"),
+           "YRDBUS_SCHEMA_REGISTRY_PORT": str(free_port())}
+    for name in ("YRDBUS_KAFKA_BOOTSTRAP", "YRDBUS_CLICKHOUSE_URL", "YRDBUS_SCHEMA_REGISTRY_URL", "DURATION"):
         env.pop(name, None)
     return env
 
@@ -90,14 +92,18 @@ def first_run(tmp_path_factory):
         proc = subprocess.Popen([YRDBUS, "run", "--duration", "60"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=cwd)
     try:
-        killed = restarted = None
-        deadline = time.monotonic() + 150
+        killed = restarted = subjects = None
+        deadline = time.monotonic() + 150 + DRAIN_CAP_S     # a loaded machine: the drain waits for the worker
         while time.monotonic() < deadline and proc.poll() is None:
             if killed is None and "Simulator started" in log_path.read_text():
                 time.sleep(3)
                 killed = _pid_of("gateway", gateway_port)
                 assert killed, "the gateway child was not found"
                 os.kill(killed, signal.SIGKILL)
+                # the sink serves the read-only schema registry beside its query endpoint
+                registry = f"http://127.0.0.1:{env['YRDBUS_SCHEMA_REGISTRY_PORT']}"
+                with urllib.request.urlopen(f"{registry}/subjects", timeout=10) as resp:
+                    subjects = json.loads(resp.read())
             elif killed is not None and restarted is None:
                 restarted = _pid_of("gateway", gateway_port)
                 restarted = None if restarted == killed else restarted
@@ -108,7 +114,8 @@ def first_run(tmp_path_factory):
             proc.kill()
         subprocess.run([YRDBUS, "stack", "down"], env=env, capture_output=True, timeout=120)
     return {"env": env, "var": var, "cwd": cwd, "output": log_path.read_text(), "code": code, "killed": killed,
-            "restarted": restarted, "summary": json.loads((var / "run" / "summary.json").read_text())}
+            "restarted": restarted, "subjects": subjects,
+            "summary": json.loads((var / "run" / "summary.json").read_text())}
 
 
 def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(first_run):
@@ -118,6 +125,7 @@ def test_run_reports_a_killed_process_and_its_summary_is_what_clickhouse_holds(f
     # The killed child is reported, with the last line of its log, and started again: the run goes on whole,
     # its exit status is its check of the scripted incidents, and the summary counts the restart.
     assert killed is not None
+    assert "border.SH.clearance-value" in first_run["subjects"] and "alerts.derived-value" in first_run["subjects"]
     assert "process 'gateway' stopped (killed by signal 9)" in output, output[-3000:]
     assert "restarting it in 1 s (restart 1 of 5 in 5 min)" in output, output[-3000:]
     assert restarted is not None, "no new gateway process"
@@ -169,7 +177,7 @@ def test_a_run_that_keeps_the_data_goes_on_with_the_calendar_and_stores_no_event
     env, cwd, var = first_run["env"], first_run["cwd"], first_run["var"]
     before = json.loads((var / "run" / "simulated.json").read_text())
     out = subprocess.run([YRDBUS, "run", "--keep-data", "--duration", "60", "--json"], env=env, cwd=cwd,
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240 + DRAIN_CAP_S)
     subprocess.run([YRDBUS, "stack", "down"], env=env, capture_output=True, timeout=120)
     text = out.stdout + out.stderr
     assert "continuing the kept data's calendar" in text, text[-3000:]

@@ -80,24 +80,91 @@ def codec_encode(
     sys.stdout.buffer.flush()
 
 
+def kcat_frames(stream):
+    """The records of kcat's ``-f '%R%s'`` output: each value after its length, a big-endian 32-bit signed integer
+    (-1: a null value, yielded as None). Raises ValueError on a cut record."""
+    n = 0
+    while True:
+        head = stream.read(4)
+        if not head:
+            return
+        n += 1
+        if len(head) < 4:
+            raise ValueError(f"record {n}: the stream ends inside its 4-byte length")
+        size = int.from_bytes(head, "big", signed=True)
+        if size < 0:
+            yield None
+            continue
+        body = stream.read(size)
+        if len(body) < size:
+            raise ValueError(f"record {n}: {size} bytes announced, the stream ends after {len(body)}")
+        yield body
+
+
 @codec_app.command("decode")
 def codec_decode(
     kind: str = typer.Option(None, "--kind", "-k", help="Expected kind (default: whatever the schema id says)."),
     with_kind: bool = typer.Option(False, "--with-kind", help='Print {"kind": ..., "event": {...}} instead of the event.'),
+    framing: str = typer.Option(
+        "one", "--framing",
+        help="one: stdin is one record (a JSON document out); kcat: records as `kcat -C -f '%R%s'` writes them, "
+             "each after its length; base64: one record per line, base64 (`kcat -C -f '%s' | base64 -w0` per "
+             "record, or any tool). kcat and base64 write one JSON object per line (JSON Lines)."),
 ) -> None:
-    """Read framed Avro bytes on stdin; write the event as JSON on stdout."""
+    """Read framed Avro bytes on stdin; write the event as JSON on stdout (a stream of them: JSON Lines).
+
+    kcat -C -b BROKER -t border.SH.clearance -e -f '%R%s' | yrdbus codec decode --framing kcat
+    """
+    import base64
+    import binascii
+
     from schemas import jsonform
     from schemas.errors import EventError
 
     if kind is not None:
         _check_kind(kind)
-    data = sys.stdin.buffer.read()
+    if framing not in ("one", "kcat", "base64"):
+        fail(f"--framing {framing!r}: expected one, kcat or base64", 2)
+    codec = _codec()
+    if framing == "one":
+        data = sys.stdin.buffer.read()
+        try:
+            got, record = codec.decode(data, kind)
+        except EventError as exc:
+            fail(str(exc.at("stdin") if exc.source is None else exc))
+        out = jsonform.to_json(got, record)
+        typer.echo(json.dumps({"kind": got, "event": out} if with_kind else out, indent=2, ensure_ascii=False))
+        return
+
+    def records():
+        if framing == "kcat":
+            yield from kcat_frames(sys.stdin.buffer)
+            return
+        for n, line in enumerate(sys.stdin.buffer, start=1):
+            if line.strip():
+                try:
+                    yield base64.b64decode(line.strip(), validate=True)
+                except binascii.Error as exc:
+                    raise ValueError(f"line {n}: not base64 ({exc})") from None
+
+    bad = 0
     try:
-        got, record = _codec().decode(data, kind)
-    except EventError as exc:
-        fail(str(exc.at("stdin") if exc.source is None else exc))
-    out = jsonform.to_json(got, record)
-    typer.echo(json.dumps({"kind": got, "event": out} if with_kind else out, indent=2, ensure_ascii=False))
+        for n, data in enumerate(records(), start=1):
+            if data is None:
+                typer.echo("null")
+                continue
+            try:
+                got, record = codec.decode(data, kind)
+            except EventError as exc:   # said, and the rest of the stream read
+                bad += 1
+                typer.echo(f"error: record {n}: {exc}", err=True)
+                continue
+            out = jsonform.to_json(got, record)
+            typer.echo(json.dumps({"kind": got, "event": out} if with_kind else out, ensure_ascii=False))
+    except ValueError as exc:
+        fail(f"stdin: {exc}")
+    if bad:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- schemas
@@ -155,6 +222,34 @@ def schemas_register(
         typer.echo(f"registered {r['name']} v{r['version']} as id {r['id']} ({r['file']})")
     if not added:
         typer.echo("every current schema is already registered")
+
+
+@schemas_app.command("serve")
+def schemas_serve(
+    port: int = typer.Option(None, "--port", help="Port (YRDBUS_SCHEMA_REGISTRY_PORT, default 8081)."),
+    prefix: str = typer.Option("", "--prefix", help="Prefix of the topic names (subjects are <topic>-value)."),
+    duration: float = typer.Option(None, "--duration", help="Stop after this many seconds (default: Ctrl-C)."),
+) -> None:
+    """Serve the read-only schema registry (the Confluent API over schemas/ids.json) alone; the sink serves it too."""
+    import time
+
+    from connectors.registry import RegistryServer
+    from schemas.settings import get_settings
+
+    s = get_settings()
+    try:
+        server = RegistryServer(host=s.query_host, port=port or s.schema_registry_port, prefix=prefix).start()
+    except RuntimeError as exc:
+        fail(str(exc))
+    typer.echo(f"schema registry: {server.url} (Confluent API, read-only)", err=True)
+    deadline = time.monotonic() + duration if duration else None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -108,7 +108,8 @@ def stack_reset(yes: bool = typer.Option(False, "--yes", help="Really delete the
 # --------------------------------------------------------------------------- run
 def run(
     duration: float = typer.Option(None, "--duration", envvar="DURATION", min=10,
-                                   help="Stop after this many seconds, then print the summary (default: until Ctrl-C)."),
+                                   help="Publish for about this many seconds, drain (a worker behind is waited for, at most "
+                                        "5 min more), then print the summary (default: until Ctrl-C)."),
     simulate: bool = typer.Option(True, "--simulate/--no-simulate",
                                   help="Run the simulator with its scripted incidents; --no-simulate runs the bus alone, for real stations."),
     workers: int = typer.Option(1, "--workers", min=1, max=8, help="Stream workers sharing the partitions."),

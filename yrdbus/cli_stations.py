@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -50,17 +51,32 @@ def _reachable(bootstrap: str) -> None:
         security = kafka_security()
     except KafkaSecurityError as exc:
         fail(str(exc))
+    class Keep(logging.Handler):      # the client's own lines, kept for the one that says why
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.lines: list[str] = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    kept = Keep()
     quiet = logging.getLogger("yrdbus.librdkafka.probe")
-    quiet.addHandler(logging.NullHandler())
+    quiet.handlers[:] = [kept]
     quiet.propagate = False
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **security})
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **security}).list_topics(timeout=10)
+        admin.list_topics(timeout=10)
     except KafkaException as exc:
-        settings = get_settings()
-        advice = ("start the embedded one with `yrdbus stack up`" if settings.embedded_kafka else
+        reason = exc.args[0].str() if exc.args else str(exc)
+        admin.poll(0.1)             # the client's log lines are handed over when it is polled
+        refused = [line for line in kept.lines if any(w in line.lower() for w in ("authentication", "sasl", "ssl"))]
+        if refused:   # a broker answered, and refused this client: say why, once
+            said = re.sub(r"^\S+ \[[^\]]*\] \[[^\]]*\]: (\S+: )?", "", refused[-1])
+            fail(f"Kafka at {bootstrap} refused this client: {said}; check the client's "
+                 f"credentials and TLS settings (YRDBUS_KAFKA_SASL_*, YRDBUS_KAFKA_SSL_*)", NO_BROKER)
+        advice = ("start the embedded one with `yrdbus stack up`" if get_settings().embedded_kafka else
                   "check that the cluster YRDBUS_KAFKA_BOOTSTRAP names is up and reachable from here")
-        fail(f"no Kafka broker answers at {bootstrap} ({exc.args[0].str() if exc.args else exc}); {advice}",
-             NO_BROKER)
+        fail(f"no Kafka broker answers at {bootstrap} ({reason}); {advice}", NO_BROKER)
 
 
 # --------------------------------------------------------------------------- topics

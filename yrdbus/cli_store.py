@@ -113,6 +113,7 @@ def _serve(sink: bool, duration: float | None, no_serve: bool, group: str | None
         except RuntimeError as exc:
             fail(str(exc))
         typer.echo(f"query endpoint: {server.url} (ClickHouse HTTP interface, read-only; /metrics)", err=True)
+    registry = _serve_registry(s, prefix) if sink and not no_serve else None
     stopper = {"stop": None}
 
     def on_signal(signum, frame):
@@ -148,7 +149,25 @@ def _serve(sink: bool, duration: float | None, no_serve: bool, group: str | None
     finally:
         if server is not None:
             server.stop()
+        if registry is not None:
+            registry.stop()
     return 0
+
+
+def _serve_registry(s, prefix: str):
+    """The read-only schema registry (connectors/registry.py) beside the query endpoint, unless the settings name a
+    registry of their own; a port already taken is said, not fatal (another process of the bus serves it)."""
+    if s.schema_registry_url or not s.schema_registry_port:
+        return None
+    from connectors.registry import RegistryServer
+
+    try:
+        registry = RegistryServer(host=s.query_host, port=s.schema_registry_port, prefix=prefix).start()
+    except RuntimeError as exc:
+        typer.echo(f"warning: schema registry not served: {exc}", err=True)
+        return None
+    typer.echo(f"schema registry: {registry.url} (Confluent API, read-only, schemas/ids.json)", err=True)
+    return registry
 
 
 def register(app: typer.Typer) -> None:

@@ -147,6 +147,8 @@ def _plan(opts: RunOptions) -> tuple[float | None, float]:
 
 
 # --------------------------------------------------------------------------- fresh data
+#: how long a timed run's drain may go on past its planned end while the worker or the sink is behind
+DRAIN_CAP_S = 300.0
 MARKER = "simulated.json"     # under <var>/run: the simulated calendar of the last run, for --keep-data
 
 
@@ -433,16 +435,26 @@ class BusRun:
                                  "waiting for it to finish before the drain.")
                 time.sleep(1.0)
             # Drain: let the worker and the sink catch up with what was published, and the regional stage see
-            # its upstreams fall idle (global_idle_seconds, 10 s) and judge the hours and hits that are due.
+            # its upstreams fall idle (global_idle_seconds, 10 s) and judge the hours and hits that are due. The
+            # duration bounds the traffic, not its processing: a worker behind (a loaded machine) is waited for,
+            # up to DRAIN_CAP_S past the planned end, so that the summary scores everything that was published.
             left = (end - time.monotonic()) if end else drain_s
-            drain_end = time.monotonic() + (drain_s if overran else max(5.0, left))
-            quiet, quiet_s = 0, _drain_quiet_s()
-            while time.monotonic() < drain_end:
+            planned_end = time.monotonic() + (drain_s if overran else max(5.0, left))
+            hard_end = planned_end + DRAIN_CAP_S
+            quiet, quiet_s, said = 0, _drain_quiet_s(), False
+            while time.monotonic() < hard_end:
                 tick()
-                quiet = quiet + 1 if self._lag() == 0 else 0
+                lag = self._lag()
+                quiet = quiet + 1 if lag == 0 else 0
                 if quiet >= quiet_s:
                     break
+                if not said and time.monotonic() >= planned_end and lag > 0:
+                    said = True
+                    self.say(f"Draining past the planned end: {lag:,} record(s) still to process "
+                             f"(waiting at most {DRAIN_CAP_S:.0f} s more).")
                 time.sleep(1.0)
+            else:
+                self.say(f"Stopped with {self._lag():,} record(s) unprocessed: the summary scores what was done.")
         except KeyboardInterrupt:
             self.interrupted = True
             self.say("Interrupted: stopping the bus.")

@@ -9,8 +9,10 @@ the version that withdraws an alert, which is delivered too, its status in
 ``X-Yrdbus-Alert-Status``). Alerts go out one at a time, in order; a failing
 receiver holds up only its own webhook.
 
-The body is JSON; ``X-Yrdbus-Signature: sha256=<hex>`` is the HMAC-SHA256 of
-the exact body bytes with the webhook's secret, and the body carries
+The body is JSON, signed as Standard Webhooks sign (``webhook-id``: the delivery id,
+``webhook-timestamp``, ``webhook-signature: v1,<base64>``; any Standard Webhooks library verifies it with
+``whsec_<base64 of the secret>``); ``X-Yrdbus-Signature: sha256=<hex>``, the HMAC-SHA256 of
+the exact body bytes with the webhook's secret, is kept for receivers written against it, and the body carries
 ``sent_at`` (also in ``X-Yrdbus-Timestamp``, Unix seconds), so a receiver can
 refuse a replayed request. Network errors, timeouts, 408, 425, 429 and 5xx
 are retried with exponential backoff and jitter; other statuses (a 4xx means
@@ -26,6 +28,7 @@ alert whose target resolves to a refused address is not posted but dead-lettered
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -126,6 +129,14 @@ def load_webhooks(file: AccessFile, names: TopicNames, *, attempts: int, backoff
 
 def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def standard_signature(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` of Standard Webhooks (standardwebhooks.com): ``v1,<base64 HMAC-SHA256 of
+    "<webhook-id>.<webhook-timestamp>.<body>">`` with the secret's bytes; a receiver's library verifies it
+    with the secret written ``whsec_<base64 of the secret>``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
 
 
 class _Retryable(Exception):
@@ -239,9 +250,14 @@ class WebhookWorker:
             "sent_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "alert": item.view,
         }, separators=(",", ":")).encode()
+        msg_id = delivery_id(item.alert)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "yrdbus-gateway",
+            # Standard Webhooks: the same id on every attempt (receivers deduplicate by it)
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(now)),
+            "webhook-signature": standard_signature(spec.secret, msg_id, int(now), body),
             "X-Yrdbus-Signature": sign(spec.secret, body),
             "X-Yrdbus-Timestamp": str(int(now)),
             "X-Yrdbus-Delivery": delivery_id(item.alert),
