@@ -43,6 +43,7 @@ LONGEST_FIRST = (      # seconds each file took in a fresh clone's `make test`, 
     "test_order_suite_other_orders.py",   # 128 / 173: a tenth of the volume in seven orders, restarts
     "test_scaleout.py",                   # 129 / 152: a three-broker cluster, a worker joined by a second
     "faults/test_faults_processes.py",    # 124 / 111
+    "test_dashboards.py",                 # ~100: a simulated day, clickhouse-go built at two versions
     "test_run.py",                        # 110 / 108
     "faults/test_faults_store.py",        #  98 /  94
     "test_security_kafka.py",             #  81 /  97

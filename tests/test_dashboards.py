@@ -3,16 +3,26 @@ the ClickHouse plugin's macros expanded as the plugin does, and every ClickHouse
 engine against a simulated day stored by the real sink; `yrdbus report` renders the main panels from that SQL."""
 from __future__ import annotations
 
+import ipaddress
 import json
-from datetime import datetime, timedelta, timezone
+import math
+import os
+import re
+import secrets
+import subprocess
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from kit.faults import free_port
 from observability_day import seed
 from connectors.store import client as store
+from connectors.store.queryserver import QueryServer, hash_password
 from schemas.settings import Settings
 from yrdbus import report
 
@@ -170,6 +180,148 @@ def test_every_clickhouse_panel_query_returns_rows_on_a_simulated_day(day, uid, 
                     assert all(isinstance(r[0], datetime) for r in result.result_rows)
     finally:
         client.database = previous
+
+
+# ------------------------------------------------------------------ Grafana's own driver on the live endpoint
+GO_DRIVER = ROOT / "tests" / "clients" / "clickhouse_go"
+#: clickhouse-go versions: the one the Grafana ClickHouse data source v4 pinned, and a current one (go.mod files)
+DRIVER_VERSIONS = {"2.43.0": "go.mod", "2.51.0": "go.v2.51.0.mod"}
+#: every type a query can return in Native format, three rows, for the driver to decode
+TYPES_SQL = """SELECT number AS n, toUInt8(number) AS u8, toInt64(-number) AS i64, toInt128(number) AS i128,
+ number / 3 AS f, toFloat32(1.5) AS f32, 1 / (number - 1) AS inf, toString(number) AS s, toFixedString('ab', 2) AS fs,
+ toDate('2026-01-02') + number AS d, toDate32('1960-01-02') AS d32, toDateTime('2026-01-02 03:04:05', 'UTC') AS dt,
+ toDateTime64('2026-01-02 03:04:05.123', 3, 'UTC') AS dt64, toDecimal64(1.25, 2) AS dec, toDecimal128(-7.5, 4) AS dec128,
+ range(number) AS arr, ['a', 'b'] AS sarr, map('k', number) AS m, tuple(number, 'a') AS tup,
+ CAST((1, 'q') AS Tuple(x UInt8, y String)) AS named, CAST(NULL AS Nullable(String)) AS nul, toNullable(number) AS nn,
+ toLowCardinality(toString(number % 2)) AS lc, toLowCardinality(toNullable('z')) AS lcn,
+ toUUID('61f0c404-5cb3-11e7-907b-a6006ad3dba0') AS uu, toIPv4('1.2.3.4') AS ip4, toIPv6('2001:db8::1') AS ip6,
+ CAST('b' AS Enum8('a' = 1, 'b' = 2)) AS e8, [[1], [2, 3]] AS nested, [NULL, 'x'] AS an, number % 2 = 0 AS b,
+ [map('x', [1, 2])] AS deep FROM numbers(3)"""
+
+
+def json_value(v):
+    """A value as clickhouse-connect returns it, in the form tests/clients/clickhouse_go prints the driver's."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, bytes):    # FixedString
+        return v.decode()
+    if isinstance(v, float):
+        return v if math.isfinite(v) else {math.inf: "+Inf", -math.inf: "-Inf"}.get(v, "NaN")
+    if isinstance(v, int):
+        return v if -(1 << 63) <= v < (1 << 64) else str(v)
+    if isinstance(v, Decimal):
+        return float(v)
+    if isinstance(v, datetime):
+        v = v.astimezone(timezone.utc) if v.tzinfo else v
+        text = v.strftime("%Y-%m-%dT%H:%M:%S")
+        return text + (f".{v.microsecond:06d}".rstrip("0") if v.microsecond else "") + "Z"
+    if isinstance(v, date):
+        return f"{v.isoformat()}T00:00:00Z"
+    if isinstance(v, (uuid.UUID, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(json_value(k)): json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_value(x) for x in v]
+    raise TypeError(f"no JSON form for {type(v).__name__} {v!r}")
+
+
+def driver_value(v, column_type: str):
+    """What the Go program printed, with decimals and big integers as numbers (shopspring prints 1.2 where Python
+    has 1.20)."""
+    if column_type.startswith("Decimal") and isinstance(v, str):
+        return float(v)
+    if re.fullmatch(r"U?Int(128|256)", column_type):     # big.Int, printed as text
+        return int(v)
+    return v
+
+
+def canonical(v):
+    """Whole floats as integers: Go's JSON writes 0.0 as 0."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, list):
+        return [canonical(x) for x in v]
+    if isinstance(v, dict):
+        return {k: canonical(x) for k, x in v.items()}
+    return v
+
+
+@pytest.fixture(scope="module")
+def go_drivers(tmp_path_factory) -> dict[str, Path]:
+    """tests/clients/clickhouse_go built with each driver version (modules from the Go module proxy, checked
+    against the committed go.sum files)."""
+    out = tmp_path_factory.mktemp("go")
+    built = {}
+    for version, modfile in DRIVER_VERSIONS.items():
+        binary = out / f"clickhouse_go-{version}"
+        run = subprocess.run(["go", "build", f"-modfile={modfile}", "-o", str(binary), "."], cwd=GO_DRIVER,
+                             env={**os.environ, "GOFLAGS": "-mod=readonly"}, capture_output=True, text=True,
+                             timeout=900)
+        assert run.returncode == 0, f"go build with clickhouse-go {version}:\n{run.stderr}"
+        built[version] = binary
+    return built
+
+
+@pytest.fixture(scope="module")
+def live_endpoint(day, clickhouse_url):
+    """The query endpoint over the simulated day's database, with a password user as Grafana would have."""
+    _, seeded = day
+    password = secrets.token_urlsafe(12)
+    port = free_port()
+    server = QueryServer(clickhouse_url[len("chdb://"):], port=port, users={"grafana": hash_password(password)},
+                         database=seeded.database).start()
+    yield {"addr": f"127.0.0.1:{port}", "user": "grafana", "password": password, "database": seeded.database}
+    server.stop()
+
+
+def run_go_driver(binary: Path, endpoint: dict, queries: list[dict]) -> dict:
+    argv = [str(binary), "-addr", endpoint["addr"], "-user", endpoint["user"], "-password", endpoint["password"],
+            "-database", endpoint["database"]]
+    run = subprocess.run(argv, input=json.dumps(queries), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.mark.parametrize("version", DRIVER_VERSIONS)
+def test_grafanas_go_driver_runs_every_panel_query_on_the_live_endpoint(day, go_drivers, live_endpoint, version):
+    """clickhouse-go, opened with the Grafana data source's HTTP options, connects to the live endpoint (its
+    server hello, ping and version), decodes every type in Native format at its protocol revision, and runs every
+    ClickHouse panel query of dashboards/ with the macros expanded: each answer the rows clickhouse-connect reads
+    from the store directly."""
+    client, seeded = day
+    queries, expected = [], {}
+    previous = client.database
+    client.database = seeded.database
+    try:
+        for uid, title in CLICKHOUSE_PANELS:
+            panel = next(p for p in report.panels(BOARDS[uid]) if p["title"] == title)
+            start, end = period(uid, seeded)
+            for target in report.clickhouse_targets(panel):
+                sql = report.expand_macros(target["rawSql"], start, end, report.grafana_interval(start, end, 1000))
+                name = f"{uid}: {title} ({target['refId']})"
+                queries.append({"name": name, "sql": sql})
+                expected[name] = client.query(sql).result_rows
+        queries.append({"name": "types", "sql": TYPES_SQL})
+        expected["types"] = client.query(TYPES_SQL).result_rows
+        queries.append({"name": "blocks", "sql": "SELECT number, toString(number) FROM numbers(150000)"})
+        expected["blocks"] = client.query("SELECT number, toString(number) FROM numbers(150000)").result_rows
+    finally:
+        client.database = previous
+    answer = run_go_driver(go_drivers[version], live_endpoint, queries + [{"name": "typo", "sql": "SELEC 1"}])
+    assert answer["driver"] == f"clickhouse-go {version}"
+    assert answer["ping"] == "ok"
+    assert answer["server"]["revision"] > 54460 and answer["server"]["timezone"]
+    results = {r["name"]: r for r in answer["results"]}
+    assert re.search(r"(?i)code: 62\b.*SYNTAX_ERROR", results.pop("typo")["error"], re.S)
+    assert len(queries) - 2 >= 27
+    for name, rows in expected.items():
+        got = results[name]
+        assert not got.get("error"), f"{name}: {got['error']}"
+        types = [c["type"] for c in got["columns"]]
+        decoded = [canonical([driver_value(v, t) for v, t in zip(row, types)]) for row in got["rows"]]
+        want = [canonical(json_value(list(row))) for row in rows]
+        assert rows and sorted(map(json.dumps, decoded)) == sorted(map(json.dumps, want)), name
 
 
 ALERT_PANELS = [(uid, title) for uid, title in CLICKHOUSE_PANELS

@@ -106,13 +106,14 @@ def test_confluent_kafkas_registry_client_decodes_records_of_every_kind_read_fro
                     assert g[name] == rec[name], (topic, name)
 
 
-def test_clickhouse_reads_a_topics_bytes_with_avroconfluent_pointed_at_the_registry(kafka, registry, tmp_path):
+def test_clickhouse_reads_a_topics_bytes_with_avroconfluent_pointed_at_the_registry(kafka, registry, tmp_path,
+                                                                                      clickhouse_url):
     from connectors.store import client as store
 
     prefix, url = registry
     codec = get_codec()
     sent = records_of_every_kind()
-    client = store.get_client(f"chdb://{tmp_path / 'ch'}")
+    client = store.get_client(clickhouse_url)      # the engine of this test process (chDB: one per process)
     for kind, field in (("clearance", "event_id"), ("derived_alert", "alert_id"), ("control", "event_id")):
         data = tmp_path / f"{kind}.bin"
         data.write_bytes(b"".join(codec.encode(kind, rec) for rec in sent[kind]))   # as a topic holds them

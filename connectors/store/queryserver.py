@@ -2,10 +2,14 @@
 
 chDB lets one process own a store folder, so the process that owns it (the sink) also answers everyone
 else's queries. It speaks enough of ClickHouse's HTTP interface that clickhouse-connect's HTTP client,
-``curl 'http://127.0.0.1:8124/?query=SELECT+1'`` and Grafana's ClickHouse data source (HTTP mode) work
-unchanged:
+``curl 'http://127.0.0.1:8124/?query=SELECT+1'`` and Grafana's ClickHouse data source (HTTP mode, through its
+Go driver clickhouse-go) work unchanged:
 
 - the query in the ``query`` parameter, the POST body, or both (concatenated, as ClickHouse does);
+- ``Native`` answers in the layout of the client's ``client_protocol_version`` (``connectors.store.native``):
+  clickhouse-go asks for 54460 (block info and the custom-serialization flag), clickhouse-connect for 54405;
+- ``enable_http_compression=1`` with ``Accept-Encoding: gzip`` or ``deflate`` compresses the answer;
+  ``compress=1`` (ClickHouse's own block compression, clickhouse-go's LZ4/ZSTD over HTTP) is refused by name;
 - ``database``, ``default_format``, ``param_<name>`` (query parameters) and ClickHouse settings as URL
   parameters; the format of a trailing ``FORMAT`` clause wins, TabSeparated otherwise;
 - credentials as HTTP basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key`` headers, or
@@ -47,6 +51,7 @@ import time
 import uuid
 from pathlib import Path
 
+from connectors.store import native
 from connectors.store.query_policy import LOWER_ONLY, Admitted, Policy, QueryRefused, check_format, check_setting
 
 log = logging.getLogger("yrdbus.queryserver")
@@ -321,6 +326,21 @@ def _status_for(code: int) -> int:
     return 400
 
 
+def _http_encoding(params, accept: str) -> str | None:
+    """The answer's Content-Encoding: as ClickHouse, only when ``enable_http_compression=1`` asks for one."""
+    if params.get("enable_http_compression") != "1":
+        return None
+    offered = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return next((e for e in ("gzip", "deflate") if e in offered), None)
+
+
+def _compress(data: bytes, encoding: str) -> bytes:
+    import gzip
+    import zlib
+
+    return gzip.compress(data, compresslevel=3) if encoding == "gzip" else zlib.compress(data, 3)
+
+
 # --------------------------------------------------------------------------- HTTP
 def build_app(engine: Engine, users: Users, *, metrics: bool = True):
     from starlette.applications import Starlette
@@ -377,6 +397,15 @@ def build_app(engine: Engine, users: Users, *, metrics: bool = True):
         database = request.headers.get("x-clickhouse-database") or params.get("database") or "default"
         fmt = request.headers.get("x-clickhouse-format") or params.get("default_format") or "TabSeparated"
         bind = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
+        revision = params.get("client_protocol_version", "0")
+        if not revision.isdigit():
+            return error(f"client_protocol_version: expected a protocol revision (a whole number), got {revision!r} "
+                         f"(CANNOT_PARSE_INPUT_ASSERTION_FAILED)", 27, 400, query_id)
+        revision = int(revision)
+        if params.get("compress") == "1":
+            return error("compress=1 (ClickHouse's own block compression of answers) is not served by this endpoint; "
+                         "use HTTP compression (enable_http_compression=1 with Accept-Encoding: gzip or deflate) or "
+                         "none (NOT_IMPLEMENTED)", 48, 400, query_id)
         limits = users.limits.get(user) or UserLimits()
         settings = {}
         try:
@@ -402,10 +431,14 @@ def build_app(engine: Engine, users: Users, *, metrics: bool = True):
             data, summary, admitted = await run_in_threadpool(
                 engine.execute, sql, bind, fmt, database, settings, limits, engine.max_execution_time)
             fmt = admitted.format or fmt
+            if fmt == "Native" and revision:
+                data = await run_in_threadpool(native.at_revision, data, revision)
             log.info("user=%s ms=%.1f bytes=%d %s", user, (time.perf_counter() - started) * 1000, len(data),
                      " ".join(admitted.sql.split())[:200])
         except QueryRefused as exc:
             return refused(exc, query_id)
+        except native.NativeError as exc:
+            return error(f"{exc} (NOT_IMPLEMENTED)", 48, 400, query_id)
         except Exception as exc:  # the engine's own error text, as ClickHouse sends it
             message = str(exc)
             idx = message.find("Code:")
@@ -419,6 +452,10 @@ def build_app(engine: Engine, users: Users, *, metrics: bool = True):
         headers = {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": engine.timezone,
                    "X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Summary": json.dumps(summary),
                    "X-ClickHouse-Server-Display-Name": "yrdbus"}
+        encoding = _http_encoding(params, request.headers.get("accept-encoding", ""))
+        if encoding and data:
+            data = await run_in_threadpool(_compress, data, encoding)
+            headers["Content-Encoding"] = encoding
         return Response(data, media_type=_CONTENT_TYPES.get(fmt, "text/plain; charset=UTF-8" if fmt.startswith(
             ("TabSeparated", "TSV", "Pretty", "Vertical", "Markdown")) else "application/octet-stream"),
             headers=headers)
