@@ -97,6 +97,16 @@ def test_the_kafka_exporter_reports_lag_per_group_and_partition_and_records_per_
     lag = {(s.labels["group"], s.labels["topic"], s.labels["partition"]): s.value
            for s in families["yrdbus_kafka_consumer_lag_messages"].samples}
     assert lag == {(group, topic, "0"): 5, (group, topic, "1"): 0}
+    # the same under the names community Kafka dashboards query (danielqsj/kafka_exporter)
+    assert {(s.labels["consumergroup"], s.labels["topic"], s.labels["partition"]): s.value
+            for s in families["kafka_consumergroup_lag"].samples} == lag
+    assert {(s.labels["consumergroup"], s.labels["topic"]): s.value
+            for s in families["kafka_consumergroup_lag_sum"].samples} == {(group, topic): 5}
+    assert {(s.labels["consumergroup"], s.labels["partition"]): s.value
+            for s in families["kafka_consumergroup_current_offset"].samples} == {(group, "0"): 10, (group, "1"): 15}
+    assert {(s.labels["topic"], s.labels["partition"]): s.value
+            for s in families["kafka_topic_partition_current_offset"].samples} == {
+        (topic, "0"): 15, (topic, "1"): 15, (dlq, "0"): 3}
     messages = {s.labels["topic"]: s.value for s in families["yrdbus_kafka_topic_messages"].samples
                 if s.name.endswith("_total")}
     assert messages == {topic: 30, dlq: 3}

@@ -301,9 +301,37 @@ class KafkaCollector:
         for (group, topic, partition), n in sorted(lag.items()):
             gauge.add_metric([group, topic, str(partition)], n)
         yield gauge
+        yield from conventional_families(ends, lag)
         yield GaugeMetricFamily("yrdbus_kafka_exporter_scrape_duration_seconds",
                                 "Time the exporter took to read the broker for this scrape.",
                                 value=time.perf_counter() - t0)
+
+
+def conventional_families(ends: dict, lag: dict):
+    """The same figures under the names of the community Kafka exporter (danielqsj/kafka_exporter), which
+    community Kafka dashboards and alerts query: ``kafka_consumergroup_lag{consumergroup,topic,partition}``,
+    its sum per group and topic, the groups' committed offsets and the partitions' end offsets."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    per_partition = GaugeMetricFamily("kafka_consumergroup_lag", "Current approximate lag of a consumer group at "
+                                      "topic/partition (as kafka_exporter).",
+                                      labels=["consumergroup", "topic", "partition"])
+    committed = GaugeMetricFamily("kafka_consumergroup_current_offset", "Current offset of a consumer group at "
+                                  "topic/partition (as kafka_exporter).", labels=["consumergroup", "topic", "partition"])
+    summed = GaugeMetricFamily("kafka_consumergroup_lag_sum", "Current approximate lag of a consumer group at a topic "
+                               "for all partitions (as kafka_exporter).", labels=["consumergroup", "topic"])
+    sums: dict[tuple[str, str], int] = {}
+    for (group, topic, partition), n in sorted(lag.items()):
+        per_partition.add_metric([group, topic, str(partition)], n)
+        committed.add_metric([group, topic, str(partition)], max(0, ends.get((topic, partition), 0)) - n)
+        sums[(group, topic)] = sums.get((group, topic), 0) + n
+    for (group, topic), n in sorted(sums.items()):
+        summed.add_metric([group, topic], n)
+    offsets = GaugeMetricFamily("kafka_topic_partition_current_offset", "Current offset of a broker at "
+                                "topic/partition (as kafka_exporter).", labels=["topic", "partition"])
+    for (topic, partition), end in sorted(ends.items()):
+        offsets.add_metric([topic, str(partition)], max(0, end))
+    yield from (per_partition, summed, committed, offsets)
 
 
 def exporter_registry(bootstrap: str, **kwargs):
