@@ -79,17 +79,59 @@ def test_every_dashboard_file_is_a_grafana_dashboard_model(uid):
                 assert t["expr"].strip(), where
 
 
+def grafana_expand(text: str, env: dict[str, str]) -> str:
+    """Grafana's expansion of ``$VAR`` and ``${VAR}`` in provisioning files (empty when unset)."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
 def test_provisioning_points_the_data_sources_at_the_bus_and_the_provider_at_the_dashboards():
-    defaults = Settings(_env_file=None)
-    sources = datasources()
-    ch = sources["yrdbus-clickhouse"]
-    assert ch["type"] == report.CLICKHOUSE_TYPE
-    assert ch["jsonData"]["protocol"] == "http" and ch["jsonData"]["port"] == defaults.query_port
-    assert ch["jsonData"]["defaultDatabase"] == "yrdbus"
-    prom = sources["yrdbus-prometheus"]
-    assert prom["type"] == "prometheus" and prom["url"].endswith(f":{defaults.prometheus_port}")
+    text = (PROVISIONING / "datasources" / "yrdbus.yml").read_text()
+    for where, value in (("host", yaml.safe_load(text)["datasources"][0]["jsonData"]["host"]),
+                         ("port", yaml.safe_load(text)["datasources"][0]["jsonData"]["port"]),
+                         ("url", yaml.safe_load(text)["datasources"][1]["url"])):
+        assert "${YRDBUS_" in str(value), f"{where} {value!r} is written into the file, not read from the environment"
+    for env, host, port, prom_port in ((Settings(_env_file=None), "127.0.0.1", 8124, 9090),
+                                       (Settings(_env_file=None, query_host="10.1.2.3", query_port=18124,
+                                                 prometheus_port=19090), "10.1.2.3", 18124, 19090)):
+        values = {"YRDBUS_QUERY_HOST": env.query_host, "YRDBUS_QUERY_PORT": str(env.query_port),
+                  "YRDBUS_PROMETHEUS_PORT": str(env.prometheus_port)}
+        sources = {d["uid"]: d for d in yaml.safe_load(grafana_expand(text, values))["datasources"]}
+        ch = sources["yrdbus-clickhouse"]
+        assert ch["type"] == report.CLICKHOUSE_TYPE and ch["jsonData"]["protocol"] == "http"
+        assert (ch["jsonData"]["host"], ch["jsonData"]["port"]) == (host, port)
+        assert ch["jsonData"]["defaultDatabase"] == "yrdbus"
+        prom = sources["yrdbus-prometheus"]
+        assert prom["type"] == "prometheus" and prom["url"] == f"http://127.0.0.1:{prom_port}"
     providers = yaml.safe_load((PROVISIONING / "dashboards" / "yrdbus.yml").read_text())["providers"]
     assert [p["type"] for p in providers] == ["file"] and providers[0]["options"]["path"] == "${YRDBUS_DASHBOARDS}"
+
+
+EVENT_TIME_BOARDS = sorted(uid for uid, m in BOARDS.items() if "event-time" in m["tags"])
+
+
+@pytest.mark.parametrize("uid", EVENT_TIME_BOARDS)
+def test_every_event_time_dashboard_has_a_region_variable_that_every_panel_query_uses(uid):
+    m = BOARDS[uid]
+    variables = {v["name"]: v for v in m["templating"]["list"]}
+    region = variables["region"]
+    assert region["type"] == "custom" and region["multi"] and region["includeAll"]
+    assert [o.strip() for o in region["query"].split(",")] == list(report.VARIABLES["region"])
+    assert region["current"]["value"] == ["$__all"]
+    for p in report.panels(m):
+        for t in report.clickhouse_targets(p):
+            assert "${region:singlequote}" in t["rawSql"], f"{uid} {p['title']!r} does not filter by region"
+
+
+def test_template_variables_are_replaced_as_grafana_replaces_them():
+    sql = "WHERE region IN (${region:singlequote}) AND x = '$region' AND y = '${region}'"
+    assert report.interpolate_variables(sql) == (
+        "WHERE region IN ('SH','JS','ZJ','AH') AND x = 'SH,JS,ZJ,AH' AND y = 'SH,JS,ZJ,AH'")
+    assert report.interpolate_variables(sql, {"region": ["JS"]}) == "WHERE region IN ('JS') AND x = 'JS' AND y = 'JS'"
+    assert report.interpolate_variables("${region:singlequote}", {"region": ["a'b"]}) == "'a\\'b'"
+    with pytest.raises(report.ReportError, match=r"\$port: not a variable"):
+        report.interpolate_variables("x = $port")
+    with pytest.raises(report.ReportError, match="format 'json'"):
+        report.interpolate_variables("${region:json}")
 
 
 # ------------------------------------------------------------------ the plugin's macros
@@ -324,6 +366,38 @@ def test_grafanas_go_driver_runs_every_panel_query_on_the_live_endpoint(day, go_
         assert rows and sorted(map(json.dumps, decoded)) == sorted(map(json.dumps, want)), name
 
 
+#: what names the region of a row in a panel's answer: a column of that name, or one holding the alert's regions
+REGION_COLUMNS = ("region", "must_act", "support_from", "inform", "region_pair")
+
+
+@pytest.mark.parametrize("region", ["SH", "AH"])
+def test_the_region_variable_narrows_every_panel_to_the_chosen_region(day, region):
+    """Each panel of the event-time dashboards with one region chosen: every row that names its regions names
+    the chosen one, and the answer has no more rows than the answer for all regions."""
+    client, seeded = day
+    previous = client.database
+    client.database = seeded.database
+    narrowed = queries = 0
+    try:
+        for uid in EVENT_TIME_BOARDS:
+            start, end = period(uid, seeded)
+            for p in report.panels(BOARDS[uid]):
+                for t in report.clickhouse_targets(p):
+                    every = client.query(report.expand_macros(t["rawSql"], start, end, 3600))
+                    one = client.query(report.expand_macros(t["rawSql"], start, end, 3600, {"region": [region]}))
+                    where = f"{uid} {p['title']!r} ({region})"
+                    assert len(one.result_rows) <= len(every.result_rows), where
+                    narrowed += one.result_rows != every.result_rows
+                    queries += 1
+                    cols = [i for i, c in enumerate(one.column_names) if c in REGION_COLUMNS]
+                    for row in one.result_rows:
+                        if cols:
+                            assert any(region in str(row[i]) for i in cols), (where, row)
+    finally:
+        client.database = previous
+    assert narrowed >= queries / 2 and queries >= 24, (narrowed, queries)   # most answers change with the region
+
+
 ALERT_PANELS = [(uid, title) for uid, title in CLICKHOUSE_PANELS
                 if any("derived_alerts" in t["rawSql"]
                        for t in report.clickhouse_targets(next(p for p in report.panels(BOARDS[uid]) if p["title"] == title)))]
@@ -404,3 +478,26 @@ def test_report_renders_the_main_panels_to_png_from_the_dashboards_sql(day, clic
     finally:
         client.database = previous
     assert (out / "index.html").is_file() and json.loads((out / "report.json").read_text())["panels"]
+
+    # one region, as the dashboards' region variable; a region the bus does not have is refused by name
+    panel = next(x for x in report.panels(BOARDS["yrdbus-risk"]) if x["title"] == "Rising patterns")
+    sql = report.clickhouse_targets(panel)[0]["rawSql"]
+    client.database = seeded.database
+    try:
+        every = client.query(report.expand_macros(sql, start, end, 60)).result_rows
+        region = every[-1][0]                 # a region with rising patterns in the period
+        only = client.query(report.expand_macros(sql, start, end, 60, {"region": [region]})).result_rows
+    finally:
+        client.database = previous
+    assert only and len(only) < len(every) and all(r[0] == region for r in only)
+    args = ["report", "--database", seeded.database, "--from", start.isoformat(), "--to", end.isoformat(), "--json",
+            "--panel", "Rising patterns"]
+    try:
+        one = CliRunner().invoke(app, args + ["--out", str(tmp_path / "one"), "--region", region.lower()])
+        bad = CliRunner().invoke(app, args + ["--out", str(tmp_path / "xx"), "--region", "XX"])
+    finally:
+        get_settings.cache_clear()
+        client.database = previous
+    assert one.exit_code == 0, one.output
+    assert [p["rows"] for p in json.loads(one.stdout.strip().splitlines()[-1])["panels"]] == [len(only)]
+    assert bad.exit_code != 0 and "--region XX: not a region of the bus" in bad.output

@@ -97,6 +97,8 @@ def report(
                                         "Default: a day before --to."),
     end: Optional[str] = typer.Option(None, "--to", help="End of the period. Default: the newest crossing in the store."),
     panel: List[str] = typer.Option([], "--panel", help="Only panels whose title contains this (repeatable)."),
+    region: List[str] = typer.Option([], "--region", help="Only this region's data, as the dashboards' region "
+                                     "variable (repeatable; default all: SH, JS, ZJ, AH)."),
     width: int = typer.Option(1000, "--width", min=300, max=4000, help="Image width in pixels (Grafana's interval follows it)."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
     database: Optional[str] = typer.Option(None, "--database", help="Database of the store (default: the bus's, yrdbus)."),
@@ -115,10 +117,10 @@ def report(
         fail(f"cannot open the store: {exc}")
     if database:
         client.database = database
-    _report(client, where, out, start, end, panel, width, json_out)
+    _report(client, where, out, start, end, panel, width, json_out, region)
 
 
-def _report(client, where, out, start, end, panel, width, json_out) -> None:
+def _report(client, where, out, start, end, panel, width, json_out, region=()) -> None:
     from rich.console import Console
     from rich.progress import Progress
 
@@ -131,6 +133,10 @@ def _report(client, where, out, start, end, panel, width, json_out) -> None:
         panels = rep.main_panels(only=panel)
     except rep.ReportError as exc:
         fail(str(exc))
+    regions = [r.strip().upper() for r in region]
+    unknown = sorted(set(regions) - set(rep.VARIABLES["region"]))
+    if unknown:
+        fail(f"--region {', '.join(unknown)}: not a region of the bus (one of {', '.join(rep.VARIABLES['region'])})")
     if not panels:
         fail(f"no panel title contains {', '.join(map(repr, panel))}")
     written = []
@@ -138,7 +144,8 @@ def _report(client, where, out, start, end, panel, width, json_out) -> None:
         task = bar.add_task(f"rendering {len(panels)} panels from {where}", total=len(panels))
         for p in panels:
             try:
-                written.append(rep.render_panel(client, p, t_from, t_to, out, width=width))
+                written.append(rep.render_panel(client, p, t_from, t_to, out, width=width,
+                                                variables={"region": regions} if regions else None))
             except rep.ReportError as exc:
                 fail(str(exc))
             bar.advance(task)

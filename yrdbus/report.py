@@ -56,8 +56,38 @@ def _args(name: str, args: list[str], n: int) -> list[str]:
     return args
 
 
-def expand_macros(sql: str, start: datetime, end: datetime, interval_s: float) -> str:
-    """``sql`` with the ClickHouse data source's macros expanded for the period [start, end] and interval.
+#: the dashboards' template variables and what "All" stands for
+VARIABLES = {"region": ("SH", "JS", "ZJ", "AH")}
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z]+))?\}|\[\[([A-Za-z_][A-Za-z0-9_]*)\]\]"
+                       r"|\$(?!__)([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def interpolate_variables(sql: str, values: dict[str, list[str] | tuple[str, ...]] | None = None) -> str:
+    """``sql`` with the dashboards' template variables replaced as Grafana replaces them before the data source
+    sees the query: ``${region:singlequote}`` -> ``'SH','JS'`` (quotes in values escaped), ``${region:csv}`` and
+    ``${region}``/``$region`` -> ``SH,JS``. A variable without a value gets all its values (Grafana's "All");
+    an unknown variable or format is an error, not a query with a hole in it."""
+    chosen = {name: tuple(values.get(name) or every) if values else every for name, every in VARIABLES.items()}
+
+    def replace(m: re.Match) -> str:
+        name = m.group(1) or m.group(3) or m.group(4)
+        fmt = m.group(2) or "csv"
+        if name not in chosen:
+            raise ReportError(f"${name}: not a variable of the dashboards (they have {', '.join(sorted(VARIABLES))})")
+        items = chosen[name]
+        if fmt == "singlequote":
+            return ",".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in items)
+        if fmt == "csv":
+            return ",".join(items)
+        raise ReportError(f"${{{name}:{fmt}}}: the format {fmt!r} is not one the dashboards use (singlequote, csv)")
+
+    return _VARIABLE.sub(replace, sql)
+
+
+def expand_macros(sql: str, start: datetime, end: datetime, interval_s: float,
+                  variables: dict[str, list[str]] | None = None) -> str:
+    """``sql`` with the template variables (``interpolate_variables``: ``variables``, else every value) and the
+    ClickHouse data source's macros expanded for the period [start, end] and interval.
 
     The expansions are the plugin's (grafana/clickhouse-datasource, pkg/macros/macros.go):
     ``$__timeFilter(c)`` -> ``c >= toDateTime(<from>) AND c <= toDateTime(<to>)`` (Unix seconds),
@@ -113,7 +143,7 @@ def expand_macros(sql: str, start: datetime, end: datetime, interval_s: float) -
         args = [a.strip() for a in m.group(2).split(",")] if m.group(2) is not None else []
         return macros[m.group(1)](args)
 
-    return pattern.sub(replace, sql)
+    return pattern.sub(replace, interpolate_variables(sql, variables))
 
 
 def grafana_interval(start: datetime, end: datetime, width_px: int = 1000, min_interval_s: float = 1.0) -> float:
@@ -188,10 +218,10 @@ def default_period(client, start: datetime | None, end: datetime | None) -> tupl
     return start, end
 
 
-def run_panel(client, panel: dict, start: datetime, end: datetime, width: int = 1000):
-    """(column names, rows) of the panel's first ClickHouse query for the period."""
+def run_panel(client, panel: dict, start: datetime, end: datetime, width: int = 1000, variables=None):
+    """(column names, rows) of the panel's first ClickHouse query for the period (and template variables)."""
     target = clickhouse_targets(panel)[0]
-    sql = expand_macros(target["rawSql"], start, end, grafana_interval(start, end, width))
+    sql = expand_macros(target["rawSql"], start, end, grafana_interval(start, end, width), variables)
     try:
         result = client.query(sql)
     except Exception as exc:
@@ -289,8 +319,9 @@ def draw(names: list[str], rows: list[list], panel: dict, path: Path, width: int
     plt.close(fig)
 
 
-def render_panel(client, panel: dict, start: datetime, end: datetime, out: Path, width: int = 1000) -> dict:
-    names, rows = run_panel(client, panel, start, end, width)
+def render_panel(client, panel: dict, start: datetime, end: datetime, out: Path, width: int = 1000,
+                 variables=None) -> dict:
+    names, rows = run_panel(client, panel, start, end, width, variables)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{_slug(panel['dashboard'].removeprefix('yrdbus-'))}-{_slug(panel['title'])}.png"
     draw(names, rows, panel, path, width)
