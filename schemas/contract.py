@@ -31,6 +31,7 @@ KINDS: dict[str, str] = {
     "derived_alert": f"{NAMESPACE}.DerivedAlert",
     "trend": f"{NAMESPACE}.TrendSignal",
     "risk": f"{NAMESPACE}.RiskScore",
+    "disposition": f"{NAMESPACE}.AlertDisposition",
 }
 #: kinds that stations publish
 SOURCE_KINDS = ("clearance", "alert", "case")

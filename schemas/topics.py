@@ -21,6 +21,7 @@ DERIVED_ALERTS = "alerts.derived"
 TRENDS = "trends"
 RISK_SCORES = "risk.scores"
 CONTROL = "control"
+DISPOSITIONS = "dispositions"
 
 
 def source(region: str, kind: str) -> str:
@@ -101,13 +102,18 @@ def definitions(prefix: str = "") -> list[TopicSpec]:
         TopicSpec(prefix + TRENDS, 2, 90 * DAY_MS, "delete", "trend signals of case counts and passenger flow"),
         # The latest risk score per subject or vessel is what a reader needs: compacted by its key.
         TopicSpec(prefix + RISK_SCORES, 4, -1, "compact", "the current risk score of each subject and vessel"),
+        # Officers' acknowledgements and settlements of derived alerts (the gateway writes them), keyed by
+        # alert_id: kept as long as the alerts they answer.
+        TopicSpec(prefix + DISPOSITIONS, 2, 90 * DAY_MS, "delete",
+                  "officers' dispositions of derived alerts (acknowledged, confirmed, false alarm, no action), "
+                  "keyed by alert_id"),
     ]
     for region in REGIONS:
         specs.append(TopicSpec(prefix + routed_alerts(region), 2, 30 * DAY_MS, "delete",
                                f"derived alerts {region} must act on or be informed of"))
     # Dead letters wait for a person to look at them: kept three times as long as their source.
-    for name in [s.name for s in specs if s.name.startswith(prefix + "border.")] + [prefix + CONTROL,
-                                                                                     prefix + DERIVED_ALERTS]:
+    for name in [s.name for s in specs if s.name.startswith(prefix + "border.")] + [
+            prefix + CONTROL, prefix + DERIVED_ALERTS, prefix + DISPOSITIONS]:
         specs.append(TopicSpec(dead_letter(name), 1, 90 * DAY_MS, "delete",
                                f"records of {name} that broke the contract, original bytes and the reason"))
     # Rows of a station's export whose region cannot be told (so no source topic): the importer's last resort.

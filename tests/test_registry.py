@@ -30,7 +30,8 @@ from schemas.codec import get_codec
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 #: kind -> the field that names a record
 IDS = {"clearance": "event_id", "alert": "event_id", "case": "event_id", "control": "event_id",
-       "derived_alert": "alert_id", "trend": "signal_id", "risk": "subject"}
+       "derived_alert": "alert_id", "trend": "signal_id", "risk": "subject",
+       "disposition": "disposition_id"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def registry(tmp_path_factory):
 
 def records_of_every_kind() -> dict[str, list[dict]]:
     out = {kind: synthetic.records(kind, 3, seed=17) for kind in ("clearance", "alert", "case", "derived_alert",
-                                                                  "trend", "risk")}
+                                                                  "trend", "risk", "disposition")}
     s = Script(3)
     rec = s.control(["SH", "ZJ"], 1_510_000_000_000, 1_510_600_000_000)
     out["control"] = [{k: (_dt(v) if k in ("occurred_at", "starts_at", "ends_at") else v) for k, v in rec.items()}]
@@ -68,13 +69,14 @@ def topic_of(prefix: str, kind: str, rec: dict) -> str:
     if kind in contract.SOURCE_KINDS:
         return prefix + topics.source(rec["region"], kind)
     return prefix + {"control": topics.CONTROL, "derived_alert": topics.DERIVED_ALERTS, "trend": topics.TRENDS,
-                     "risk": topics.RISK_SCORES}[kind]
+                     "risk": topics.RISK_SCORES, "disposition": topics.DISPOSITIONS}[kind]
 
 
 def test_confluent_kafkas_registry_client_decodes_records_of_every_kind_read_from_the_topics(kafka, registry):
     prefix, url = registry
     codec = get_codec()
     sent = records_of_every_kind()
+    assert set(sent) == set(contract.KINDS)
     by_topic: dict[str, list[tuple[str, dict]]] = {}
     for kind, recs in sent.items():
         for rec in recs:

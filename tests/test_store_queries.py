@@ -132,7 +132,7 @@ def rows(client, name, **params):
 def test_library_lists_every_query_with_its_parameters():
     lib = queries.library()
     assert set(lib) == {"subject_history", "cross_region_hits", "rising_case_patterns", "transit_stays",
-                        "port_flow_baseline", "alert_handling", "late_events"}
+                        "port_flow_baseline", "alert_handling", "late_events", "rule_feedback", "region_response"}
     assert [p.name for p in lib["subject_history"].params] == ["subject", "since", "until"]
     assert lib["subject_history"].params[0].required
     with pytest.raises(queries.QueryError, match="parameter subject"):
@@ -268,3 +268,53 @@ def test_late_events_lists_events_published_long_after_they_happened_longest_del
     assert got == [("alert", "JS", _uuid(111), 72.0), ("clearance", "SH", _uuid(11), 50.0)]
     assert [r[3] for r in rows(client, "late_events", min_delay_hours=60)] == [_uuid(111)]
     assert [r[3] for r in rows(client, "late_events", since="2017-06-05 00:00:00")] == [_uuid(11)]
+
+
+def disposition(n, alert_id, outcome, region, decided, officer="duty"):
+    return {"disposition_id": _uuid(n), "alert_id": alert_id, "outcome": outcome, "region": region,
+            "officer": officer, "note": "", "must_act": [], "inform": [], "decided_at": at(decided)}
+
+
+@pytest.fixture
+def disposed(seeded):
+    """Five standing alerts of two rules (one more withdrawn) and what the regions' officers said of them."""
+    client, db = seeded
+    alerts = [derived("f1", None, "2017-06-10 10:00:00", ["SH"]), derived("f2", None, "2017-06-10 11:00:00", ["SH"]),
+              derived("f3", None, "2017-06-10 12:00:00", ["SH", "JS"]),
+              dict(derived("f4", None, "2017-06-10 13:00:00", ["JS"]), rule_id="q"),
+              dict(derived("f5", None, "2017-06-10 14:00:00", ["JS"]), rule_id="q"),
+              dict(derived("f6", None, "2017-06-10 15:00:00", ["AH"]), status="WITHDRAWN")]
+    insert(client, db, "derived_alerts", [{"status": "RAISED", **a} for a in alerts])
+    insert(client, db, "dispositions", [
+        disposition(1, "f1", "ACKNOWLEDGED", "SH", "2017-06-10 10:02:00"),
+        disposition(2, "f1", "CONFIRMED", "SH", "2017-06-10 10:30:00"),
+        disposition(2, "f1", "CONFIRMED", "SH", "2017-06-10 10:30:00"),      # recorded twice: one row
+        disposition(3, "f2", "ACKNOWLEDGED", "SH", "2017-06-10 11:10:00"),
+        disposition(4, "f2", "FALSE_ALARM", "SH", "2017-06-10 11:40:00"),
+        disposition(5, "f3", "ACKNOWLEDGED", "JS", "2017-06-10 12:30:00"),
+        disposition(6, "f3", "CONFIRMED", "JS", "2017-06-10 13:00:00"),
+        disposition(7, "f3", "ACKNOWLEDGED", None, "2017-06-10 12:01:00", officer="rcc"),
+        disposition(8, "f4", "NO_ACTION", "JS", "2017-06-10 13:20:00"),
+        disposition(9, "f6", "ACKNOWLEDGED", "AH", "2017-06-10 15:01:00"),
+    ])
+    return client, db
+
+
+def test_rule_feedback_counts_what_officers_said_of_each_rules_standing_alerts(disposed):
+    client, _ = disposed
+    got = {(r[0], r[1]): r[2:] for r in rows(client, "rule_feedback", since="2017-06-10 00:00:00",
+                                            until="2017-06-11 00:00:00")}
+    # rule r: f1 confirmed, f2 false alarm, f3 confirmed (JS) and acknowledged (SH did not): precision 2/3
+    # rule q: f4 no action, f5 nothing; the withdrawn f6 does not count
+    assert got == {("r", "1"): (3, 3, 2, 1, 0, 0, 0.667), ("q", "1"): (2, 0, 0, 0, 1, 1, None)}
+
+
+def test_region_response_gives_time_to_acknowledge_and_what_each_region_left_open(disposed):
+    client, _ = disposed
+    got = {r[0]: r[1:] for r in rows(client, "region_response", since="2017-06-10 00:00:00",
+                                     until="2017-06-11 00:00:00")}
+    # SH: f1 (2 min), f2 (10 min), f3 (not acknowledged by SH: the command centre's does not count); f3 open
+    # JS: f3 (30 min), f4 (settled without acknowledging), f5 (nothing): f5 open
+    assert got["SH"][:3] == (3, 2, 6.0) and got["SH"][4] == 1
+    assert got["JS"][:3] == (3, 1, 30.0) and got["JS"][3] == 30.0 and got["JS"][4] == 1
+    assert "AH" not in got          # its only alert was withdrawn

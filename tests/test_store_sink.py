@@ -33,12 +33,13 @@ PLAN = {
     "derived_alert": (topics.DERIVED_ALERTS, 200),
     "trend": (topics.TRENDS, 60),
     "risk": (topics.RISK_SCORES, 90),
+    "disposition": (topics.DISPOSITIONS, 50),
 }
 TABLES = {"clearance": "clearances", "alert": "alerts", "case": "cases", "derived_alert": "derived_alerts",
-          "trend": "trends", "risk": "risk_scores"}
+          "trend": "trends", "risk": "risk_scores", "disposition": "dispositions"}
 #: what identifies one record of each table (a double has the same key; ingested_at differs)
 KEYS = {"clearance": "event_id", "alert": "event_id", "case": "event_id", "derived_alert": "alert_id",
-        "trend": "signal_id", "risk": "(subject, occurred_at)"}
+        "trend": "signal_id", "risk": "(subject, occurred_at)", "disposition": "disposition_id"}
 BAD = [b"not avro at all", b"\x00\x00\x00\x03\xe7garbage", b""]  # no framing; unknown schema id 999; empty
 
 

@@ -224,6 +224,71 @@ def tail(
         return
 
 
+def _dispose(alert_id: str, outcome: str, note: str, url: Optional[str], token_file: Optional[Path],
+             json_out: bool) -> None:
+    import httpx2
+
+    settings = get_settings()
+    token = _token(token_file)
+    base = (url or settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
+    try:
+        r = httpx2.post(f"{base}/alerts/{alert_id}/dispositions", json={"outcome": outcome, "note": note},
+                        headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    except httpx2.TransportError as exc:
+        fail(f"cannot reach the gateway at {base}: {exc} (is `yrdbus gateway serve` running?)", 4)
+    try:
+        body = r.json()
+    except ValueError:
+        body = {"message": r.text}
+    if r.status_code not in (200, 201):
+        fail(f"{base} answered {r.status_code}: {body.get('message', body)}", 2)
+    if json_out:
+        typer.echo(json.dumps(body, ensure_ascii=False))
+        return
+    for d in body["dispositions"]:
+        typer.echo(f"{d['alert_id']}: {d['outcome']} for {d['region'] or 'the command centre'} by {d['officer']} "
+                   f"at {d['decided_at']}" + (f" ({d['note']})" if d.get("note") else ""))
+    if not body["recorded"]:
+        typer.echo("(already recorded: nothing new)")
+
+
+_URL_HELP = "Gateway URL (default: YRDBUS_GATEWAY_URL or http://YRDBUS_GATEWAY_HOST:YRDBUS_GATEWAY_PORT)."
+_TOKEN_HELP = "File holding the bearer token (default: the YRDBUS_GATEWAY_TOKEN environment variable)."
+
+
+@alerts_app.command("ack")
+def ack(
+    alert_id: str = typer.Argument(..., help="The derived alert's id (alert_id)."),
+    note: str = typer.Option("", "--note", help="A short note (at most 500 characters)."),
+    url: Optional[str] = typer.Option(None, "--url", help=_URL_HELP),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the gateway's answer as JSON."),
+) -> None:
+    """Acknowledge a derived alert for your token's region: seen, being dealt with.
+
+    Exit status 0 when recorded (or already so), 2 when the gateway refuses (the message says why), 4 when
+    it cannot be reached.
+    """
+    _dispose(alert_id, "ACKNOWLEDGED", note, url, token_file, json_out)
+
+
+@alerts_app.command("settle")
+def settle(
+    alert_id: str = typer.Argument(..., help="The derived alert's id (alert_id)."),
+    outcome: str = typer.Option(..., "--outcome", help="confirmed (the alert was right), false-alarm, or no-action "
+                                                       "(right, nothing for this region to do)."),
+    note: str = typer.Option("", "--note", help="A short note (at most 500 characters)."),
+    url: Optional[str] = typer.Option(None, "--url", help=_URL_HELP),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the gateway's answer as JSON."),
+) -> None:
+    """Settle a derived alert for your token's region (acknowledging it too if it was not).
+
+    A settlement is not changed once recorded: settling again the same way is a no-op, another way is refused.
+    """
+    _dispose(alert_id, outcome.strip().upper().replace("-", "_"), note, url, token_file, json_out)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(gateway_app, name="gateway")
     app.add_typer(alerts_app, name="alerts")

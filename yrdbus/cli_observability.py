@@ -94,11 +94,16 @@ def _parse_time(value: str | None, name: str) -> datetime | None:
 def report(
     out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Folder to write the PNG files (and report.json) into."),
     start: Optional[str] = typer.Option(None, "--from", help="Start of the period (ISO, UTC if no zone). "
-                                        "Default: a day before --to."),
-    end: Optional[str] = typer.Option(None, "--to", help="End of the period. Default: the newest crossing in the store."),
+                                        "Default: a day before --to; without --to, the hour of the earliest event stored "
+                                        "(crossing, derived alert, case or trend), at most 31 days before the newest."),
+    end: Optional[str] = typer.Option(None, "--to", help="End of the period. Default: the hour after the newest event stored."),
     panel: List[str] = typer.Option([], "--panel", help="Only panels whose title contains this (repeatable)."),
     region: List[str] = typer.Option([], "--region", help="Only this region's data, as the dashboards' region "
                                      "variable (repeatable; default all: SH, JS, ZJ, AH)."),
+    baseline_scale: Optional[float] = typer.Option(
+        None, "--baseline-scale", min=0.0001,
+        help="Multiply the flow baseline (the 2017 volume) by this in the ports and flow panels, and their ratio "
+             "with it. Default: the --scale of the last `yrdbus run` on this store (0.1 unless given), else 1."),
     width: int = typer.Option(1000, "--width", min=300, max=4000, help="Image width in pixels (Grafana's interval follows it)."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
     database: Optional[str] = typer.Option(None, "--database", help="Database of the store (default: the bus's, yrdbus)."),
@@ -110,6 +115,7 @@ def report(
     Runs through the live query endpoint when a running bus owns the store, else on the store directly.
     """
     from yrdbus.cli_store import query_client
+    from yrdbus.run import MARKER
 
     try:
         client, where = query_client(user, password)
@@ -117,10 +123,21 @@ def report(
         fail(f"cannot open the store: {exc}")
     if database:
         client.database = database
-    _report(client, where, out, start, end, panel, width, json_out, region)
+    marker = get_settings().var_dir / "run" / MARKER
+    if baseline_scale is None and marker.is_file() and not database:
+        # the store holds what the last `yrdbus run` simulated, at its --scale of the volume the baseline stands for
+        try:
+            baseline_scale = float(json.loads(marker.read_text())["scale"])
+        except (ValueError, KeyError, TypeError):
+            baseline_scale = None
+        if baseline_scale is not None and baseline_scale != 1.0:
+            typer.echo(f"the flow baseline x {baseline_scale:g}: the volume the last `yrdbus run` simulated ({marker}); "
+                       f"--baseline-scale 1 compares with the full 2017 volume", err=True)
+    _report(client, where, out, start, end, panel, width, json_out, region,
+            1.0 if baseline_scale is None else baseline_scale)
 
 
-def _report(client, where, out, start, end, panel, width, json_out, region=()) -> None:
+def _report(client, where, out, start, end, panel, width, json_out, region=(), baseline_scale=1.0) -> None:
     from rich.console import Console
     from rich.progress import Progress
 
@@ -129,7 +146,7 @@ def _report(client, where, out, start, end, panel, width, json_out, region=()) -
     t_from, t_to = _parse_time(start, "--from"), _parse_time(end, "--to")
     err = Console(stderr=True)
     try:
-        t_from, t_to = rep.default_period(client, t_from, t_to)
+        period = rep.default_period(client, t_from, t_to)
         panels = rep.main_panels(only=panel)
     except rep.ReportError as exc:
         fail(str(exc))
@@ -144,18 +161,20 @@ def _report(client, where, out, start, end, panel, width, json_out, region=()) -
         task = bar.add_task(f"rendering {len(panels)} panels from {where}", total=len(panels))
         for p in panels:
             try:
-                written.append(rep.render_panel(client, p, t_from, t_to, out, width=width,
-                                                variables={"region": regions} if regions else None))
+                written.append(rep.render_panel(client, p, period.start, period.end, out, width=width,
+                                                variables={"region": regions} if regions else None,
+                                                baseline_scale=baseline_scale))
             except rep.ReportError as exc:
                 fail(str(exc))
             bar.advance(task)
-    summary = rep.write_index(out, written, t_from, t_to, where)
+    summary = rep.write_index(out, written, period, where, baseline_scale)
     if json_out:
         typer.echo(json.dumps(summary, default=str))
     else:
         for w in written:
             typer.echo(f"{w['file']}: {w['title']} ({w['rows']} rows)")
-        typer.echo(f"{len(written)} panels from {t_from.isoformat()} to {t_to.isoformat()} in {out}")
+        typer.echo(f"{len(written)} panels from {period.start.isoformat()} to {period.end.isoformat()} "
+                   f"({period.reason}) in {out}")
 
 
 def register(app: typer.Typer) -> None:

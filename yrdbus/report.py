@@ -10,8 +10,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards" / "json"
@@ -201,23 +206,69 @@ def main_panels(only: list[str] | None = None, directory: Path = DASHBOARDS_DIR)
     return out
 
 
-# =========================================================================== running and drawing
-def default_period(client, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    """[start, end]: as given; else the day up to the newest crossing in the store (or up to now)."""
-    if end is None:
-        newest = client.query("SELECT max(occurred_at) FROM clearances").result_rows[0][0]
-        if newest is None or newest.year < 1971:
-            end = datetime.now(timezone.utc)
+# =========================================================================== the period
+#: the tables and event-time columns the main panels filter on: a default period spans what they hold
+EVENT_TIME_COLUMNS = [("clearances", "occurred_at"), ("derived_alerts", "occurred_at"), ("cases", "occurred_at"),
+                      ("trends", "window_end")]
+#: the longest default period: of a store holding more, the last 31 days up to its newest event
+DEFAULT_SPAN_MAX = timedelta(days=31)
+
+
+class Period(NamedTuple):
+    start: datetime
+    end: datetime
+    reason: str          # how it was chosen, for the summary and report.json
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def stored_span(client) -> tuple[datetime, datetime] | None:
+    """(earliest, newest) event time in the tables the main panels read (``EVENT_TIME_COLUMNS``), None when
+    they are all empty."""
+    times = []
+    for table, column in EVENT_TIME_COLUMNS:
+        times += [_utc(t) for t in client.query(f"SELECT minOrNull({column}), maxOrNull({column}) FROM {table}")
+                  .result_rows[0] if t is not None]
+    return (min(times), max(times)) if times else None
+
+
+def default_period(client, start: datetime | None, end: datetime | None) -> Period:
+    """The report's period: as given; else the span of the events the main panels read, so that no panel is
+    empty for want of looking at the right days (a day up to the newest crossing left out alerts raised earlier
+    in a simulated run). Neither given: the hour of the earliest event to the hour after the newest, at most
+    the last 31 days of it. Only the end: the day before it. Only the start: up to the hour after the newest
+    event. Nothing stored: the day up to now."""
+    if start is not None and end is not None:
+        reason = "as given"
+    elif end is not None:
+        start, reason = end - timedelta(days=1), "the day before --to"
+    elif (span := stored_span(client)) is None:
+        end = datetime.now(timezone.utc)
+        start, reason = (start, "no events stored: up to now") if start is not None else (
+            end - timedelta(days=1), "no events stored: the day up to now")
+    else:
+        first, newest = span
+        end = _hour(newest) + timedelta(hours=1)
+        stored = f"{first:%Y-%m-%d %H:%M} to {newest:%Y-%m-%d %H:%M}"
+        if start is not None:
+            reason = f"from --from to the newest event stored, {newest:%Y-%m-%d %H:%M}"
+        elif end - _hour(first) > DEFAULT_SPAN_MAX:
+            start = end - DEFAULT_SPAN_MAX
+            reason = f"the last {DEFAULT_SPAN_MAX.days} days of the events stored, {stored}"
         else:
-            newest = newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc)
-            end = newest.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    if start is None:
-        start = end - timedelta(days=1)
+            start, reason = _hour(first), f"every event stored, {stored}"
     if start >= end:
         raise ReportError(f"--from {start.isoformat()} is not before --to {end.isoformat()}")
-    return start, end
+    return Period(start, end, reason)
 
 
+# =========================================================================== running
 def run_panel(client, panel: dict, start: datetime, end: datetime, width: int = 1000, variables=None):
     """(column names, rows) of the panel's first ClickHouse query for the period (and template variables)."""
     target = clickhouse_targets(panel)[0]
@@ -229,12 +280,50 @@ def run_panel(client, panel: dict, start: datetime, end: datetime, width: int = 
     return list(result.column_names), [list(r) for r in result.result_rows]
 
 
+#: the columns carrying the flow baseline (ref_flow_baseline: the region's full 2017 volume), each with the
+#: observed column it is the baseline of
+BASELINE_COLUMNS = {"baseline": "crossings", "expected_in_period": "crossings_in_period"}
+
+
+def scale_baseline(names: list[str], rows: list[list], scale: float) -> list[list]:
+    """``rows`` with the baseline columns (``BASELINE_COLUMNS``) multiplied by ``scale`` and a ``ratio`` column
+    recomputed from them (observed over scaled baseline, rounded to 2 places as the panel's SQL rounds it; None
+    where the baseline is 0). The baseline is full volume while a simulated run publishes a fraction of it
+    (`yrdbus run --scale`, 0.1 by default): unscaled, every port of such a run reads as a tenth of normal."""
+    scaled = [i for i, n in enumerate(names) if n in BASELINE_COLUMNS]
+    if scale == 1 or not scaled:
+        return rows
+    # (ratio, observed, baseline) columns of a panel with a ratio of an observed column to its baseline
+    ratio = next(((names.index("ratio"), names.index(BASELINE_COLUMNS[names[i]]), i) for i in scaled
+                  if "ratio" in names and BASELINE_COLUMNS[names[i]] in names), None)
+    out = []
+    for r in rows:
+        r = list(r)
+        for i in scaled:
+            r[i] = None if r[i] is None else round(float(r[i]) * scale, 1)
+        if ratio is not None:
+            at, observed, baseline = ratio
+            r[at] = round(r[observed] / r[baseline], 2) if r[baseline] and r[observed] is not None else None
+        out.append(r)
+    return out
+
+
+# =========================================================================== drawing
+#: a time series with fewer points than this is drawn as bars at its times: a line through a handful of
+#: counts pretends a continuity the data does not have
+SPARSE_POINTS = 40
+MAX_SERIES = 12          # series of a time series drawn (the first, by name)
+MAX_BAR_VALUES = 6       # value columns of a bar chart drawn
+MAX_CATEGORIES = 25      # categories of a bar chart drawn
+MIN_BAR_PX = 8           # a bar at a time is at least this wide, or a single event would be invisible
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, (int, float, Decimal)) and not isinstance(v, bool)
 
 
 def _as_float(v) -> float:
@@ -253,87 +342,265 @@ def _label(v) -> str:
     return "" if v is None else str(v)
 
 
-def draw(names: list[str], rows: list[list], panel: dict, path: Path, width: int = 1000) -> None:
-    """Draw a panel's rows as Grafana would show them: lines over time, bars, or a table."""
-    import matplotlib
+def _value_text(v: float) -> str:
+    """A bar's value: whole numbers with thousands separators, fractions to two places."""
+    if math.isnan(v):
+        return ""
+    if v == int(v):
+        return f"{int(v):,}"
+    return f"{v:,.2f}".rstrip("0") if abs(v) < 10 else f"{v:,.1f}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    kind = panel.get("type")
-    title = panel.get("title", "")
-    fig_w = width / 100
-    if kind in ("table",) or not rows:
-        shown = rows[:20]
-        fig, ax = plt.subplots(figsize=(fig_w, 0.9 + 0.32 * (len(shown) + 1)))
-        ax.axis("off")
-        if shown:
-            cells = [[_label(v)[:40] for v in r] for r in shown]
-            table = ax.table(cellText=cells, colLabels=names, loc="upper center", cellLoc="left")
-            table.auto_set_font_size(False)
-            table.set_fontsize(8)
-            table.scale(1, 1.25)
+def _when(v) -> datetime | None:
+    if isinstance(v, datetime):
+        return _utc(v)
+    if isinstance(v, date):
+        return datetime(v.year, v.month, v.day, tzinfo=timezone.utc)
+    return None
+
+
+def numeric_columns(rows: list[list]) -> list[int]:
+    """Columns whose values are numbers (None allowed, not every one)."""
+    return [i for i in range(len(rows[0]))
+            if all(v is None or _num(v) for v in (r[i] for r in rows)) and any(_num(r[i]) for r in rows)]
+
+
+def ratio_columns(names: list[str], rows: list[list], value_idx: list[int]) -> list[int]:
+    """The value columns to draw on an axis of their own beside the counts, where on the count axis they would
+    be a line along zero: a ratio by name (``ratio``, ``*_ratio``, ``*share``), or fractions between 0 and 10
+    in a panel whose other value columns reach at least ten times as high (small whole numbers are counts, not
+    ratios). None when there are no counts left to keep them apart from."""
+    def values(i):
+        return [f for f in (_as_float(r[i]) for r in rows) if not math.isnan(f)]
+
+    named = {i for i in value_idx if names[i] == "ratio" or names[i].endswith(("_ratio", "share"))}
+    small = {i for i in value_idx if i not in named and (v := values(i))
+             and all(0 <= x <= 10 for x in v) and any(x != int(x) for x in v)}
+    counts = [i for i in value_idx if i not in named | small]
+    if not counts:
+        return []
+    top = max((abs(x) for i in counts for x in values(i)), default=0.0)
+    return [i for i in value_idx if i in named or (i in small and top >= 10 * max(values(i)))]
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(k % cmap.N) for k in range(n)]
+
+
+def _legend(fig, axes, n: int) -> None:
+    """Every axis' series in one legend below the plot, as Grafana places it."""
+    handles, labels = [], []
+    for ax in axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, n), fontsize=8, frameon=False)
+
+
+def _table(names, rows, title, width, period) -> Figure:
+    from matplotlib.figure import Figure
+
+    shown = rows[:20]
+    fig = Figure(figsize=(width / 100, 0.8 + 0.26 * (len(shown) + 1)), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    if shown:
+        cells = [[(t if len(t) <= 72 else t[:71] + "…") for t in map(_label, r)] for r in shown]
+        # columns as wide as their longest text, so that none is cut off by a wider neighbour's share
+        chars = [max(len(h), *(len(r[j]) for r in cells)) + 2 for j, h in enumerate(names)]
+        widths = [c / sum(chars) for c in chars]
+        table = ax.table(cellText=cells, colLabels=names, colWidths=widths, loc="upper center", cellLoc="left")
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+        table.scale(1, 1.25)
+        for (_, col), cell in table.get_celld().items():
+            cell.PAD = 0.006 / widths[col]       # the same margin in every column (PAD is a share of the cell)
+    else:
+        where = f" from {period[0]:%Y-%m-%d %H:%M} to {period[1]:%Y-%m-%d %H:%M} UTC" if period else " in this period"
+        ax.text(0.5, 0.5, "no data" + where, ha="center", va="center", fontsize=12, color="grey")
+    more = f" (first 20 of {len(rows)})" if len(rows) > 20 else ""
+    ax.set_title(title + more, loc="left", fontsize=11)
+    return fig
+
+
+def _step_s(panel: dict, times: list[datetime], interval_s: float | None) -> float:
+    """The panel's time step in seconds: the query's interval where it buckets time with ``$__timeInterval``,
+    a day where it reads days (``$__dateFilter``), else the query's own bucket (an hour), the smallest spacing
+    of its times."""
+    distinct = sorted(set(times))
+    spacing = min(((b - a).total_seconds() for a, b in zip(distinct, distinct[1:])), default=None)
+    sql = " ".join(t.get("rawSql", "") for t in clickhouse_targets(panel))
+    if "$__dateFilter" in sql:
+        return 86400.0
+    if interval_s and ("$__timeInterval" in sql or spacing is None):
+        return interval_s
+    return spacing or 3600.0
+
+
+def sparse(times: list[datetime], step_s: float) -> bool:
+    """Whether a series is too thin for a line: fewer than ``SPARSE_POINTS`` points, or a gap of more than a
+    step between two of them (a count missing from a bucket is 0, not halfway between its neighbours)."""
+    ts = sorted(times)
+    return len(ts) < SPARSE_POINTS or any((b - a).total_seconds() > step_s * 1.01 for a, b in zip(ts, ts[1:]))
+
+
+def _timeseries(names, rows, panel, width, period, interval_s) -> Figure:
+    import matplotlib.dates as mdates
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    t_idx = next(i for i in range(len(rows[0])) if all(_when(r[i]) for r in rows))
+    value_idx = [i for i in numeric_columns(rows) if i != t_idx]
+    label_idx = [i for i in range(len(rows[0])) if i != t_idx and i not in value_idx]
+    on_ratio_axis = set(ratio_columns(names, rows, value_idx))
+    series: dict[str, tuple[int, list, list]] = {}     # name -> (value column, times, values)
+    for r in rows:
+        labels = " ".join(_label(r[i]) for i in label_idx)
+        for i in value_idx:
+            key = (labels + " " + names[i]).strip() if len(value_idx) > 1 or not labels else labels
+            _, xs, ys = series.setdefault(key, (i, [], []))
+            xs.append(_when(r[t_idx]))
+            ys.append(_as_float(r[i]))
+    shown = sorted(series.items())[:MAX_SERIES]
+    step = _step_s(panel, [_when(r[t_idx]) for r in rows], interval_s)
+
+    fig = Figure(figsize=(width / 100, 4.4 + 0.2 * math.ceil(len(shown) / 4)), layout="constrained")
+    ax = fig.subplots()
+    ax2 = ax.twinx() if on_ratio_axis else None
+    colors = dict(zip((k for k, _ in shown), _colors(len(shown))))
+    lo, hi = period if period else (min(x for _, (_, xs, _) in shown for x in xs),
+                                    max(x for _, (_, xs, _) in shown for x in xs) + timedelta(seconds=step))
+    at: dict[datetime, list[tuple[str, float]]] = {}
+    for key, (i, xs, ys) in shown:
+        if sparse(xs, step):
+            for x, y in zip(xs, ys):
+                at.setdefault(x, []).append((key, y))
         else:
-            ax.text(0.5, 0.5, "no data in this period", ha="center", va="center", fontsize=12, color="grey")
-        more = f" (first 20 of {len(rows)})" if len(rows) > 20 else ""
-        ax.set_title(title + more, loc="left", fontsize=11)
+            (ax2 if i in on_ratio_axis else ax).plot(mdates.date2num(xs), ys, label=key, color=colors[key],
+                                                     linewidth=1.4)
+    # sparse series as bars at their times, the series with a value at one time side by side in its bucket:
+    # a step wide, or MIN_BAR_PX if that is wider and the next time leaves room
+    visible_s = (hi - lo).total_seconds() * MIN_BAR_PX / (width * 0.85)
+    times = sorted(at)
+    bars: dict[str, tuple[list, list, list]] = {}
+    for x, after in zip(times, times[1:] + [None]):
+        values = at[x]
+        bucket_s = max(step, visible_s) if after is None else min(max(step, visible_s), (after - x).total_seconds())
+        w = bucket_s / len(values) / 86400
+        for j, (key, y) in enumerate(values):
+            lefts, widths, heights = bars.setdefault(key, ([], [], []))
+            lefts.append(mdates.date2num(x) + j * w)
+            widths.append(w)
+            heights.append(y)
+    for key, (i, _, _) in shown:
+        if key in bars:
+            lefts, widths, heights = bars[key]
+            (ax2 if i in on_ratio_axis else ax).bar(lefts, heights, width=widths, align="edge", label=key,
+                                                    color=colors[key])
+    locator = mdates.AutoDateLocator()
+    ax.xaxis_date()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlim(mdates.date2num(lo), mdates.date2num(hi))
+    counts = [i for i in value_idx if i not in on_ratio_axis]
+    ax.set_ylabel(", ".join(names[i] for i in counts), fontsize=9)
+    if all(_num(r[i]) and r[i] == int(r[i]) for r in rows for i in counts):
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if all(y >= 0 for _, (i, _, ys) in shown if i in counts for y in ys):
+        ax.set_ylim(bottom=0)
+    if ax2 is not None:
+        ax2.set_ylabel(", ".join(names[i] for i in sorted(on_ratio_axis)), fontsize=9)
+    ax.grid(alpha=0.3)
+    more = f" (first {MAX_SERIES} of {len(series)} series)" if len(series) > MAX_SERIES else ""
+    ax.set_title(panel.get("title", "") + more, loc="left", fontsize=11)
+    if len(shown) > 1 or ax2 is not None:
+        _legend(fig, [a for a in (ax, ax2) if a is not None], len(shown))
+    return fig
+
+
+def _bars(names, rows, title, width) -> Figure:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+
+    value_idx = numeric_columns(rows)[:MAX_BAR_VALUES]
+    label_idx = [i for i in range(len(rows[0])) if i not in value_idx]
+    rows = rows[:MAX_CATEGORIES]
+    cats = [" ".join(_label(r[i]) for i in label_idx) or names[value_idx[0]] for r in rows]
+    on_ratio_axis = set(ratio_columns(names, rows, value_idx))
+    fig = Figure(figsize=(width / 100, 1.6 + 0.34 * len(cats) * max(1, len(value_idx)) ** 0.5), layout="constrained")
+    ax = fig.subplots()
+    ax2 = ax.twiny() if on_ratio_axis else None
+    height = 0.8 / max(1, len(value_idx))
+    for k, (i, color) in enumerate(zip(value_idx, _colors(len(value_idx)))):
+        vals = [_as_float(r[i]) for r in rows]
+        axis = ax2 if i in on_ratio_axis else ax
+        bars = axis.barh([j + k * height for j in range(len(cats))], vals, height=height, label=names[i], color=color)
+        axis.bar_label(bars, labels=[_value_text(v) for v in vals], fontsize=7, padding=2)
+        axis.margins(x=0.08)
+    ax.set_yticks([j + height * (len(value_idx) - 1) / 2 for j in range(len(cats))], cats, fontsize=8)
+    ax.invert_yaxis()
+    counts = [i for i in value_idx if i not in on_ratio_axis]
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,g}"))
+    if all(_num(r[i]) and r[i] == int(r[i]) for r in rows for i in counts):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ax2 is not None:
+        ax.set_xlabel(", ".join(names[i] for i in counts), fontsize=9)
+        ax2.set_xlabel(", ".join(names[i] for i in value_idx if i in on_ratio_axis), fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, loc="left", fontsize=11)
+    if len(value_idx) > 1:
+        _legend(fig, [a for a in (ax, ax2) if a is not None], len(value_idx))
+    return fig
+
+
+def figure(names: list[str], rows: list[list], panel: dict, width: int = 1000,
+           period: tuple[datetime, datetime] | None = None, interval_s: float | None = None,
+           note: str | None = None) -> Figure:
+    """A panel's rows drawn as Grafana would show them: a table, lines over time (bars for a sparse series),
+    or bars by category; ratios on an axis of their own beside the counts. ``period`` spans the time axis
+    (and is named when there is nothing to show), ``interval_s`` is the query's interval, ``note`` is written
+    at the top right (what was done to the numbers, such as a scaled baseline)."""
+    kind, title = panel.get("type"), panel.get("title", "")
+    if kind == "table" or not rows:
+        fig = _table(names, rows, title, width, period)
     elif kind == "timeseries":
-        fig, ax = plt.subplots(figsize=(fig_w, 4.2))
-        t_idx = next((i for i, r in enumerate(rows[0]) if isinstance(r, datetime) or hasattr(r, "year")), 0)
-        label_idx = [i for i, v in enumerate(rows[0]) if i != t_idx and not _num(v)]
-        value_idx = [i for i, v in enumerate(rows[0]) if i != t_idx and _num(v)]
-        series: dict[str, tuple[list, list]] = {}
-        for r in rows:
-            labels = " ".join(_label(r[i]) for i in label_idx)
-            for i in value_idx:
-                key = (labels + " " + names[i]).strip() if len(value_idx) > 1 or not labels else labels
-                xs, ys = series.setdefault(key, ([], []))
-                xs.append(r[t_idx])
-                ys.append(_as_float(r[i]))
-        for key, (xs, ys) in sorted(series.items())[:12]:
-            ax.plot(xs, ys, label=key, linewidth=1.4, drawstyle="steps-post" if len(xs) < 40 else "default")
-        ax.grid(alpha=0.3)
-        ax.set_title(title, loc="left", fontsize=11)
-        if len(series) > 1:
-            ax.legend(fontsize=8, ncol=min(4, len(series)), loc="upper left")
-        fig.autofmt_xdate()
+        fig = _timeseries(names, rows, panel, width, period, interval_s)
     else:   # barchart, piechart, stat, bargauge: categories against their numbers
-        label_idx = [i for i, v in enumerate(rows[0]) if not _num(v)]
-        value_idx = [i for i, v in enumerate(rows[0]) if _num(v)][:3]
-        cats = [" ".join(_label(r[i]) for i in label_idx) or names[value_idx[0]] for r in rows][:25]
-        fig, ax = plt.subplots(figsize=(fig_w, 1.2 + 0.34 * len(cats) * max(1, len(value_idx)) ** 0.5))
-        height = 0.8 / max(1, len(value_idx))
-        for k, i in enumerate(value_idx):
-            vals = [_as_float(r[i]) for r in rows][:25]
-            pos = [j + k * height for j in range(len(cats))]
-            bars = ax.barh(pos, vals, height=height, label=names[i])
-            ax.bar_label(bars, labels=[f"{v:,.1f}".rstrip("0").rstrip(".") for v in vals], fontsize=7, padding=2)
-        ax.set_yticks([j + height * (len(value_idx) - 1) / 2 for j in range(len(cats))], cats, fontsize=8)
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
-        ax.set_title(title, loc="left", fontsize=11)
-        if len(value_idx) > 1:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        fig = _bars(names, rows, title, width)
+    if note:
+        fig.axes[0].set_title(note, loc="right", fontsize=9, color="#a0522d")
+    return fig
+
+
+def draw(names: list[str], rows: list[list], panel: dict, path: Path, width: int = 1000, **how) -> None:
+    """The panel's ``figure`` as a PNG file at ``path``."""
+    figure(names, rows, panel, width, **how).savefig(path, dpi=100)
 
 
 def render_panel(client, panel: dict, start: datetime, end: datetime, out: Path, width: int = 1000,
-                 variables=None) -> dict:
+                 variables=None, baseline_scale: float = 1.0) -> dict:
     names, rows = run_panel(client, panel, start, end, width, variables)
+    scaled = baseline_scale != 1 and any(n in BASELINE_COLUMNS for n in names)
+    rows = scale_baseline(names, rows, baseline_scale)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{_slug(panel['dashboard'].removeprefix('yrdbus-'))}-{_slug(panel['title'])}.png"
-    draw(names, rows, panel, path, width)
+    draw(names, rows, panel, path, width, period=(start, end), interval_s=grafana_interval(start, end, width),
+         note=f"baseline x {baseline_scale:g}: simulated volume" if scaled else None)
     return {"dashboard": panel["dashboard"], "title": panel["title"], "file": str(path), "rows": len(rows),
-            "columns": names}
+            "columns": names, **({"baseline_scale": baseline_scale} if scaled else {})}
 
 
-def write_index(out: Path, written: list[dict], start: datetime, end: datetime, source: str) -> dict:
-    summary = {"from": start.isoformat(), "to": end.isoformat(), "source": source, "panels": written}
+def write_index(out: Path, written: list[dict], period: Period, source: str, baseline_scale: float = 1.0) -> dict:
+    summary = {"from": period.start.isoformat(), "to": period.end.isoformat(), "period": period.reason,
+               "source": source, "baseline_scale": baseline_scale, "panels": written}
     (out / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    scale = f"; flow baseline x {baseline_scale:g}" if baseline_scale != 1 else ""
     html = ["<!doctype html><meta charset='utf-8'><title>yrdbus report</title>",
-            f"<h1>yrdbus report</h1><p>{start.isoformat()} to {end.isoformat()}, from {source}</p>"]
+            f"<h1>yrdbus report</h1><p>{period.start.isoformat()} to {period.end.isoformat()} "
+            f"({period.reason}{scale}), from {source}</p>"]
     for w in written:
         html.append(f"<h2>{w['title']}</h2><img src='{Path(w['file']).name}' alt='{w['title']}'>")
     (out / "index.html").write_text("\n".join(html) + "\n")

@@ -316,7 +316,8 @@ class BusRun:
         if sim_s is not None:
             argv += ["--duration", f"{sim_s:.0f}"]
         self.sup.start(ChildSpec("simulator", argv, env={"YRDBUS_DEMO": "true"}, finite=True))
-        self.calendar = {"seed": seed, "speed": self.opts.speed, "start_ms": start_ms, "wall_started_s": time.time(),
+        self.calendar = {"seed": seed, "speed": self.opts.speed, "scale": self.opts.scale, "start_ms": start_ms,
+                         "wall_started_s": time.time(),
                          "planned_end_ms": start_ms + int(sim_s * self.opts.speed * 1000) if sim_s else None,
                          "started_at": self.started_wall.isoformat()}
         self._write_calendar()

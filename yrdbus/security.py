@@ -158,6 +158,7 @@ def grants(prefix: str = "", *, streams_app_id: str = STREAMS_APP_ID, sink_group
     add(k, "topic", f"{p}border.", "prefixed", ["READ"], "source events")
     for t in (topics.DERIVED_ALERTS, topics.TRENDS, topics.RISK_SCORES):
         add(k, "topic", f"{p}{t}", "literal", ["READ"], "stream outputs")
+    add(k, "topic", f"{p}{topics.DISPOSITIONS}", "literal", ["READ"], "officers' dispositions of alerts")
     add(k, "topic", dlq, "prefixed", ["READ", "WRITE"], "dead letters: stored, and written for undecodable records")
     add(k, "group", sink_group, "prefixed", ["READ"], "its consumer group and its -replay group")
     add(k, "cluster", CLUSTER, "literal", ["IDEMPOTENT_WRITE"], "idempotent producer")
@@ -165,6 +166,8 @@ def grants(prefix: str = "", *, streams_app_id: str = STREAMS_APP_ID, sink_group
     g = "svc-gateway"
     add(g, "topic", f"{p}alerts.", "prefixed", ["READ"], "derived and routed alerts")
     add(g, "topic", f"{dlq}webhooks", "literal", ["WRITE", "CREATE", "DESCRIBE"], "undeliverable webhook alerts")
+    add(g, "topic", f"{p}{topics.DISPOSITIONS}", "literal", ["READ", "WRITE", "CREATE", "DESCRIBE"],
+        "officers' dispositions: recorded, and read back to answer repeated requests")
     add(g, "group", gateway_group, "prefixed", ["READ"], "one group per webhook")
     add(g, "cluster", CLUSTER, "literal", ["IDEMPOTENT_WRITE"], "idempotent producer")
 

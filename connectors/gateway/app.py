@@ -6,6 +6,9 @@ Routes:
                         ``id:`` the cursor, ``data:`` JSON.
   WS   /alerts/ws       the same stream as JSON messages ``{"type", "id", "data"}``.
   POST /auth/ticket     a bearer token buys a short-lived ticket for opening a stream from a browser.
+  POST /alerts/{id}/dispositions  a region's officer acknowledges or settles a derived alert
+                        (``{"outcome": "ACKNOWLEDGED|CONFIRMED|FALSE_ALARM|NO_ACTION", "note": ...}``,
+                        ``dispositions.py``): 201 recorded, 200 already so, 403, 404, 409.
   GET  /auth/whoami     the token's id and scope.
   GET  /, /wall         the live alert wall (static files under /static, nothing from elsewhere).
   GET  /healthz         whether the live consumer and each webhook are ready.
@@ -43,6 +46,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from schemas.settings import Settings
 
 from connectors.gateway.access import AccessControl, Forbidden, TokenEntry, Unauthorized
+from connectors.gateway.dispositions import DispositionError, Ledger
+from connectors.gateway.dispositions import as_json as disposition_json
 from connectors.gateway.guard import WriteGuard, with_transport
 from connectors.gateway.hub import Feed, Hub
 from connectors.gateway.metrics import GatewayMetrics
@@ -140,6 +145,7 @@ class Gateway:
             self.access.file, self.names, attempts=settings.gateway_webhook_attempts,
             backoff_s=settings.gateway_webhook_backoff_s, backoff_max_s=webhook_backoff_max_s,
             timeout_s=webhook_timeout_s)
+        self.ledger = Ledger(settings.bootstrap, topic_prefix, kafka_options=self.hub.kafka_options)
         self.webhooks: list[WebhookWorker] = []
         self._tasks: list[asyncio.Task] = []
         self._producer: AIOKafkaProducer | None = None
@@ -149,6 +155,7 @@ class Gateway:
     # ----------------------------------------------------------------- life
     async def start(self) -> None:
         await self.hub.start()
+        await self.ledger.start(self.hub.kafka_config)
         if self.webhook_specs:
             self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all",
                                               enable_idempotence=True, client_id="yrdbus-gateway-dlq",
@@ -180,6 +187,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.hub.stop()
+        await self.ledger.stop()
         if self._client:
             await self._client.aclose()
         if self._producer:
@@ -335,8 +343,32 @@ class Gateway:
         return JSONResponse({"token": entry.id, "scope": entry.scope.describe(),
                              "regions": entry.scope.readable_regions()})
 
+    async def dispose(self, request: Request) -> Response:
+        """Record an officer's disposition of a derived alert (``connectors.gateway.dispositions``)."""
+        try:
+            entry = await self._entry(request.headers.get("authorization"), None, "token" in request.query_params)
+        except Unauthorized as exc:
+            return _problem(401, "unauthorized", str(exc))
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            return _problem(400, "bad_request", f"the body is not JSON: {exc}")
+        if not isinstance(body, dict):
+            return _problem(400, "bad_request", "the body must be a JSON object with `outcome` and an optional `note`")
+        unknown = sorted(set(body) - {"outcome", "note"})
+        if unknown:
+            return _problem(400, "bad_request", f"unknown field(s) {', '.join(unknown)}: expected `outcome` and `note`")
+        try:
+            status, records = await self.ledger.dispose(entry, request.path_params["alert_id"], body.get("outcome"),
+                                                        body.get("note"))
+        except DispositionError as exc:
+            return _problem(exc.status, exc.error, str(exc))
+        return JSONResponse({"alert_id": request.path_params["alert_id"], "recorded": status == 201,
+                             "dispositions": [disposition_json(r) for r in records]}, status_code=status)
+
     async def health(self, request: Request) -> Response:
-        ready = self.hub.ready.is_set() and all(w.ready.is_set() for w in self.webhooks) \
+        ready = self.hub.ready.is_set() and self.ledger.ready.is_set() \
+            and all(w.ready.is_set() for w in self.webhooks) \
             and len(self.webhooks) == len(self.webhook_specs)
         body = {"status": "ok" if ready else "starting", "live": {"ready": self.hub.ready.is_set(),
                                                                    "topics": list(self.hub.partitions)},
@@ -356,6 +388,7 @@ class Gateway:
             Route("/alerts/stream", self.stream),
             WebSocketRoute("/alerts/ws", self.websocket),
             Route("/auth/ticket", self.ticket, methods=["POST"]),
+            Route("/alerts/{alert_id:str}/dispositions", self.dispose, methods=["POST"]),
             Route("/auth/whoami", self.whoami),
             Route("/healthz", self.health),
             Route("/metrics", self.metrics_endpoint),

@@ -26,6 +26,7 @@ TABLE_OF_KIND = {
     "derived_alert": "derived_alerts",
     "trend": "trends",
     "risk": "risk_scores",
+    "disposition": "dispositions",
 }
 DEAD_LETTERS = "dead_letters"
 EVENT_TABLES = tuple(TABLE_OF_KIND.values())
@@ -41,7 +42,8 @@ class Route:
 def sink_topics(prefix: str = "") -> tuple[list[str], str]:
     """The topics the sink reads: (named topics, a regex subscription for every dead-letter topic)."""
     named = [prefix + t for t in topics.source_topics()]
-    named += [prefix + topics.DERIVED_ALERTS, prefix + topics.TRENDS, prefix + topics.RISK_SCORES]
+    named += [prefix + topics.DERIVED_ALERTS, prefix + topics.TRENDS, prefix + topics.RISK_SCORES,
+              prefix + topics.DISPOSITIONS]
     pattern = "^" + re.escape(topics.dead_letter(prefix)) + ".*"
     return named, pattern
 
@@ -62,6 +64,8 @@ def route_for(topic: str, prefix: str = "") -> Route | None:
         return Route("trends", "trend")
     if topic == topics.RISK_SCORES:
         return Route("risk_scores", "risk")
+    if topic == topics.DISPOSITIONS:
+        return Route("dispositions", "disposition")
     parts = topic.split(".")
     if len(parts) == 3 and parts[0] == "border" and parts[2] in ("clearance", "alert", "case"):
         return Route(TABLE_OF_KIND[parts[2]], parts[2])

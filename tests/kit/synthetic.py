@@ -103,8 +103,17 @@ def risk(rng: random.Random, at: datetime) -> dict:
     }
 
 
+def disposition(rng: random.Random, at: datetime) -> dict:
+    return {
+        "disposition_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "alert_id": uuid.UUID(int=rng.getrandbits(128)).hex,
+        "outcome": rng.choice(("ACKNOWLEDGED", "CONFIRMED", "FALSE_ALARM", "NO_ACTION")), "region": "JS",
+        "officer": "js-duty", "note": "synthetic", "must_act": ["JS"], "inform": ["SH"], "decided_at": _ms(at),
+    }
+
+
 MAKERS = {"clearance": clearance, "alert": alert, "case": case, "derived_alert": derived_alert,
-          "trend": trend, "risk": risk}
+          "trend": trend, "risk": risk, "disposition": disposition}
 
 
 def records(kind: str, n: int, *, seed: int = 1, start: datetime | None = None,

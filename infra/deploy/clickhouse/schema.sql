@@ -543,3 +543,28 @@ SELECT assumeNotNull(subject) AS subject, occurred_at, 'derived_alert' AS kind,
        alert_id AS id, emitted_at AS version
 FROM yrdbus.derived_alerts_local AS d
 WHERE subject IS NOT NULL;
+
+-- migration 0008 dispositions
+-- Officers' dispositions of derived alerts (AlertDisposition, topic dispositions): acknowledged, then
+-- settled as confirmed, false alarm or no action, one row per alert, region and step. A disposition recorded
+-- twice has the same disposition_id: the ReplacingMergeTree keeps one (read with FINAL).
+-- distribute: cityHash64(alert_id)
+CREATE TABLE IF NOT EXISTS yrdbus.dispositions_local ON CLUSTER yrd
+(
+    disposition_id UUID,
+    alert_id       String,
+    outcome        LowCardinality(String),
+    region         LowCardinality(Nullable(String)),
+    officer        LowCardinality(String),
+    note           String,
+    must_act       Array(LowCardinality(String)),
+    inform         Array(LowCardinality(String)),
+    decided_at     DateTime64(3, 'UTC'),
+    ingested_at    DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/yrdbus/dispositions_local', '{replica}', decided_at)
+PARTITION BY toYYYYMM(decided_at)
+ORDER BY (alert_id, disposition_id)
+SETTINGS non_replicated_deduplication_window = 10000;
+CREATE TABLE IF NOT EXISTS yrdbus.dispositions ON CLUSTER yrd AS yrdbus.dispositions_local
+ENGINE = Distributed(yrd, yrdbus, dispositions_local, cityHash64(alert_id));
