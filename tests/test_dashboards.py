@@ -298,7 +298,8 @@ def go_drivers(tmp_path_factory) -> dict[str, Path]:
     for version, modfile in DRIVER_VERSIONS.items():
         binary = out / f"clickhouse_go-{version}"
         run = subprocess.run(["go", "build", f"-modfile={modfile}", "-o", str(binary), "."], cwd=GO_DRIVER,
-                             env={**os.environ, "GOFLAGS": "-mod=readonly"}, capture_output=True, text=True,
+                             env={**os.environ, "GOFLAGS": "-mod=readonly -buildvcs=false", "GOTOOLCHAIN": "local"},
+                             capture_output=True, text=True,
                              timeout=900)
         assert run.returncode == 0, f"go build with clickhouse-go {version}:\n{run.stderr}"
         built[version] = binary
