@@ -289,6 +289,55 @@ def settle(
     _dispose(alert_id, outcome.strip().upper().replace("-", "_"), note, url, token_file, json_out)
 
 
+control_app = typer.Typer(help="The command centre's controls of the stream layer, through the gateway.",
+                          no_args_is_help=True)
+
+
+@control_app.command("heightened")
+def heightened(
+    regions: List[str] = typer.Option(..., "--regions", "--region", help="Regions (repeat, or SH,JS)."),
+    until: str = typer.Option(..., "--until", help="End of the window (ISO 8601 with a zone, e.g. 2026-11-11T00:00+08:00)."),
+    start: Optional[str] = typer.Option(None, "--from", help="Start of the window (default: now)."),
+    multiplier: float = typer.Option(0.5, "--multiplier", help="Trend and flow thresholds inside the window are "
+                                     "multiplied by this (0 < m <= 1)."),
+    reason: str = typer.Option("", "--reason", help="Why, e.g. 'China International Import Expo'."),
+    url: Optional[str] = typer.Option(None, "--url", help=_URL_HELP),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the control event as JSON."),
+) -> None:
+    """Declare heightened mode for regions and a window (a command-centre token only).
+
+    Inside the window the stream layer lowers those regions' trend and flow thresholds by the multiplier and
+    broadcasts their HIGH and CRITICAL alerts to every region; every wall in scope shows the window.
+    """
+    import httpx2
+
+    settings = get_settings()
+    token = _token(token_file)
+    base = (url or settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
+    body = {"regions": [x.strip() for r in regions for x in r.split(",") if x.strip()], "ends_at": until,
+            "threshold_multiplier": multiplier, "reason": reason}
+    if start:
+        body["starts_at"] = start
+    try:
+        r = httpx2.post(f"{base}/control/heightened", json=body, headers={"Authorization": f"Bearer {token}"},
+                        timeout=30)
+    except httpx2.TransportError as exc:
+        fail(f"cannot reach the gateway at {base}: {exc} (is `yrdbus gateway serve` running?)", 4)
+    try:
+        answer = r.json()
+    except ValueError:
+        answer = {"message": r.text}
+    if r.status_code != 201:
+        fail(f"{base} answered {r.status_code}: {answer.get('message', answer)}", 2)
+    if json_out:
+        typer.echo(json.dumps(answer, ensure_ascii=False))
+    else:
+        typer.echo(f"heightened mode for {', '.join(answer['regions'])} from {answer['starts_at']} to "
+                   f"{answer['ends_at']}, thresholds x{answer['threshold_multiplier']:g} (event {answer['event_id']})")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(gateway_app, name="gateway")
     app.add_typer(alerts_app, name="alerts")
+    app.add_typer(control_app, name="control")

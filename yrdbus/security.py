@@ -168,6 +168,7 @@ def grants(prefix: str = "", *, streams_app_id: str = STREAMS_APP_ID, sink_group
     add(g, "topic", f"{dlq}webhooks", "literal", ["WRITE", "CREATE", "DESCRIBE"], "undeliverable webhook alerts")
     add(g, "topic", f"{p}{topics.DISPOSITIONS}", "literal", ["READ", "WRITE", "CREATE", "DESCRIBE"],
         "officers' dispositions: recorded, and read back to answer repeated requests")
+    add(g, "topic", f"{p}{topics.CONTROL}", "literal", ["WRITE", "DESCRIBE"], "heightened mode from the console")
     add(g, "group", gateway_group, "prefixed", ["READ"], "one group per webhook")
     add(g, "cluster", CLUSTER, "literal", ["IDEMPOTENT_WRITE"], "idempotent producer")
 

@@ -9,6 +9,8 @@ Routes:
   POST /alerts/{id}/dispositions  a region's officer acknowledges or settles a derived alert
                         (``{"outcome": "ACKNOWLEDGED|CONFIRMED|FALSE_ALARM|NO_ACTION", "note": ...}``,
                         ``dispositions.py``): 201 recorded, 200 already so, 403, 404, 409.
+  POST /control/heightened  a command-centre token declares heightened mode for regions and a window
+                        (``control.py``): the ControlEvent goes on the ``control`` topic.
   GET  /auth/whoami     the token's id and scope.
   GET  /, /wall         the live alert wall (static files under /static, nothing from elsewhere).
   GET  /healthz         whether the live consumer and each webhook are ready.
@@ -43,9 +45,13 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from schemas import topics
+from schemas.codec import get_codec
 from schemas.settings import Settings
 
 from connectors.gateway.access import AccessControl, Forbidden, TokenEntry, Unauthorized
+from connectors.gateway.control import ControlError, heightened_event
+from connectors.gateway.control import as_json as control_json
 from connectors.gateway.dispositions import DispositionError, Ledger
 from connectors.gateway.dispositions import as_json as disposition_json
 from connectors.gateway.guard import WriteGuard, with_transport
@@ -149,13 +155,18 @@ class Gateway:
         self.webhooks: list[WebhookWorker] = []
         self._tasks: list[asyncio.Task] = []
         self._producer: AIOKafkaProducer | None = None
+        self._bus: AIOKafkaProducer | None = None
         self._client: httpx2.AsyncClient | None = None
         self.app = self._build_app()
 
     # ----------------------------------------------------------------- life
     async def start(self) -> None:
         await self.hub.start()
-        await self.ledger.start(self.hub.kafka_config)
+        # what the gateway writes itself: officers' dispositions and the console's control events
+        self._bus = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
+                                     client_id="yrdbus-gateway", **self.hub.kafka_options)
+        await self._bus.start()
+        await self.ledger.start(self._bus, self.hub.kafka_config)
         if self.webhook_specs:
             self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all",
                                               enable_idempotence=True, client_id="yrdbus-gateway-dlq",
@@ -188,6 +199,8 @@ class Gateway:
                 await t
         await self.hub.stop()
         await self.ledger.stop()
+        if self._bus:
+            await self._bus.stop()
         if self._client:
             await self._client.aclose()
         if self._producer:
@@ -366,6 +379,26 @@ class Gateway:
         return JSONResponse({"alert_id": request.path_params["alert_id"], "recorded": status == 201,
                              "dispositions": [disposition_json(r) for r in records]}, status_code=status)
 
+    async def heightened(self, request: Request) -> Response:
+        """The command centre declares heightened mode (``connectors.gateway.control``)."""
+        try:
+            entry = await self._entry(request.headers.get("authorization"), None, "token" in request.query_params)
+        except Unauthorized as exc:
+            return _problem(401, "unauthorized", str(exc))
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            return _problem(400, "bad_request", f"the body is not JSON: {exc}")
+        try:
+            event = heightened_event(entry, body)
+        except ControlError as exc:
+            return _problem(exc.status, exc.error, str(exc))
+        await self._bus.send_and_wait(self.names.prefix + topics.CONTROL, get_codec().encode("control", event),
+                                      key=event["event_id"].encode())
+        log.info("heightened mode declared by %s for %s, %s to %s, x%g", entry.id, ",".join(event["regions"]),
+                 event["starts_at"].isoformat(), event["ends_at"].isoformat(), event["threshold_multiplier"])
+        return JSONResponse(control_json(event), status_code=201)
+
     async def health(self, request: Request) -> Response:
         ready = self.hub.ready.is_set() and self.ledger.ready.is_set() \
             and all(w.ready.is_set() for w in self.webhooks) \
@@ -389,6 +422,7 @@ class Gateway:
             WebSocketRoute("/alerts/ws", self.websocket),
             Route("/auth/ticket", self.ticket, methods=["POST"]),
             Route("/alerts/{alert_id:str}/dispositions", self.dispose, methods=["POST"]),
+            Route("/control/heightened", self.heightened, methods=["POST"]),
             Route("/auth/whoami", self.whoami),
             Route("/healthz", self.health),
             Route("/metrics", self.metrics_endpoint),

@@ -87,8 +87,12 @@ class Ledger:
         self.ready = asyncio.Event()
 
     # ----------------------------------------------------------------- life
-    async def start(self, kafka_config: dict | None = None) -> None:
-        counts = await asyncio.to_thread(topics.create_missing, self.bootstrap, [self.alerts_topic, self.topic],
+    async def start(self, producer: AIOKafkaProducer, kafka_config: dict | None = None) -> None:
+        """Read the topics from their start; record new dispositions with ``producer`` (the gateway's)."""
+        self._producer = producer
+        # the control topic too: the gateway's console writes to it (connectors.gateway.control)
+        counts = await asyncio.to_thread(topics.create_missing, self.bootstrap,
+                                         [self.alerts_topic, self.topic, self.prefix + topics.CONTROL],
                                          self.prefix, 30.0, kafka_config)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                           client_id="yrdbus-gateway-ledger", auto_offset_reset="earliest",
@@ -100,9 +104,6 @@ class Ledger:
         await self._consumer.seek_to_beginning(*tps)
         for tp in tps:
             self._positions[tp] = await self._consumer.position(tp)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                          client_id="yrdbus-gateway-dispositions", **self.kafka_options)
-        await self._producer.start()
         self._task = asyncio.create_task(self._run(), name="gateway-ledger")
         self.ready.set()
 
@@ -115,8 +116,6 @@ class Ledger:
                 pass
         if self._consumer:
             await self._consumer.stop()
-        if self._producer:
-            await self._producer.stop()
 
     async def _run(self) -> None:
         codec = get_codec()

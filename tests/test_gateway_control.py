@@ -1,0 +1,131 @@
+"""Heightened mode declared from the command centre's console, on the real broker: only a command-centre
+token may; the control event goes on the bus as the simulator's does, and the stream layer's rules broadcast a
+HIGH alert of the region inside the window."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx2
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from kit.scripted import HOUR, Script, token
+from schemas import topics
+from schemas.codec import get_codec
+from streams import ruleset
+from streams.events import plain
+from streams.regional import RegionalRules
+
+from gateway_harness import RunningGateway, write_access_file
+
+YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
+SCOPES = {"rcc": {"all": True}, "sh-duty": {"regions": ["SH"]}, "pvg": {"stations": ["SH-PVG"]}}
+
+
+@pytest.fixture
+def gw(kafka, unique, tmp_path):
+    tokens = write_access_file(tmp_path, SCOPES)
+    with RunningGateway(kafka, tokens, f"{unique}.") as running:
+        running.tokens = tokens
+        running.prefix = f"{unique}."
+        yield running
+
+
+def declare(gw, token: str | None, body) -> httpx2.Response:
+    headers = {"Authorization": f"Bearer {gw.tokens[token]}"} if token else {}
+    return httpx2.post(f"{gw.url}/control/heightened", json=body, headers=headers, timeout=30)
+
+
+def control_events(kafka, prefix: str) -> list[dict]:
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"check-{prefix}", "enable.auto.commit": False})
+    tp = TopicPartition(prefix + topics.CONTROL, 0, 0)
+    end = c.get_watermark_offsets(tp, timeout=10)[1]
+    c.assign([tp])
+    got = []
+    while len(got) < end:
+        m = c.poll(5)
+        assert m is not None, "the control topic ended early"
+        if not m.error():
+            got.append(get_codec().decode(m.value(), kind="control")[1])
+    c.close()
+    return got
+
+
+def test_the_command_centre_declares_heightened_mode_and_the_rules_broadcast_inside_its_window(gw, kafka):
+    now = datetime.now(timezone.utc)
+    body = {"regions": ["sh"], "starts_at": (now - timedelta(hours=1)).isoformat(),
+            "ends_at": (now + timedelta(days=5)).astimezone(timezone(timedelta(hours=8))).isoformat(),
+            "threshold_multiplier": 0.5, "reason": "China International Import Expo"}
+    r = declare(gw, "rcc", body)
+    assert r.status_code == 201, r.text
+    answer = r.json()
+    assert answer["regions"] == ["SH"] and answer["issued_by"] == "rcc" and answer["kind"] == "HEIGHTENED_MODE"
+
+    (event,) = control_events(kafka, gw.prefix)
+    assert event["event_id"] == answer["event_id"] and event["regions"] == ["SH"]
+    assert event["threshold_multiplier"] == 0.5 and event["issued_by"] == "rcc"
+    assert event["ends_at"] - event["starts_at"] == timedelta(days=5, hours=1)
+
+    # the stream layer's regional rules, fed the console's event and station alerts: the window announces
+    # itself to every region, a HIGH alert of SH inside it is broadcast, one of JS is not
+    rules = RegionalRules(ruleset.default())
+    state = rules.new_state()
+    at = int((now - timedelta(minutes=30)).timestamp() * 1000)
+    s = Script()
+    inside = s.alert("PVG", at, "SMUGGLING", "HIGH", subject=token(1), source="OFFICER")
+    s.alert("NKG", at, "SMUGGLING", "HIGH", subject=token(2), source="OFFICER")
+    outs = rules.on_event(state, plain("control", event))
+    for kind, _, _, rec in s.events:
+        outs += rules.on_event(state, plain(kind, rec))
+    alerts = [(a["kind"], a["must_act"], a["inform"]) for k, a in outs if k == "derived_alert"]
+    assert alerts == [("HEIGHTENED_MODE", ["SH"], ["JS", "ZJ", "AH"]), ("BROADCAST", ["JS", "ZJ", "AH"], ["SH"])]
+    assert [a["evidence"] for k, a in outs if k == "derived_alert"][1] == [inside["event_id"]]
+
+
+def test_only_a_command_centre_token_declares_and_a_malformed_window_is_refused_by_field(gw, kafka):
+    now = datetime.now(timezone.utc)
+    later = (now + timedelta(days=1)).isoformat()
+    for tok in ("sh-duty", "pvg"):
+        r = declare(gw, tok, {"regions": ["SH"], "ends_at": later})
+        assert r.status_code == 403 and "only a command-centre token" in r.json()["message"], r.text
+    assert declare(gw, None, {"regions": ["SH"], "ends_at": later}).status_code == 401
+    cases = [
+        ({"regions": ["SH"]}, "field `ends_at`: required"),
+        ({"regions": ["XX"], "ends_at": later}, "field `regions`: XX not a region"),
+        ({"regions": [], "ends_at": later}, "field `regions`"),
+        ({"regions": ["SH"], "ends_at": "2026-11-10T00:00:00"}, "has no time zone"),
+        ({"regions": ["SH"], "ends_at": (now - timedelta(hours=1)).isoformat(),
+          "starts_at": (now - timedelta(hours=2)).isoformat()}, "already past"),
+        ({"regions": ["SH"], "starts_at": later, "ends_at": now.isoformat()}, "is not after starts_at"),
+        ({"regions": ["SH"], "ends_at": (now + timedelta(days=40)).isoformat()}, "at most 31 days"),
+        ({"regions": ["SH"], "ends_at": later, "threshold_multiplier": 2}, "field `threshold_multiplier`"),
+        ({"regions": ["SH"], "ends_at": later, "threshold_multiplier": 0}, "field `threshold_multiplier`"),
+        ({"regions": ["SH"], "ends_at": later, "reason": "x" * 201}, "field `reason`"),
+        ({"regions": ["SH"], "ends_at": later, "issued_by": "someone"}, "unknown field(s) issued_by"),
+        (["SH"], "JSON object"),
+    ]
+    for body, text in cases:
+        r = declare(gw, "rcc", body)
+        assert r.status_code == 400 and text in r.json()["message"], (body, r.text)
+    assert control_events(kafka, gw.prefix) == []         # nothing refused went on the bus
+
+
+def test_the_command_line_declares_heightened_mode(gw, kafka, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(gw.tokens["rcc"])
+    until = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    run = subprocess.run([YRDBUS, "control", "heightened", "--regions", "SH,ZJ", "--until", until, "--multiplier",
+                          "0.6", "--reason", "Expo", "--json", "--url", gw.url, "--token-file", str(token_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    assert answer["regions"] == ["SH", "ZJ"] and answer["threshold_multiplier"] == 0.6
+    assert [e["event_id"] for e in control_events(kafka, gw.prefix)] == [answer["event_id"]]
+    token_file.write_text(gw.tokens["sh-duty"])
+    refused = subprocess.run([YRDBUS, "control", "heightened", "--regions", "SH", "--until", until, "--url", gw.url,
+                              "--token-file", str(token_file)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "403" in refused.stderr
