@@ -108,7 +108,9 @@ def test_fuzz_stream_request_parsing_serves_or_refuses_with_a_message(parsing_ga
     except Forbidden as exc:
         assert str(exc) and exc.token_id
     else:
-        assert selection.topics and all(t.startswith("alerts.") for t in selection.topics)
+        # alert topics, and the officers' dispositions of them
+        assert selection.topics and all(t.startswith("alerts.") or t == "dispositions" for t in selection.topics)
+        assert any(t.startswith("alerts.") for t in selection.topics)
 
 
 @fuzz()

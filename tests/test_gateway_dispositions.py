@@ -3,8 +3,11 @@ settle what, once; what goes on the bus; what a gateway started later knows; the
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx2
@@ -14,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas import topics
 from schemas.codec import get_codec
 
-from gateway_harness import Publisher, RunningGateway, derived_alert, withdrawal, write_access_file
+from gateway_harness import Publisher, RawSSE, RunningGateway, derived_alert, withdrawal, write_access_file
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 SCOPES = {"js-duty": {"regions": ["JS"]}, "sh-duty": {"regions": ["SH"]}, "ah-duty": {"regions": ["AH"]},
@@ -102,6 +105,57 @@ def test_a_region_acknowledges_and_settles_its_alert_once_and_the_bus_holds_each
     assert not any(s in raw for raw, _ in records for s in secrets)   # the officer is the token's name
 
 
+def open_stream(gw, token: str, query: str = "") -> RawSSE:
+    stream = RawSSE(gw.url, "/alerts/stream" + (f"?{query}" if query else ""),
+                    {"Authorization": f"Bearer {gw.tokens[token]}"})
+    hello = stream.read_events(15, until=lambda evs: any(e["event"] == "hello" for e in evs))
+    assert stream.status == 200 and hello, (stream.status, stream.buffer[:300])
+    stream.hello = hello[0]["json"]
+    return stream
+
+
+def test_a_disposition_reaches_the_subscribers_of_the_alerts_regions_and_no_one_else(gw):
+    alert = derived_alert(must_act=("JS",), inform=("SH",), severity="HIGH")
+    other = derived_alert(must_act=("ZJ",), severity="HIGH")
+    # markers: dispositions the AH and the CRITICAL-only subscribers do receive, read after the others
+    marker_ah = derived_alert(must_act=("AH",), severity="CRITICAL")
+    marker_sh = derived_alert(must_act=("SH",), severity="CRITICAL")
+    js, sh, ah, rcc = (open_stream(gw, t) for t in ("js-duty", "sh-duty", "ah-duty", "rcc"))
+    critical_only = open_stream(gw, "sh-duty", "min_severity=CRITICAL")
+    assert sh.hello["selection"]["dispositions"] and sh.hello["selection"]["topics"] == [f"{gw.prefix}alerts.to.SH"]
+    gw.publisher.publish_many([alert, other, marker_ah, marker_sh])
+    assert post(gw, "js-duty", alert["alert_id"], {"outcome": "CONFIRMED", "note": "held"}).status_code == 201
+    assert post(gw, "rcc", other["alert_id"], {"outcome": "FALSE_ALARM"}).status_code == 201
+
+    def dispositions(stream, n):
+        events = stream.read_events(30, until=lambda evs: sum(e["event"] == "disposition" for e in evs) >= n)
+        return [(e["json"]["alert_id"], e["json"]["outcome"], e["json"]["region"]) for e in events
+                if e["event"] == "disposition"]
+
+    mine = [(alert["alert_id"], "ACKNOWLEDGED", "JS"), (alert["alert_id"], "CONFIRMED", "JS")]
+    assert dispositions(js, 2) == mine
+    assert dispositions(sh, 2) == mine                       # informed of the alert: sees what JS said
+    assert sorted(dispositions(rcc, 4), key=str) == sorted(mine + [(other["alert_id"], "ACKNOWLEDGED", None),
+                                                                   (other["alert_id"], "FALSE_ALARM", None)], key=str)
+    # the gateway has handed those out; now the markers: AH and the CRITICAL-only subscriber get theirs and
+    # nothing before (not the JS alert's, not a HIGH alert's)
+    assert post(gw, "ah-duty", marker_ah["alert_id"], {"outcome": "ACKNOWLEDGED"}).status_code == 201
+    assert post(gw, "sh-duty", marker_sh["alert_id"], {"outcome": "ACKNOWLEDGED"}).status_code == 201
+    assert dispositions(ah, 1) == [(marker_ah["alert_id"], "ACKNOWLEDGED", "AH")]
+    assert dispositions(critical_only, 1) == [(marker_sh["alert_id"], "ACKNOWLEDGED", "SH")]
+
+    # a subscriber resuming from its first cursor replays the alerts and dispositions it missed, once each
+    late = RawSSE(gw.url, "/alerts/stream", {"Authorization": f"Bearer {gw.tokens['sh-duty']}",
+                                             "Last-Event-ID": sh.hello["cursor"]})
+    replayed = late.read_events(30, until=lambda evs: sum(e["event"] == "disposition" for e in evs) >= 3
+                                and sum(e["event"] == "alert" for e in evs) >= 2)
+    assert sorted((e["json"]["alert_id"], e["json"]["outcome"]) for e in replayed if e["event"] == "disposition") \
+        == sorted([(alert["alert_id"], "ACKNOWLEDGED"), (alert["alert_id"], "CONFIRMED"),
+                   (marker_sh["alert_id"], "ACKNOWLEDGED")])
+    assert sorted(e["json"]["alert_id"] for e in replayed if e["event"] == "alert") == sorted(
+        [alert["alert_id"], marker_sh["alert_id"]])
+
+
 def test_requests_that_break_a_rule_are_refused_with_the_rule_named(gw):
     alert = derived_alert(must_act=("AH",), severity="HIGH")
     gw.publisher.publish(alert)
@@ -161,3 +215,25 @@ def test_the_command_line_acknowledges_and_settles(gw, tmp_path):
     bad = subprocess.run(base + ["settle", "nope", "--outcome", "confirmed", *common], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "404" in bad.stderr and "no derived alert has this id" in bad.stderr
+
+    # `alerts tail` shows the dispositions of the alerts in its scope, after the alert
+    since = (alert["emitted_at"] - timedelta(minutes=1)).isoformat()
+    tail = subprocess.Popen(base + ["tail", "--json", "--from-time", since, *common], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum('"disposition"' in x for x in lines) < 2:
+            ready, _, _ = select.select([tail.stdout], [], [], 1.0)
+            if ready:
+                line = tail.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+    finally:
+        tail.terminate()
+        tail.wait(10)
+    got = [json.loads(x) for x in lines]
+    assert got[0]["alert_id"] == alert["alert_id"] and "event" not in got[0]
+    assert [(g["event"], g["outcome"], g["officer"]) for g in got[1:]] == [
+        ("disposition", "ACKNOWLEDGED", "sh-duty"), ("disposition", "NO_ACTION", "sh-duty")]

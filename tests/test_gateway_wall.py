@@ -158,3 +158,53 @@ def test_a_withdrawn_alert_replaces_its_row_on_the_wall_struck_through_with_the_
             page.screenshot(path=str(ARTIFACTS / "gateway-wall-withdrawn.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_an_officer_confirms_an_alert_from_the_wall_and_the_informed_regions_wall_shows_it_settled(
+        kafka, unique, tmp_path, pub):
+    import httpx2
+
+    tokens = write_access_file(tmp_path, {"js-duty": {"regions": ["JS"]}, "sh-duty": {"regions": ["SH"]},
+                                          "ah-duty": {"regions": ["AH"]}, "pvg": {"stations": ["SH-PVG"]}})
+    with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            walls = {}
+            for who in ("js-duty", "sh-duty"):          # two consoles, each with its own tab storage
+                page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+                page.goto(gw.url + "/")
+                page.fill("#token", tokens[who])
+                page.click("#login-form button[type=submit]")
+                page.wait_for_selector("#status.live", timeout=10_000)
+                walls[who] = page
+            alert = derived_alert(must_act=["JS"], inform=["SH"], severity="CRITICAL", station_id="JS-NKG",
+                                  summary="Watch-listed traveller flagged in SH is boarding at Nanjing Lukou")
+            pub.publish(alert)
+            row = f'li[data-alert-id="{alert["alert_id"]}"]'
+            for page in walls.values():
+                page.wait_for_selector(row, timeout=5_000)
+
+            js = walls["js-duty"]
+            js.locator(row + " summary").click()
+            js.locator(row + " .act-ACKNOWLEDGED").click()
+            js.wait_for_selector(row + '[data-disposition="ACKNOWLEDGED"]', timeout=5_000)
+            js.locator(row + " .note").fill("held at the gate")
+            started = time.monotonic()
+            js.locator(row + " .act-CONFIRMED").click()
+            walls["sh-duty"].wait_for_selector(row + '[data-disposition="CONFIRMED"]', timeout=1_000)
+            elapsed = time.monotonic() - started
+            assert elapsed < 1.0, f"the SH wall showed the settlement {elapsed:.2f} s after the click"
+            shown = walls["sh-duty"].locator(row + " .disposition").inner_text()
+            assert "JS: CONFIRMED (js-duty)" in shown
+            assert js.locator(row + " .action-error").inner_text() == ""
+
+            # the AH console cannot settle it; a station console has no buttons to
+            refused = httpx2.post(f"{gw.url}/alerts/{alert['alert_id']}/dispositions", json={"outcome": "CONFIRMED"},
+                                  headers={"Authorization": f"Bearer {tokens['ah-duty']}"}, timeout=10)
+            assert refused.status_code == 403
+            ARTIFACTS.mkdir(exist_ok=True)
+            walls["sh-duty"].locator(row + " summary").click()
+            walls["sh-duty"].screenshot(path=str(ARTIFACTS / "gateway-wall-disposition.png"), full_page=True)
+            assert walls["sh-duty"].locator(row + " .act-CONFIRMED").is_visible()    # informed: it may answer too
+        finally:
+            browser.close()

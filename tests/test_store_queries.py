@@ -272,7 +272,8 @@ def test_late_events_lists_events_published_long_after_they_happened_longest_del
 
 def disposition(n, alert_id, outcome, region, decided, officer="duty"):
     return {"disposition_id": _uuid(n), "alert_id": alert_id, "outcome": outcome, "region": region,
-            "officer": officer, "note": "", "must_act": [], "inform": [], "decided_at": at(decided)}
+            "officer": officer, "note": "", "must_act": [], "inform": [], "kind": "CROSS_REGION_HIT",
+            "severity": "HIGH", "decided_at": at(decided)}
 
 
 @pytest.fixture

@@ -159,7 +159,9 @@ def tail(
     """Print alerts as they arrive, one line each (coloured by severity), reconnecting without loss.
 
     Each line shows the alert's status: RAISED, or WITHDRAWN with the reason (a later version of an alert
-    already printed, same id: events read later disproved it).
+    already printed, same id: events read later disproved it). Officers' dispositions of the alerts in scope
+    (acknowledged, confirmed, false alarm, no action) are printed as they come too; with --json, as objects
+    with "event": "disposition".
     """
     import httpx2
     from rich.console import Console
@@ -208,6 +210,18 @@ def tail(
                                 shown += 1
                                 if count is not None and shown >= count:
                                     return
+                            elif event.event == "disposition":
+                                cursor = event.id or cursor
+                                d = event.json()
+                                if json_out:
+                                    sys.stdout.write(json.dumps({"event": "disposition", **d}, ensure_ascii=False)
+                                                     + "\n")
+                                    sys.stdout.flush()
+                                else:
+                                    console.print(f"[dim]{d['decided_at'][11:19]}Z[/] {d['alert_id'][:8]} "
+                                                  f"{d['outcome']} for {d['region'] or 'the command centre'} by "
+                                                  f"{d['officer']}" + (f": {d['note']}" if d.get("note") else ""),
+                                                  markup=True)
                             elif event.event == "hello":
                                 cursor = event.id or cursor
                             elif event.event in ("lagged", "closing"):

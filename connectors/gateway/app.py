@@ -234,7 +234,7 @@ class Gateway:
     def _select(self, entry: TokenEntry, params) -> Selection:
         return select(entry.scope, entry.id, self.names, regions=params.getlist("region"),
                       stations=params.getlist("station"), min_severity=params.get("min_severity"),
-                      kinds=params.getlist("kind"))
+                      kinds=params.getlist("kind"), dispositions=True)
 
     def _guard(self, scope, kind: str, entry: TokenEntry, feed: Feed) -> WriteGuard:
         return WriteGuard(scope, kind, self.write_timeout_s, self.metrics, who=entry.id, on_cut=feed.cut)

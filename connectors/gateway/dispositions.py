@@ -59,6 +59,7 @@ class AlertFacts:
 
     must_act: list[str]
     inform: list[str]
+    kind: str
     severity: str
     status: str
     emitted_at: datetime
@@ -146,7 +147,7 @@ class Ledger:
     def _learn_alert(self, alert: dict) -> None:
         known = self.alerts.get(alert["alert_id"])
         if known is None or alert["emitted_at"] >= known.emitted_at:
-            self.alerts[alert["alert_id"]] = AlertFacts(list(alert["must_act"]), list(alert["inform"]),
+            self.alerts[alert["alert_id"]] = AlertFacts(list(alert["must_act"]), list(alert["inform"]), alert["kind"],
                                                         alert["severity"], alert.get("status") or "RAISED",
                                                         alert["emitted_at"])
 
@@ -207,7 +208,8 @@ class Ledger:
                 record = {"disposition_id": disposition_id(alert_id, region, step), "alert_id": alert_id,
                           "outcome": "ACKNOWLEDGED" if step == "ack" else outcome, "region": region,
                           "officer": entry.id, "note": note if step == steps[-1] else "",
-                          "must_act": list(alert.must_act), "inform": list(alert.inform), "decided_at": now}
+                          "must_act": list(alert.must_act), "inform": list(alert.inform), "kind": alert.kind,
+                          "severity": alert.severity, "decided_at": now}
                 new.append(record)
                 out.append(record)
             codec = get_codec()

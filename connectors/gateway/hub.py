@@ -49,14 +49,15 @@ CUT = object()        # the connection was aborted (it stopped reading): the str
 
 
 def decode_item(names: TopicNames, metrics: GatewayMetrics, record) -> Optional[Item]:
+    event = "disposition" if record.topic == names.dispositions else "alert"
     try:
-        _, alert = get_codec().decode(record.value, kind="derived_alert")
+        _, alert = get_codec().decode(record.value, kind="disposition" if event == "disposition" else "derived_alert")
     except EventError as exc:
         metrics.undecodable.labels(record.topic).inc()
         log.warning("%s[%d]@%d skipped: %s (%s)", record.topic, record.partition, record.offset, exc, exc.reason)
         return None
     return make_item(record.topic, record.partition, record.offset, record.key, record.value, alert,
-                     names.region_of(record.topic))
+                     names.region_of(record.topic), event)
 
 
 # --------------------------------------------------------------------------- one subscriber
@@ -111,10 +112,11 @@ class Hub:
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
-        wanted = self.names.all_alert_topics() + [self.names.webhook_dead_letters]
+        live = self.names.all_alert_topics() + [self.names.dispositions]
+        wanted = live + [self.names.webhook_dead_letters]
         counts = await asyncio.to_thread(topics.create_missing, self.bootstrap, wanted, self.names.prefix, 30.0,
                                          self.kafka_config)
-        self.partitions = {t: counts[t] for t in self.names.all_alert_topics()}
+        self.partitions = {t: counts[t] for t in live}
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
             client_id="yrdbus-gateway-live", auto_offset_reset="latest", **self.kafka_options,
@@ -275,7 +277,7 @@ class Reader:
 # --------------------------------------------------------------------------- one subscriber's stream
 @dataclass
 class Event:
-    kind: str                    # hello, alert, gap, lagged, closing
+    kind: str                    # hello, alert, disposition, gap, lagged, closing
     id: str                      # the cursor after this event
     data: dict
     item: Optional[Item] = None
@@ -362,7 +364,7 @@ class Feed:
                 async for pos, offset, item in self.reader.replay(self.ranges):
                     self.positions[pos] = offset + 1
                     if item is not None and self.sub.selection.matches(item) and not self._duplicate(item):
-                        yield Event("alert", self.cursor, item.view, item)
+                        yield Event(item.event, self.cursor, item.view, item)
             finally:
                 await self._close_reader()
         while True:
@@ -380,7 +382,7 @@ class Feed:
             item: Item = got
             self.positions[(item.topic, item.partition)] = item.offset + 1
             if not self._duplicate(item):
-                yield Event("alert", self.cursor, item.view, item)
+                yield Event(item.event, self.cursor, item.view, item)
 
     async def _close_reader(self) -> None:
         reader, self.reader = self.reader, None

@@ -53,6 +53,10 @@ class TopicNames:
         return self.prefix + topics.DERIVED_ALERTS
 
     @property
+    def dispositions(self) -> str:
+        return self.prefix + topics.DISPOSITIONS
+
+    @property
     def webhook_dead_letters(self) -> str:
         return topics.dead_letter(self.prefix + "webhooks")
 
@@ -80,6 +84,7 @@ class Item:
     view: dict              # JSON-ready: what SSE, WebSocket and webhooks send
     severity: int
     emitted_at: float       # seconds since the epoch
+    event: str = "alert"    # alert, or disposition (an officer's answer to one: its record is ``alert``)
 
 
 def _iso(value: datetime) -> str:
@@ -89,7 +94,9 @@ def _iso(value: datetime) -> str:
 def version_key(alert: dict) -> tuple[str, str]:
     """What tells two copies of an alert apart when deduplicating: its id and its status. The copies routed to
     several topics (and a re-emission) are one; the version that withdraws it (same id, status WITHDRAWN) is
-    another, and must reach whoever saw the raised one."""
+    another, and must reach whoever saw the raised one. A disposition is told apart by its own id."""
+    if "disposition_id" in alert:
+        return alert["disposition_id"], "DISPOSITION"
     return alert.get("alert_id"), alert.get("status") or "RAISED"
 
 
@@ -101,22 +108,26 @@ def delivery_id(alert: dict) -> str:
 
 
 def make_item(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes, alert: dict,
-              routed_to: str | None) -> Item:
+              routed_to: str | None, event: str = "alert") -> Item:
     view = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in alert.items()}
-    view["routed_to"] = routed_to
+    if event == "alert":
+        view["routed_to"] = routed_to
     view["position"] = {"topic": topic, "partition": partition, "offset": offset}
-    emitted = alert.get("emitted_at")
+    emitted = alert.get("emitted_at") or alert.get("decided_at")
     return Item(topic=topic, partition=partition, offset=offset, key=key, raw=raw, alert=alert, view=view,
                 severity=SEVERITY_RANK.get(alert.get("severity"), 0),
-                emitted_at=emitted.timestamp() if isinstance(emitted, datetime) else 0.0)
+                emitted_at=emitted.timestamp() if isinstance(emitted, datetime) else 0.0, event=event)
 
 
 # --------------------------------------------------------------------------- the selection
 @dataclass(frozen=True)
 class Source:
     topic: str
-    region: str | None               # None: alerts.derived
+    region: str | None               # None: alerts.derived (or the dispositions)
     stations: frozenset[str] | None  # None: the whole topic; else only these stations' alerts
+    #: the dispositions topic: only dispositions of alerts for these regions (must act or informed); None: all
+    regions: frozenset[str] | None = None
+    dispositions: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,12 +151,15 @@ class Selection:
             return False
         for s in self.sources:
             if s.topic == item.topic:
+                if s.dispositions:
+                    return s.regions is None or bool(s.regions & (set(a["must_act"]) | set(a["inform"])))
                 return s.stations is None or _concerns(a, s.stations)
         return False
 
     def describe(self) -> dict:
         return {
-            "topics": self.topics,
+            "topics": [s.topic for s in self.sources if not s.dispositions],
+            "dispositions": any(s.dispositions for s in self.sources),
             "min_severity": SEVERITIES[self.min_severity],
             "kinds": sorted(self.kinds) if self.kinds is not None else None,
             "stations": sorted(self.stations) if self.stations is not None else None,
@@ -172,8 +186,10 @@ def _split(values: Iterable[str] | None) -> list[str]:
 
 def select(scope: Scope, token_id: str, names: TopicNames, *, regions: Iterable[str] | None = None,
            stations: Iterable[str] | None = None, min_severity: Optional[str] = None,
-           kinds: Iterable[str] | None = None) -> Selection:
-    """The topics and filters for a subscriber with ``scope`` asking for these parameters.
+           kinds: Iterable[str] | None = None, dispositions: bool = False) -> Selection:
+    """The topics and filters for a subscriber with ``scope`` asking for these parameters; with
+    ``dispositions``, also the officers' dispositions of the alerts it reads (of its regions' alerts; none for a
+    subscriber to stations only, whose alerts a disposition does not name).
 
     Raises BadRequest for a malformed parameter, Forbidden for one outside the scope.
     """
@@ -218,6 +234,9 @@ def select(scope: Scope, token_id: str, names: TopicNames, *, regions: Iterable[
         sources = (Source(names.derived, None, None),)
     else:
         sources = tuple(Source(names.routed(r), r, scope.stations_in(r)) for r in readable)
+    if dispositions and not station_list and all(s.stations is None for s in sources):
+        wanted = None if sources[0].region is None else frozenset(s.region for s in sources)
+        sources += (Source(names.dispositions, None, None, regions=wanted, dispositions=True),)
     return Selection(sources=sources, min_severity=rank,
                      kinds=frozenset(kind_list) if kind_list else None,
                      stations=frozenset(station_list) if station_list else None)

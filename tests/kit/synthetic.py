@@ -108,7 +108,8 @@ def disposition(rng: random.Random, at: datetime) -> dict:
         "disposition_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
         "alert_id": uuid.UUID(int=rng.getrandbits(128)).hex,
         "outcome": rng.choice(("ACKNOWLEDGED", "CONFIRMED", "FALSE_ALARM", "NO_ACTION")), "region": "JS",
-        "officer": "js-duty", "note": "synthetic", "must_act": ["JS"], "inform": ["SH"], "decided_at": _ms(at),
+        "officer": "js-duty", "note": "synthetic", "must_act": ["JS"], "inform": ["SH"], "kind": "CROSS_REGION_HIT",
+        "severity": "HIGH", "decided_at": _ms(at),
     }
 
 

@@ -18,7 +18,11 @@ const state = {
   cursor: null,
   retry: null,
   rows: new Map(),   // alert id -> its row: one row an alert, showing its newest version
+  dispositions: new Map(),   // alert id -> Map(region or "RCC" -> {ack, settle}): what the officers said
+  scope: null,       // the token's scope (from its ticket): which alerts it may acknowledge and settle
 };
+const OUTCOMES = [["ACKNOWLEDGED", "Acknowledge"], ["CONFIRMED", "Confirm"], ["FALSE_ALARM", "False alarm"],
+                  ["NO_ACTION", "No action"]];
 
 function setStatus(text, cls) {
   const el = $("status");
@@ -96,6 +100,7 @@ async function connect() {
   showWall();
   fillRegions(ticket.regions);
   $("who").textContent = "token " + ticket.token + " · " + describeScope(ticket.scope);
+  state.scope = ticket.scope;
 
   const params = new URLSearchParams({ ticket: ticket.ticket });
   if (state.cursor) params.set("since", state.cursor);
@@ -110,6 +115,10 @@ async function connect() {
   source.addEventListener("alert", (e) => {
     state.cursor = e.lastEventId || state.cursor;
     addAlert(JSON.parse(e.data));
+  });
+  source.addEventListener("disposition", (e) => {
+    state.cursor = e.lastEventId || state.cursor;
+    addDisposition(JSON.parse(e.data));
   });
   source.addEventListener("gap", (e) => {
     const gap = JSON.parse(e.data);
@@ -192,6 +201,82 @@ function addRow(dl, label, value) {
   dl.appendChild(dd);
 }
 
+// ----------------------------------------------------------------- dispositions
+function mayDispose(alert) {
+  const scope = state.scope || {};
+  if (scope.all) return true;
+  const mine = new Set(scope.regions || []);
+  return [...(alert.must_act || []), ...(alert.inform || [])].some((r) => mine.has(r));
+}
+
+function addDisposition(d) {
+  if (!state.dispositions.has(d.alert_id)) state.dispositions.set(d.alert_id, new Map());
+  const byRegion = state.dispositions.get(d.alert_id);
+  const who = d.region || "RCC";
+  const entry = byRegion.get(who) || {};
+  entry[d.outcome === "ACKNOWLEDGED" ? "ack" : "settle"] = d;
+  byRegion.set(who, entry);
+  const li = state.rows.get(d.alert_id);
+  if (li) showDispositions(li);
+}
+
+function showDispositions(li) {
+  const byRegion = state.dispositions.get(li.dataset.alertId);
+  const badge = li.querySelector(".disposition");
+  if (!byRegion || !badge) return;
+  const parts = [];
+  let settled = null;
+  for (const [region, entry] of byRegion) {
+    const latest = entry.settle || entry.ack;
+    parts.push(region + ": " + latest.outcome + " (" + latest.officer + ")" + (latest.note ? " " + latest.note : ""));
+    if (entry.settle) settled = settled || entry.settle.outcome;
+  }
+  badge.textContent = parts.join(" · ");
+  badge.hidden = false;
+  li.dataset.disposition = settled || "ACKNOWLEDGED";
+}
+
+async function dispose(alertId, outcome, note, message) {
+  message.textContent = "";
+  try {
+    const response = await fetch("/alerts/" + encodeURIComponent(alertId) + "/dispositions", {
+      method: "POST",
+      headers: { Authorization: "Bearer " + state.token, "Content-Type": "application/json" },
+      body: JSON.stringify({ outcome, note }),
+      cache: "no-store",
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      message.textContent = body.message || ("HTTP " + response.status);
+      return;
+    }
+    for (const d of body.dispositions || []) addDisposition(d);
+  } catch (err) {
+    message.textContent = "the gateway could not be reached: " + err.message;
+  }
+}
+
+function actions(alert) {
+  const box = el("div", "actions");
+  const note = el("input", "note");
+  note.type = "text";
+  note.maxLength = 500;
+  note.placeholder = "note (optional)";
+  const message = el("span", "action-error");
+  message.setAttribute("role", "alert");
+  for (const [outcome, label] of OUTCOMES) {
+    if (withdrawn(alert) && outcome !== "ACKNOWLEDGED") continue;
+    const button = el("button", "act act-" + outcome, label);
+    button.type = "button";
+    button.dataset.outcome = outcome;
+    button.addEventListener("click", () => dispose(alert.alert_id, outcome, note.value.trim(), message));
+    box.appendChild(button);
+  }
+  box.appendChild(note);
+  box.appendChild(message);
+  return box;
+}
+
 function withdrawn(alert) {
   return alert.status === "WITHDRAWN";
 }
@@ -217,6 +302,9 @@ function buildRow(alert) {
                                                " · " + localTime(alert.emitted_at)));
     summary.appendChild(reason);
   }
+  const badge = el("span", "disposition");
+  badge.hidden = true;
+  summary.appendChild(badge);
   details.appendChild(summary);
 
   const body = el("div", "evidence");
@@ -240,6 +328,7 @@ function buildRow(alert) {
   addRow(dl, "alert id", alert.alert_id);
   if (alert.position) addRow(dl, "position", alert.position.topic + ":" + alert.position.partition + ":" + alert.position.offset);
   body.appendChild(dl);
+  if (mayDispose(alert)) body.appendChild(actions(alert));
   details.appendChild(body);
   li.appendChild(details);
   return li;
@@ -257,12 +346,14 @@ function addAlert(alert) {
     li._when = shown._when;   // keeps its place in the order of the version first shown
     list.replaceChild(li, shown);
     state.rows.set(alert.alert_id, li);
+    showDispositions(li);
     li.hidden = !visible(alert);
     return;
   }
   const li = buildRow(alert);
   li._when = Date.parse(alert.emitted_at);
   state.rows.set(alert.alert_id, li);
+  showDispositions(li);   // what was said of it before it was shown (a disposition can arrive first)
 
   // Newest first by emission time: alerts of different partitions can arrive slightly out of order.
   let before = list.firstChild;

@@ -12,6 +12,8 @@ CREATE TABLE IF NOT EXISTS {{table:dispositions}} {{on_cluster}}
     note           String,
     must_act       Array(LowCardinality(String)),
     inform         Array(LowCardinality(String)),
+    kind           LowCardinality(String),
+    severity       LowCardinality(String),
     decided_at     DateTime64(3, 'UTC'),
     ingested_at    DateTime64(3, 'UTC') DEFAULT now64(3)
 )
