@@ -208,3 +208,51 @@ def test_an_officer_confirms_an_alert_from_the_wall_and_the_informed_regions_wal
             assert walls["sh-duty"].locator(row + " .act-CONFIRMED").is_visible()    # informed: it may answer too
         finally:
             browser.close()
+
+
+def test_the_command_centre_declares_heightened_mode_from_its_wall_and_a_region_wall_has_no_console(
+        kafka, unique, tmp_path):
+    from datetime import datetime, timezone
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.codec import get_codec
+
+    tokens = write_access_file(tmp_path, {"rcc": {"all": True}, "sh-duty": {"regions": ["SH"]}})
+    beijing = timezone(timedelta(hours=8))
+    until = (datetime.now(beijing) + timedelta(days=2)).replace(second=0, microsecond=0)
+    with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            pages = {}
+            for who in ("rcc", "sh-duty"):
+                page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+                page.goto(gw.url + "/")
+                page.fill("#token", tokens[who])
+                page.click("#login-form button[type=submit]")
+                page.wait_for_selector("#status.live", timeout=10_000)
+                pages[who] = page
+            assert pages["sh-duty"].locator("#console").is_hidden()
+            cc = pages["rcc"]
+            cc.locator("#console summary").click()
+            cc.check('#heightened-form input[value="SH"]')
+            cc.fill("#hm-until", until.strftime("%Y-%m-%dT%H:%M"))
+            cc.fill("#hm-multiplier", "0.5")
+            cc.fill("#hm-reason", "China International Import Expo")
+            cc.click("#heightened-form button[type=submit]")
+            cc.wait_for_selector('#hm-result[data-ok="yes"]', timeout=10_000)
+            assert "Heightened mode declared for SH" in cc.locator("#hm-result").inner_text()
+        finally:
+            browser.close()
+    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"check-{unique}", "enable.auto.commit": False})
+    c.assign([TopicPartition(f"{unique}.control", 0, 0)])
+    m = None
+    for _ in range(20):
+        m = c.poll(1.0)
+        if m is not None and not m.error():
+            break
+    c.close()
+    assert m is not None and not m.error()
+    event = get_codec().decode(m.value(), kind="control")[1]
+    assert event["regions"] == ["SH"] and event["issued_by"] == "rcc" and event["threshold_multiplier"] == 0.5
+    assert event["ends_at"] == until.astimezone(timezone.utc)      # typed in Beijing time, stored in UTC

@@ -101,6 +101,7 @@ async function connect() {
   fillRegions(ticket.regions);
   $("who").textContent = "token " + ticket.token + " · " + describeScope(ticket.scope);
   state.scope = ticket.scope;
+  $("console").hidden = !ticket.scope.all;   // heightened mode: the command centre's console only
 
   const params = new URLSearchParams({ ticket: ticket.ticket });
   if (state.cursor) params.set("since", state.cursor);
@@ -367,6 +368,40 @@ function addAlert(alert) {
   li.hidden = !visible(alert);
   if (!li.hidden) $("empty").hidden = true;
 }
+
+// ----------------------------------------------------------------- heightened mode (command centre)
+$("heightened-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const result = $("hm-result");
+  const regions = [...document.querySelectorAll('#heightened-form input[name="region"]:checked')].map((x) => x.value);
+  if (!regions.length) {
+    result.textContent = "Choose at least one region.";
+    return;
+  }
+  const body = {
+    regions,
+    ends_at: $("hm-until").value + ":00+08:00",   // the officer types Beijing time
+    threshold_multiplier: Number($("hm-multiplier").value),
+    reason: $("hm-reason").value.trim(),
+  };
+  try {
+    const response = await fetch("/control/heightened", {
+      method: "POST",
+      headers: { Authorization: "Bearer " + state.token, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      cache: "no-store",
+    });
+    const answer = await response.json().catch(() => ({}));
+    result.textContent = response.ok
+      ? "Heightened mode declared for " + answer.regions.join(", ") + " until " + answer.ends_at +
+        " (event " + answer.event_id + "); the walls show it when the stream layer announces it."
+      : (answer.message || ("HTTP " + response.status));
+    result.dataset.ok = response.ok ? "yes" : "no";
+  } catch (err) {
+    result.textContent = "the gateway could not be reached: " + err.message;
+    result.dataset.ok = "no";
+  }
+});
 
 $("login-form").addEventListener("submit", (e) => {
   e.preventDefault();
