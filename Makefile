@@ -32,10 +32,11 @@ jars: deps
 	@$(YRDBUS) stack jars >/dev/null
 
 # Debian packages the tests use (kcat: a Kafka client nobody here wrote; chromium: the wall's browser test;
-# prometheus: promtool and the Prometheus that scrapes a running bus).
+# prometheus: promtool and the Prometheus that scrapes a running bus; fonts-wqy-microhei: Chinese glyphs for the
+# wall's screenshots).
 # Go builds Grafana's ClickHouse driver (tests/clients/clickhouse_go) with modules from the Go module proxy.
 os-test-deps:
-	@bash infra/os-packages.sh kcat chromium prometheus
+	@bash infra/os-packages.sh kcat chromium prometheus fonts-wqy-microhei
 	@command -v go >/dev/null || { echo "error: go (1.26+) is not on PATH; the tests build Grafana's ClickHouse driver (clickhouse-go) with it. See https://go.dev/doc/install" >&2; exit 1; }
 
 run: deps jars

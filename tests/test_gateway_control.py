@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from kit.scripted import HOUR, Script, token
+from kit.scripted import Script, token
 from schemas import topics
 from schemas.codec import get_codec
 from streams import ruleset

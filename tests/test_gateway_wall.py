@@ -15,6 +15,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ENGLISH = "localStorage.setItem('yrdbus.wall.lang', 'en')"     # the wall's language switch, set before it loads
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def test_an_alert_published_to_kafka_appears_on_the_wall_within_two_seconds(kafk
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 900})
+            page.add_init_script(ENGLISH)
             urls: list[str] = []
             page.on("request", lambda r: urls.append(r.url))
             page.goto(gw.url + "/")
@@ -111,6 +113,7 @@ def test_a_withdrawn_alert_replaces_its_row_on_the_wall_struck_through_with_the_
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 900})
+            page.add_init_script(ENGLISH)
             page.goto(gw.url + "/")
             page.fill("#token", tokens["rcc"])
             page.click("#login-form button[type=submit]")
@@ -195,7 +198,7 @@ def test_an_officer_confirms_an_alert_from_the_wall_and_the_informed_regions_wal
             elapsed = time.monotonic() - started
             assert elapsed < 1.0, f"the SH wall showed the settlement {elapsed:.2f} s after the click"
             shown = walls["sh-duty"].locator(row + " .disposition").inner_text()
-            assert "JS: CONFIRMED (js-duty)" in shown
+            assert "江苏: 确认属实 (js-duty) held at the gate" in shown       # Chinese by default
             assert js.locator(row + " .action-error").inner_text() == ""
 
             # the AH console cannot settle it; a station console has no buttons to
@@ -241,7 +244,7 @@ def test_the_command_centre_declares_heightened_mode_from_its_wall_and_a_region_
             cc.fill("#hm-reason", "China International Import Expo")
             cc.click("#heightened-form button[type=submit]")
             cc.wait_for_selector('#hm-result[data-ok="yes"]', timeout=10_000)
-            assert "Heightened mode declared for SH" in cc.locator("#hm-result").inner_text()
+            assert "已宣布 上海 加强模式" in cc.locator("#hm-result").inner_text()
         finally:
             browser.close()
     c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"check-{unique}", "enable.auto.commit": False})
@@ -256,3 +259,74 @@ def test_the_command_centre_declares_heightened_mode_from_its_wall_and_a_region_
     event = get_codec().decode(m.value(), kind="control")[1]
     assert event["regions"] == ["SH"] and event["issued_by"] == "rcc" and event["threshold_multiplier"] == 0.5
     assert event["ends_at"] == until.astimezone(timezone.utc)      # typed in Beijing time, stored in UTC
+
+
+def test_the_wall_speaks_chinese_in_beijing_time_switches_to_english_and_holds_its_layout(kafka, unique, tmp_path,
+                                                                                          pub):
+    from datetime import datetime, timezone
+
+    tokens = write_access_file(tmp_path, {"rcc": {"all": True}})
+    yesterday = derived_alert(must_act=["SH", "JS", "ZJ", "AH"], severity="CRITICAL", kind="SYSTEMIC_ESCALATION",
+                              station_id="ZJ-NBZS", summary="Stowaway cases rising in all four regions")
+    yesterday["occurred_at"] = datetime(2026, 12, 6, 8, 48, tzinfo=timezone.utc)      # 16:48 in Beijing
+    today = derived_alert(must_act=["JS", "ZJ", "AH"], inform=["SH"], severity="HIGH", kind="PORT_SHOPPING",
+                          station_id="AH-HFE", summary="Refused at Pudong, tried Lukou and Xiaoshan")
+    today["occurred_at"] = datetime(2026, 12, 7, 0, 59, tzinfo=timezone.utc)          # 08:59 in Beijing
+    with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(gw.url + "/")
+            page.fill("#token", tokens["rcc"])
+            page.click("#login-form button[type=submit]")
+            page.wait_for_selector("#status.live", timeout=10_000)
+            assert page.evaluate("document.documentElement.lang") == "zh-CN"
+            assert page.locator("h1").inner_text().startswith("长三角预警墙")
+            assert page.locator("#status").inner_text() == "实时"
+            pub.publish_many([yesterday, today])
+            rows = {a["alert_id"]: page.locator(f'li[data-alert-id="{a["alert_id"]}"] summary') for a in (yesterday, today)}
+            for row in rows.values():
+                row.wait_for(timeout=5_000)
+            old, new = (rows[yesterday["alert_id"]], rows[today["alert_id"]])
+            # Beijing time with the date: yesterday 16:48 is told apart from today 08:59
+            assert old.locator(".time").inner_text() == "2026-12-06 16:48:00"
+            assert new.locator(".time").inner_text() == "2026-12-07 08:59:00"
+            assert (old.locator(".sev").inner_text(), old.locator(".kind").inner_text()) == ("严重", "区域性升级")
+            assert old.locator(".region").inner_text() == "上海/江苏/浙江/安徽"           # names from the reference data
+            assert new.locator(".where").get_attribute("title") == "合肥新桥国际机场边检站"
+            new.click()
+            details = page.locator(f'li[data-alert-id="{today["alert_id"]}"] .evidence').inner_text()
+            assert "须处置" in details and "知会" in details and "上海" in details and "确认属实" in details
+
+            def overlaps() -> list:
+                return page.evaluate("""() => [...document.querySelectorAll('#alerts > li > details > summary')]
+                    .flatMap(s => {
+                      const cells = [...s.children].filter(c => !c.hidden && c.getBoundingClientRect().width > 0);
+                      const out = [];
+                      for (let i = 0; i < cells.length; i++) for (let j = i + 1; j < cells.length; j++) {
+                        const a = cells[i].getBoundingClientRect(), b = cells[j].getBoundingClientRect();
+                        if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1)
+                          out.push([cells[i].className, cells[j].className]);
+                      }
+                      return out;
+                    })""")
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            for width in (1400, 1920):
+                page.set_viewport_size({"width": width, "height": 900})
+                assert overlaps() == [], (width, overlaps())
+                page.screenshot(path=str(ARTIFACTS / f"gateway-wall-zh-{width}.png"), full_page=True)
+
+            page.click("#lang")                                   # English, one click away, kept for the tab
+            assert page.evaluate("document.documentElement.lang") == "en"
+            assert page.locator("h1").inner_text().startswith("YRD alert wall")
+            assert (old.locator(".kind").inner_text(), old.locator(".region").inner_text()) == (
+                "SYSTEMIC_ESCALATION", "Shanghai/Jiangsu/Zhejiang/Anhui")
+            assert old.locator(".time").inner_text() == "2026-12-06 16:48:00"   # still Beijing time
+            assert overlaps() == []
+            page.screenshot(path=str(ARTIFACTS / "gateway-wall-en-1920.png"), full_page=True)
+            page.reload()
+            page.wait_for_selector("#status.live", timeout=10_000)
+            assert page.locator("#status").inner_text() == "live"
+        finally:
+            browser.close()

@@ -107,6 +107,23 @@ class _SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+def reference_names() -> dict:
+    """{regions|ports|stations: {code: {"zh-CN": ..., "en": ...}}}. A station's Chinese name is its first port's
+    Chinese name with 边检站 (the reference data names stations in English only)."""
+    from schemas import reference
+
+    ports = reference.ports()
+    out = {"regions": {c: {"zh-CN": r.get("name_zh") or r["name"], "en": r["name"]}
+                       for c, r in reference.regions().items()},
+           "ports": {c: {"zh-CN": p.name_zh or p.name, "en": p.name} for c, p in ports.items()},
+           "stations": {}}
+    for sid, st in reference.stations().items():
+        first = ports.get((st.get("ports") or [None])[0])
+        out["stations"][sid] = {"zh-CN": f"{first.name_zh}边检站" if first and first.name_zh else st["name"],
+                                "en": st["name"]}
+    return out
+
+
 def _problem(status: int, error: str, message: str, **extra) -> JSONResponse:
     headers = {}
     if status == 401:
@@ -411,6 +428,10 @@ class Gateway:
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def place_names(self, request: Request) -> Response:
+        """Names of regions, ports and stations in Chinese and English, for the wall (from the reference data)."""
+        return JSONResponse(reference_names(), headers={"Cache-Control": "max-age=3600"})
+
     async def wall(self, request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -418,6 +439,7 @@ class Gateway:
         app = Starlette(routes=[
             Route("/", self.wall),
             Route("/wall", self.wall),
+            Route("/names.json", self.place_names),
             Route("/alerts/stream", self.stream),
             WebSocketRoute("/alerts/ws", self.websocket),
             Route("/auth/ticket", self.ticket, methods=["POST"]),

@@ -10,6 +10,8 @@
 const MAX_SHOWN = 500;
 const SEVERITIES = ["LOW", "MEDIUM", "HIGH", "CRITICAL"];
 const TOKEN_KEY = "yrdbus.gateway.token";
+const LANG_KEY = "yrdbus.wall.lang";
+const BEIJING = "Asia/Shanghai";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -20,14 +22,80 @@ const state = {
   rows: new Map(),   // alert id -> its row: one row an alert, showing its newest version
   dispositions: new Map(),   // alert id -> Map(region or "RCC" -> {ack, settle}): what the officers said
   scope: null,       // the token's scope (from its ticket): which alerts it may acknowledge and settle
+  // Simplified Chinese by default (the officers' language), English one click away; the choice is kept
+  lang: localStorage.getItem(LANG_KEY) === "en" ? "en" : "zh-CN",
+  messages: {},      // the catalogue of /static/i18n/messages.json: language -> message id -> text
+  names: { regions: {}, ports: {}, stations: {} },   // /names.json: the reference data's names
 };
+
+// ----------------------------------------------------------------- language and Beijing time
+function t(id, vars) {
+  const text = (state.messages[state.lang] || {})[id] ?? (state.messages.en || {})[id] ?? id;
+  return text.replace(/\{(\w+)\}/g, (_, k) => (vars && k in vars ? String(vars[k]) : ""));
+}
+
+function named(kind, code) {
+  const entry = (state.names[kind] || {})[code];
+  return entry ? (entry[state.lang] || entry.en || code) : (code || "");
+}
+
+function regionNames(codes) {
+  return (codes || []).map((c) => named("regions", c)).join("/");
+}
+
+// "2026-12-07 19:54:42" in Beijing time (UTC+8), the date always shown: an alert of yesterday evening and one
+// of this morning must not look alike
+const beijingFormat = new Intl.DateTimeFormat("sv-SE", {
+  timeZone: BEIJING, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+  second: "2-digit", hour12: false,
+});
+
+function beijing(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? (iso || "") : beijingFormat.format(d);
+}
+
+function applyLanguage() {
+  document.documentElement.lang = state.lang;
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll("[data-i18n-placeholder]")) node.placeholder = t(node.dataset.i18nPlaceholder);
+  for (const node of document.querySelectorAll("[data-region]")) node.textContent = named("regions", node.dataset.region);
+  for (const option of $("region").options) if (option.value) option.textContent = named("regions", option.value);
+  if (state.ticket) showWho(state.ticket);
+  if (state.statusKey) setStatus(state.statusKey, state.statusClass);
+  for (const li of [...$("alerts").children]) {     // rows rebuilt in the new language, in place
+    const again = buildRow(li._alert);
+    again._when = li._when;
+    again.hidden = li.hidden;
+    again.classList.remove("fresh");
+    $("alerts").replaceChild(again, li);
+    state.rows.set(li._alert.alert_id, again);
+    showDispositions(again);
+  }
+}
+
+async function loadText() {
+  const [messages, names] = await Promise.all([
+    fetch("/static/i18n/messages.json", { cache: "no-cache" }).then((r) => r.json()).catch(() => ({})),
+    fetch("/names.json").then((r) => r.json()).catch(() => null),
+  ]);
+  state.messages = messages;
+  if (names) state.names = names;
+  applyLanguage();
+}
 const OUTCOMES = [["ACKNOWLEDGED", "Acknowledge"], ["CONFIRMED", "Confirm"], ["FALSE_ALARM", "False alarm"],
                   ["NO_ACTION", "No action"]];
 
-function setStatus(text, cls) {
+function setStatus(key, cls) {
   const el = $("status");
-  el.textContent = text;
+  state.statusKey = key;
+  state.statusClass = cls;
+  el.textContent = t("status." + key);
   el.className = "status " + cls;
+}
+
+function showWho(ticket) {
+  $("who").textContent = t("who") + " " + ticket.token + " · " + describeScope(ticket.scope);
 }
 
 function showLogin(message) {
@@ -75,7 +143,7 @@ function fillRegions(regions) {
   for (const r of regions) {
     const option = document.createElement("option");
     option.value = r;
-    option.textContent = r;
+    option.textContent = named("regions", r);
     select.appendChild(option);
   }
 }
@@ -93,13 +161,14 @@ async function connect() {
   try {
     ticket = await getTicket();
   } catch (err) {
-    setStatus("gateway unreachable", "off");
+    setStatus("unreachable", "off");
     return scheduleReconnect(3000);
   }
   if (!ticket) return;
   showWall();
   fillRegions(ticket.regions);
-  $("who").textContent = "token " + ticket.token + " · " + describeScope(ticket.scope);
+  state.ticket = ticket;
+  showWho(ticket);
   state.scope = ticket.scope;
   $("console").hidden = !ticket.scope.all;   // heightened mode: the command centre's console only
 
@@ -123,18 +192,18 @@ async function connect() {
   });
   source.addEventListener("gap", (e) => {
     const gap = JSON.parse(e.data);
-    notice("Some alerts were deleted by retention before they could be shown (" + gap.topic + ").");
+    notice(t("gap", { topic: gap.topic }));
   });
   source.addEventListener("lagged", (e) => {
     state.cursor = JSON.parse(e.data).cursor;
     source.close();
-    setStatus("catching up", "wait");
+    setStatus("catching_up", "wait");
     scheduleReconnect(100);
   });
   source.addEventListener("closing", (e) => {
     state.cursor = JSON.parse(e.data).cursor || state.cursor;
     source.close();
-    setStatus("gateway restarting", "wait");
+    setStatus("restarting", "wait");
     scheduleReconnect(2000);
   });
   source.onerror = () => {
@@ -145,10 +214,10 @@ async function connect() {
 }
 
 function describeScope(scope) {
-  if (scope.all) return "all regions";
+  if (scope.all) return t("all_regions");
   const parts = [];
-  if (scope.regions) parts.push(scope.regions.join(", "));
-  if (scope.stations) parts.push("stations " + scope.stations.join(", "));
+  if (scope.regions) parts.push(scope.regions.map((r) => named("regions", r)).join(", "));
+  if (scope.stations) parts.push(t("stations") + " " + scope.stations.join(", "));
   return parts.join(" · ");
 }
 
@@ -179,11 +248,6 @@ function applyFilters() {
     if (!li.hidden) shown += 1;
   }
   $("empty").hidden = shown > 0;
-}
-
-function localTime(iso) {
-  const d = new Date(iso);
-  return isNaN(d) ? iso : d.toLocaleTimeString([], { hour12: false });
 }
 
 function el(tag, cls, text) {
@@ -229,7 +293,9 @@ function showDispositions(li) {
   let settled = null;
   for (const [region, entry] of byRegion) {
     const latest = entry.settle || entry.ack;
-    parts.push(region + ": " + latest.outcome + " (" + latest.officer + ")" + (latest.note ? " " + latest.note : ""));
+    const who = region === "RCC" ? t("cc") : named("regions", region);
+    parts.push(who + ": " + t("outcome." + latest.outcome) + " (" + latest.officer + ")" +
+               (latest.note ? " " + latest.note : ""));
     if (entry.settle) settled = settled || entry.settle.outcome;
   }
   badge.textContent = parts.join(" · ");
@@ -253,7 +319,7 @@ async function dispose(alertId, outcome, note, message) {
     }
     for (const d of body.dispositions || []) addDisposition(d);
   } catch (err) {
-    message.textContent = "the gateway could not be reached: " + err.message;
+    message.textContent = t("unreachable") + err.message;
   }
 }
 
@@ -262,12 +328,12 @@ function actions(alert) {
   const note = el("input", "note");
   note.type = "text";
   note.maxLength = 500;
-  note.placeholder = "note (optional)";
+  note.placeholder = t("note");
   const message = el("span", "action-error");
   message.setAttribute("role", "alert");
-  for (const [outcome, label] of OUTCOMES) {
+  for (const [outcome] of OUTCOMES) {
     if (withdrawn(alert) && outcome !== "ACKNOWLEDGED") continue;
-    const button = el("button", "act act-" + outcome, label);
+    const button = el("button", "act act-" + outcome, t("act." + outcome));
     button.type = "button";
     button.dataset.outcome = outcome;
     button.addEventListener("click", () => dispose(alert.alert_id, outcome, note.value.trim(), message));
@@ -290,17 +356,25 @@ function buildRow(alert) {
   li._alert = alert;
   const details = el("details");
   const summary = el("summary");
-  summary.appendChild(el("span", "time", localTime(alert.occurred_at)));
-  summary.appendChild(el("span", "sev", alert.severity));
-  summary.appendChild(el("span", "kind", alert.kind));
-  summary.appendChild(el("span", "region", alert.routed_to || (alert.must_act || []).join("/")));
-  summary.appendChild(el("span", "where", alert.station_id || alert.port_code || ""));
+  const time = el("time", "time", beijing(alert.occurred_at));
+  time.dateTime = alert.occurred_at;
+  time.title = alert.occurred_at + " UTC";
+  summary.appendChild(time);
+  summary.appendChild(el("span", "sev", t("sev." + alert.severity)));
+  const kind = el("span", "kind", t("kind." + alert.kind));
+  kind.title = alert.kind;
+  summary.appendChild(kind);
+  summary.appendChild(el("span", "region", alert.routed_to ? named("regions", alert.routed_to)
+                                                          : regionNames(alert.must_act)));
+  const where = el("span", "where", alert.station_id || alert.port_code || "");
+  where.title = alert.station_id ? named("stations", alert.station_id) : named("ports", alert.port_code);
+  summary.appendChild(where);
   summary.appendChild(el("span", "summary", alert.summary));
   if (withdrawn(alert)) {
     const reason = el("span", "reason");
-    reason.appendChild(el("strong", "withdrawn-label", "WITHDRAWN"));
-    reason.appendChild(document.createTextNode(" " + (alert.status_reason || "no reason given") +
-                                               " · " + localTime(alert.emitted_at)));
+    reason.appendChild(el("strong", "withdrawn-label", t("withdrawn")));
+    reason.appendChild(document.createTextNode(" " + (alert.status_reason || t("no_reason")) +
+                                               " · " + beijing(alert.emitted_at)));
     summary.appendChild(reason);
   }
   const badge = el("span", "disposition");
@@ -312,22 +386,23 @@ function buildRow(alert) {
   const dl = el("dl");
   const evidence = el("ul");
   for (const id of alert.evidence || []) evidence.appendChild(el("li", null, id));
-  addRow(dl, "status", alert.status || "RAISED");
-  if (withdrawn(alert)) addRow(dl, "withdrawn because", alert.status_reason);
-  addRow(dl, "evidence (event ids)", evidence);
-  addRow(dl, "rule", alert.rule_id + " (rule set " + alert.rule_set_version + ")");
-  addRow(dl, "must act", alert.must_act);
-  addRow(dl, "inform", alert.inform);
-  addRow(dl, "station", alert.station_id);
-  addRow(dl, "port", alert.port_code);
-  addRow(dl, "subject token", alert.subject);
-  addRow(dl, "conveyance", alert.conveyance_id);
-  addRow(dl, "pattern", alert.pattern);
+  addRow(dl, t("f.status"), t("status_value." + (alert.status || "RAISED")));
+  if (withdrawn(alert)) addRow(dl, t("f.withdrawn_because"), alert.status_reason);
+  addRow(dl, t("f.evidence"), evidence);
+  addRow(dl, t("f.rule"), alert.rule_id + " (" + t("f.rule_set") + " " + alert.rule_set_version + ")");
+  addRow(dl, t("f.must_act"), (alert.must_act || []).map((r) => named("regions", r)));
+  addRow(dl, t("f.inform"), (alert.inform || []).map((r) => named("regions", r)));
+  if (alert.station_id) addRow(dl, t("f.station"), named("stations", alert.station_id) + " (" + alert.station_id + ")");
+  if (alert.port_code) addRow(dl, t("f.port"), named("ports", alert.port_code) + " (" + alert.port_code + ")");
+  addRow(dl, t("f.subject"), alert.subject);
+  addRow(dl, t("f.conveyance"), alert.conveyance_id);
+  addRow(dl, t("f.pattern"), alert.pattern);
   for (const [k, v] of Object.entries(alert.details || {})) addRow(dl, k, v);
-  addRow(dl, "occurred at (UTC)", alert.occurred_at);
-  addRow(dl, "emitted at (UTC)", alert.emitted_at);
-  addRow(dl, "alert id", alert.alert_id);
-  if (alert.position) addRow(dl, "position", alert.position.topic + ":" + alert.position.partition + ":" + alert.position.offset);
+  addRow(dl, t("f.occurred"), beijing(alert.occurred_at));
+  addRow(dl, t("f.emitted"), beijing(alert.emitted_at));
+  addRow(dl, t("f.occurred_utc"), alert.occurred_at);
+  addRow(dl, t("f.alert_id"), alert.alert_id);
+  if (alert.position) addRow(dl, t("f.position"), alert.position.topic + ":" + alert.position.partition + ":" + alert.position.offset);
   body.appendChild(dl);
   if (mayDispose(alert)) body.appendChild(actions(alert));
   details.appendChild(body);
@@ -375,7 +450,7 @@ $("heightened-form").addEventListener("submit", async (e) => {
   const result = $("hm-result");
   const regions = [...document.querySelectorAll('#heightened-form input[name="region"]:checked')].map((x) => x.value);
   if (!regions.length) {
-    result.textContent = "Choose at least one region.";
+    result.textContent = t("hm.choose");
     return;
   }
   const body = {
@@ -393,12 +468,11 @@ $("heightened-form").addEventListener("submit", async (e) => {
     });
     const answer = await response.json().catch(() => ({}));
     result.textContent = response.ok
-      ? "Heightened mode declared for " + answer.regions.join(", ") + " until " + answer.ends_at +
-        " (event " + answer.event_id + "); the walls show it when the stream layer announces it."
+      ? t("hm.done", { regions: regionNames(answer.regions), until: beijing(answer.ends_at), id: answer.event_id })
       : (answer.message || ("HTTP " + response.status));
     result.dataset.ok = response.ok ? "yes" : "no";
   } catch (err) {
-    result.textContent = "the gateway could not be reached: " + err.message;
+    result.textContent = t("unreachable") + err.message;
     result.dataset.ok = "no";
   }
 });
@@ -416,5 +490,13 @@ $("signout").addEventListener("click", () => signOut("Signed out."));
 $("region").addEventListener("change", applyFilters);
 $("severity").addEventListener("change", applyFilters);
 
-if (state.token) connect();
-else showLogin();
+$("lang").addEventListener("click", () => {
+  state.lang = state.lang === "en" ? "zh-CN" : "en";
+  localStorage.setItem(LANG_KEY, state.lang === "en" ? "en" : "zh-CN");
+  applyLanguage();
+});
+
+loadText().finally(() => {
+  if (state.token) connect();
+  else showLogin();
+});
