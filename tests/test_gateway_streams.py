@@ -183,9 +183,13 @@ def test_yrdbus_gateway_and_alerts_tail_from_the_command_line(setup, tmp_path):
         lines = subprocess.Popen([YRDBUS, "alerts", "tail", "--count", "2", "--min-severity", "CRITICAL"],
                                  env={**env, "YRDBUS_GATEWAY_TOKEN": tokens["ah-duty"]}, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-        # both are subscribed once the gateway counts them
+        # the same in English (YRDBUS_LANG, or --lang en)
+        lines_en = subprocess.Popen([YRDBUS, "alerts", "tail", "--count", "2", "--min-severity", "CRITICAL"],
+                                    env={**env, "YRDBUS_GATEWAY_TOKEN": tokens["ah-duty"], "YRDBUS_LANG": "en"},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # all are subscribed once the gateway counts them
         while httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.count(
-                'yrdbus_gateway_subscribers{kind="sse"} 2.0') == 0:
+                'yrdbus_gateway_subscribers{kind="sse"} 3.0') == 0:
             assert time.monotonic() < deadline + 30, "the tails never connected"
             time.sleep(0.1)
         alerts = [derived_alert(severity="HIGH"), derived_alert(severity="CRITICAL", summary="Forged passport ring")]
@@ -198,13 +202,19 @@ def test_yrdbus_gateway_and_alerts_tail_from_the_command_line(setup, tmp_path):
         assert [(p["alert_id"], p["status"], p["status_reason"]) for p in printed] == [
             (alerts[0]["alert_id"], "RAISED", None), (alerts[1]["alert_id"], "RAISED", None),
             (alerts[1]["alert_id"], "WITHDRAWN", "the passport was reported stolen after the crossing")]
+        # officers' lines: Simplified Chinese by default, Beijing time with the date
         out, err = lines.communicate(timeout=30)
         assert lines.returncode == 0, err
         first, second = out.splitlines()
-        assert "CRITICAL" in first and "RAISED" in first and "Forged passport ring" in first
-        assert alerts[1]["alert_id"] in first and "WITHDRAWN" not in first
-        assert "WITHDRAWN" in second and alerts[1]["alert_id"] in second
-        assert "withdrawn: the passport was reported stolen after the crossing" in second
+        beijing = (alerts[1]["occurred_at"] + timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")
+        assert first.startswith(beijing) and "严重 有效" in first and "安徽" in first and "跨地区命中" in first
+        assert "Forged passport ring" in first and alerts[1]["alert_id"] in first and "已撤销" not in first
+        assert "已撤销: the passport was reported stolen after the crossing" in second and alerts[1]["alert_id"] in second
+        out, err = lines_en.communicate(timeout=30)
+        assert lines_en.returncode == 0, err
+        first, second = out.splitlines()
+        assert first.startswith(beijing) and "CRITICAL RAISED Anhui CROSS_REGION_HIT" in first
+        assert "WITHDRAWN: the passport was reported stolen after the crossing" in second
 
         refused = subprocess.run([YRDBUS, "alerts", "tail", "--region", "ZJ", "--token-file", str(token_file)],
                                  env=env, capture_output=True, text=True, timeout=30)

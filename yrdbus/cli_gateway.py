@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import List, Optional
 
@@ -120,25 +121,64 @@ def _token(token_file: Optional[Path]) -> str:
     return secret.get_secret_value()
 
 
-def _line(alert: dict):
+BEIJING = timezone(timedelta(hours=8))     # China Standard Time: no daylight saving, so a fixed offset is exact
+LANGUAGES = ("zh-CN", "en")
+
+
+class Words:
+    """The officers' words for the tail: the wall's message catalogue (connectors/gateway/static/i18n) and the
+    reference data's region names, in ``lang``; times in Beijing time with the date."""
+
+    def __init__(self, lang: str):
+        import importlib.util
+
+        from schemas import reference
+
+        folder = Path(importlib.util.find_spec("connectors.gateway").submodule_search_locations[0])
+        catalogue = json.loads((folder / "static" / "i18n" / "messages.json").read_text(encoding="utf-8"))
+        self.lang = lang
+        self.messages = {**catalogue["en"], **catalogue.get(lang, {})}
+        key = "name_zh" if lang == "zh-CN" else "name"
+        self.regions = {c: r.get(key) or r["name"] for c, r in reference.regions().items()}
+
+    def __call__(self, message_id: str) -> str:
+        return self.messages.get(message_id, message_id.split(".", 1)[-1])
+
+    def region_list(self, codes) -> str:
+        return "/".join(self.regions.get(c, c) for c in codes or []) or "-"
+
+    @staticmethod
+    def beijing(iso: str) -> str:
+        try:
+            return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return str(iso)
+
+
+def _line(alert: dict, words: Words):
     from rich.text import Text
 
     sev = alert.get("severity", "?")
     where = alert.get("station_id") or alert.get("port_code") or "-"
-    region = alert.get("routed_to") or "/".join(alert.get("must_act") or []) or "-"
-    t = str(alert.get("occurred_at", ""))[11:19]
+    region = words.region_list([alert["routed_to"]] if alert.get("routed_to") else alert.get("must_act"))
     status = alert.get("status") or "RAISED"
     gone = status == "WITHDRAWN"
     text = Text()
-    text.append(f"{t}Z ", style="dim")
-    text.append(f"{sev:<8}", style="dim" if gone else SEVERITY_STYLE.get(sev, ""))
-    text.append(f" {status:<9}", style="bold" if gone else "dim")
-    text.append(f" {region:<5} {alert.get('kind', '?'):<22} {where:<10} ")
+    text.append(f"{words.beijing(alert.get('occurred_at', ''))} ", style="dim")
+    text.append(words(f"sev.{sev}"), style="dim" if gone else SEVERITY_STYLE.get(sev, ""))
+    text.append(f" {words(f'status_value.{status}')}", style="bold" if gone else "dim")
+    text.append(f" {region} {words('kind.' + str(alert.get('kind', '?')))} {where} ")
     text.append(str(alert.get("summary", "")), style="strike" if gone else "")
     if gone:
-        text.append(f"  (withdrawn: {alert.get('status_reason') or 'no reason given'})")
+        text.append(f"  ({words('withdrawn')}: {alert.get('status_reason') or words('no_reason')})")
     text.append(f"  {alert.get('alert_id', '')}", style="dim")
     return text
+
+
+def _disposition_line(d: dict, words: Words) -> str:
+    who = words.regions.get(d["region"], d["region"]) if d.get("region") else words("cc")
+    return (f"{words.beijing(d['decided_at'])} {d['alert_id'][:8]} {who}: {words('outcome.' + d['outcome'])} "
+            f"({d['officer']})" + (f" {d['note']}" if d.get("note") else ""))
 
 
 @alerts_app.command("tail")
@@ -155,6 +195,9 @@ def tail(
     since: Optional[str] = typer.Option(None, "--since", help="Resume from this cursor (an event id)."),
     from_time: Optional[str] = typer.Option(None, "--from-time", help="Start at this ISO 8601 time (e.g. 2025-03-01T08:00Z)."),
     count: Optional[int] = typer.Option(None, "--count", min=1, help="Exit after this many alerts."),
+    lang: str = typer.Option("zh-CN", "--lang", envvar="YRDBUS_LANG",
+                             help="Language of the lines: zh-CN (Simplified Chinese, the default) or en. Times are "
+                                  "Beijing time with the date either way; --json keeps the API's UTC."),
 ) -> None:
     """Print alerts as they arrive, one line each (coloured by severity), reconnecting without loss.
 
@@ -166,6 +209,9 @@ def tail(
     import httpx2
     from rich.console import Console
 
+    if lang not in LANGUAGES:
+        fail(f"--lang {lang!r}: expected one of {', '.join(LANGUAGES)}")
+    words = Words(lang)
     settings = get_settings()
     token = _token(token_file)
     base = (url or settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
@@ -206,7 +252,7 @@ def tail(
                                     sys.stdout.write(json.dumps(alert, ensure_ascii=False) + "\n")
                                     sys.stdout.flush()
                                 else:
-                                    console.print(_line(alert))
+                                    console.print(_line(alert, words))
                                 shown += 1
                                 if count is not None and shown >= count:
                                     return
@@ -218,10 +264,7 @@ def tail(
                                                      + "\n")
                                     sys.stdout.flush()
                                 else:
-                                    console.print(f"[dim]{d['decided_at'][11:19]}Z[/] {d['alert_id'][:8]} "
-                                                  f"{d['outcome']} for {d['region'] or 'the command centre'} by "
-                                                  f"{d['officer']}" + (f": {d['note']}" if d.get("note") else ""),
-                                                  markup=True)
+                                    console.print(_disposition_line(d, words), markup=False)
                             elif event.event == "hello":
                                 cursor = event.id or cursor
                             elif event.event in ("lagged", "closing"):
