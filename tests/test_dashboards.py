@@ -279,9 +279,11 @@ def driver_value(v, column_type: str):
 
 
 def canonical(v):
-    """Whole floats as integers: Go's JSON writes 0.0 as 0."""
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
+    """Whole floats as integers (Go's JSON writes 0.0 as 0), others to 12 significant digits: a sum of floats
+    read by several threads may differ in its last bits from one run of the same query to the next."""
+    if isinstance(v, float):
+        v = float(f"{v:.12g}")
+        return int(v) if v.is_integer() else v
     if isinstance(v, list):
         return [canonical(x) for x in v]
     if isinstance(v, dict):
