@@ -164,6 +164,30 @@ class Publisher:
         return value
 
 
+def records_on(bootstrap: str, topic: str, kind: str) -> list[tuple[bytes, dict]]:
+    """Every record on ``topic`` now, each partition read to its end: (raw value, decoded as ``kind``)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(topic, p, 0) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
+        ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        c.assign(parts)
+        seen = {p: 0 for p in ends}
+        got: list[tuple[bytes, dict]] = []
+        while any(seen[p] < ends[p] for p in ends):
+            m = c.poll(5)
+            assert m is not None, f"{topic} ended early"
+            if m.error():
+                continue
+            got.append((m.value(), get_codec().decode(m.value(), kind=kind)[1]))
+            seen[m.partition()] = m.offset() + 1
+        return got
+    finally:
+        c.close()
+
+
 # --------------------------------------------------------------------------- a raw SSE client
 class RawSSE:
     """An SSE client on a plain socket: it reads only when told to, so it can stall like a frozen console."""

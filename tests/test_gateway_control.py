@@ -11,16 +11,14 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from kit.scripted import Script, token
 from schemas import topics
-from schemas.codec import get_codec
 from streams import ruleset
 from streams.events import plain
 from streams.regional import RegionalRules
 
-from gateway_harness import RunningGateway, write_access_file
+from gateway_harness import RunningGateway, records_on, write_access_file
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 SCOPES = {"rcc": {"all": True}, "sh-duty": {"regions": ["SH"]}, "pvg": {"stations": ["SH-PVG"]}}
@@ -41,18 +39,7 @@ def declare(gw, token: str | None, body) -> httpx2.Response:
 
 
 def control_events(kafka, prefix: str) -> list[dict]:
-    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"check-{prefix}", "enable.auto.commit": False})
-    tp = TopicPartition(prefix + topics.CONTROL, 0, 0)
-    end = c.get_watermark_offsets(tp, timeout=10)[1]
-    c.assign([tp])
-    got = []
-    while len(got) < end:
-        m = c.poll(5)
-        assert m is not None, "the control topic ended early"
-        if not m.error():
-            got.append(get_codec().decode(m.value(), kind="control")[1])
-    c.close()
-    return got
+    return [event for _, event in records_on(kafka.bootstrap, prefix + topics.CONTROL, "control")]
 
 
 def test_the_command_centre_declares_heightened_mode_and_the_rules_broadcast_inside_its_window(gw, kafka):

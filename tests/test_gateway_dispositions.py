@@ -13,12 +13,11 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from schemas import topics
-from schemas.codec import get_codec
 
-from gateway_harness import Publisher, RawSSE, RunningGateway, derived_alert, withdrawal, write_access_file
+from gateway_harness import (Publisher, RawSSE, RunningGateway, derived_alert, records_on, withdrawal,
+                             write_access_file)
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 SCOPES = {"js-duty": {"regions": ["JS"]}, "sh-duty": {"regions": ["SH"]}, "ah-duty": {"regions": ["AH"]},
@@ -44,22 +43,7 @@ def post(gw, token: str, alert_id: str, body) -> httpx2.Response:
 
 def on_the_bus(kafka, prefix: str) -> list[tuple[bytes, dict]]:
     """Every record of the dispositions topic: (raw value, decoded)."""
-    topic = prefix + topics.DISPOSITIONS
-    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"check-{prefix}", "enable.auto.commit": False})
-    parts = [TopicPartition(topic, p, 0) for p in range(topics.spec(topics.DISPOSITIONS).partitions)]
-    ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-    c.assign(parts)
-    got: list[tuple[bytes, dict]] = []
-    seen = {p: 0 for p in ends}
-    while any(seen[p] < ends[p] for p in ends):
-        m = c.poll(5)
-        assert m is not None, "the dispositions topic ended early"
-        if m.error():
-            continue
-        got.append((m.value(), get_codec().decode(m.value(), kind="disposition")[1]))
-        seen[m.partition()] = m.offset() + 1
-    c.close()
-    return got
+    return records_on(kafka.bootstrap, prefix + topics.DISPOSITIONS, "disposition")
 
 
 def test_a_region_acknowledges_and_settles_its_alert_once_and_the_bus_holds_each_step_once(gw, kafka):

@@ -18,6 +18,21 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ENGLISH = "localStorage.setItem('yrdbus.wall.lang', 'en')"     # the wall's language switch, set before it loads
 
 
+def sign_in(page, url: str, token: str) -> None:
+    """Open the wall, enter the token, wait until its stream is live."""
+    page.goto(url + "/")
+    page.fill("#token", token)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#status.live", timeout=10_000)
+
+
+def console(browser, url: str, token: str):
+    """A wall in a browser context of its own (its own tab storage), signed in, 1400 px wide."""
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    sign_in(page, url, token)
+    return page
+
+
 @pytest.fixture
 def pub(kafka, unique):
     publisher = Publisher(kafka, f"{unique}.")
@@ -35,10 +50,7 @@ def test_an_alert_published_to_kafka_appears_on_the_wall_within_two_seconds(kafk
             page.add_init_script(ENGLISH)
             urls: list[str] = []
             page.on("request", lambda r: urls.append(r.url))
-            page.goto(gw.url + "/")
-            page.fill("#token", tokens["rcc"])
-            page.click("#login-form button[type=submit]")
-            page.wait_for_selector("#status.live", timeout=10_000)
+            sign_in(page, gw.url, tokens["rcc"])
 
             # Some traffic first, so the wall has a few alerts of several severities and regions.
             earlier = [
@@ -114,10 +126,7 @@ def test_a_withdrawn_alert_replaces_its_row_on_the_wall_struck_through_with_the_
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 900})
             page.add_init_script(ENGLISH)
-            page.goto(gw.url + "/")
-            page.fill("#token", tokens["rcc"])
-            page.click("#login-form button[type=submit]")
-            page.wait_for_selector("#status.live", timeout=10_000)
+            sign_in(page, gw.url, tokens["rcc"])
 
             hit = derived_alert(must_act=["JS"], inform=["SH"], severity="CRITICAL", station_id="JS-NKG",
                                 summary="Traveller flagged in SH is boarding at Nanjing Lukou")
@@ -172,14 +181,7 @@ def test_an_officer_confirms_an_alert_from_the_wall_and_the_informed_regions_wal
     with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            walls = {}
-            for who in ("js-duty", "sh-duty"):          # two consoles, each with its own tab storage
-                page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-                page.goto(gw.url + "/")
-                page.fill("#token", tokens[who])
-                page.click("#login-form button[type=submit]")
-                page.wait_for_selector("#status.live", timeout=10_000)
-                walls[who] = page
+            walls = {who: console(browser, gw.url, tokens[who]) for who in ("js-duty", "sh-duty")}
             alert = derived_alert(must_act=["JS"], inform=["SH"], severity="CRITICAL", station_id="JS-NKG",
                                   summary="Watch-listed traveller flagged in SH is boarding at Nanjing Lukou")
             pub.publish(alert)
@@ -227,14 +229,7 @@ def test_the_command_centre_declares_heightened_mode_from_its_wall_and_a_region_
     with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            pages = {}
-            for who in ("rcc", "sh-duty"):
-                page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-                page.goto(gw.url + "/")
-                page.fill("#token", tokens[who])
-                page.click("#login-form button[type=submit]")
-                page.wait_for_selector("#status.live", timeout=10_000)
-                pages[who] = page
+            pages = {who: console(browser, gw.url, tokens[who]) for who in ("rcc", "sh-duty")}
             assert pages["sh-duty"].locator("#console").is_hidden()
             cc = pages["rcc"]
             cc.locator("#console summary").click()
@@ -275,11 +270,7 @@ def test_the_wall_speaks_chinese_in_beijing_time_switches_to_english_and_holds_i
     with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(gw.url + "/")
-            page.fill("#token", tokens["rcc"])
-            page.click("#login-form button[type=submit]")
-            page.wait_for_selector("#status.live", timeout=10_000)
+            page = console(browser, gw.url, tokens["rcc"])
             assert page.evaluate("document.documentElement.lang") == "zh-CN"
             assert page.locator("h1").inner_text().startswith("长三角预警墙")
             assert page.locator("#status").inner_text() == "实时"

@@ -212,9 +212,8 @@ def tail(
     if lang not in LANGUAGES:
         fail(f"--lang {lang!r}: expected one of {', '.join(LANGUAGES)}")
     words = Words(lang)
-    settings = get_settings()
     token = _token(token_file)
-    base = (url or settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
+    base = _gateway_base(url)
     params: list[tuple[str, str]] = [("region", r) for r in region] + [("station", s) for s in station]
     params += [("kind", k) for k in kind]
     if min_severity:
@@ -281,24 +280,34 @@ def tail(
         return
 
 
-def _dispose(alert_id: str, outcome: str, note: str, url: Optional[str], token_file: Optional[Path],
-             json_out: bool) -> None:
+def _gateway_base(url: Optional[str]) -> str:
+    """--url, else YRDBUS_GATEWAY_URL, else http://YRDBUS_GATEWAY_HOST:YRDBUS_GATEWAY_PORT."""
+    settings = get_settings()
+    return (url or settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
+
+
+def _post(path: str, body: dict, url: Optional[str], token_file: Optional[Path]) -> dict:
+    """POST ``body`` to the gateway with the bearer token; its JSON answer, or exit 4 (unreachable) or 2 (refused,
+    with the gateway's message)."""
     import httpx2
 
-    settings = get_settings()
-    token = _token(token_file)
-    base = (url or settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
+    base = _gateway_base(url)
     try:
-        r = httpx2.post(f"{base}/alerts/{alert_id}/dispositions", json={"outcome": outcome, "note": note},
-                        headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        r = httpx2.post(base + path, json=body, headers={"Authorization": f"Bearer {_token(token_file)}"}, timeout=30)
     except httpx2.TransportError as exc:
         fail(f"cannot reach the gateway at {base}: {exc} (is `yrdbus gateway serve` running?)", 4)
     try:
-        body = r.json()
+        answer = r.json()
     except ValueError:
-        body = {"message": r.text}
-    if r.status_code not in (200, 201):
-        fail(f"{base} answered {r.status_code}: {body.get('message', body)}", 2)
+        answer = {"message": r.text}
+    if not 200 <= r.status_code < 300:
+        fail(f"{base} answered {r.status_code}: {answer.get('message', answer)}", 2)
+    return answer
+
+
+def _dispose(alert_id: str, outcome: str, note: str, url: Optional[str], token_file: Optional[Path],
+             json_out: bool) -> None:
+    body = _post(f"/alerts/{alert_id}/dispositions", {"outcome": outcome, "note": note}, url, token_file)
     if json_out:
         typer.echo(json.dumps(body, ensure_ascii=False))
         return
@@ -367,26 +376,11 @@ def heightened(
     Inside the window the stream layer lowers those regions' trend and flow thresholds by the multiplier and
     broadcasts their HIGH and CRITICAL alerts to every region; every wall in scope shows the window.
     """
-    import httpx2
-
-    settings = get_settings()
-    token = _token(token_file)
-    base = (url or settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
     body = {"regions": [x.strip() for r in regions for x in r.split(",") if x.strip()], "ends_at": until,
             "threshold_multiplier": multiplier, "reason": reason}
     if start:
         body["starts_at"] = start
-    try:
-        r = httpx2.post(f"{base}/control/heightened", json=body, headers={"Authorization": f"Bearer {token}"},
-                        timeout=30)
-    except httpx2.TransportError as exc:
-        fail(f"cannot reach the gateway at {base}: {exc} (is `yrdbus gateway serve` running?)", 4)
-    try:
-        answer = r.json()
-    except ValueError:
-        answer = {"message": r.text}
-    if r.status_code != 201:
-        fail(f"{base} answered {r.status_code}: {answer.get('message', answer)}", 2)
+    answer = _post("/control/heightened", body, url, token_file)
     if json_out:
         typer.echo(json.dumps(answer, ensure_ascii=False))
     else:

@@ -51,13 +51,11 @@ from schemas.settings import Settings
 
 from connectors.gateway.access import AccessControl, Forbidden, TokenEntry, Unauthorized
 from connectors.gateway.control import ControlError, heightened_event
-from connectors.gateway.control import as_json as control_json
 from connectors.gateway.dispositions import DispositionError, Ledger
-from connectors.gateway.dispositions import as_json as disposition_json
 from connectors.gateway.guard import WriteGuard, with_transport
 from connectors.gateway.hub import Feed, Hub
 from connectors.gateway.metrics import GatewayMetrics
-from connectors.gateway.selection import BadRequest, Selection, TopicNames, select
+from connectors.gateway.selection import BadRequest, Selection, TopicNames, json_ready, select
 from connectors.gateway.webhooks import WebhookWorker, load_webhooks
 
 log = logging.getLogger("yrdbus.gateway")
@@ -183,7 +181,7 @@ class Gateway:
         self._bus = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all", enable_idempotence=True,
                                      client_id="yrdbus-gateway", **self.hub.kafka_options)
         await self._bus.start()
-        await self.ledger.start(self._bus, self.hub.kafka_config)
+        await self.ledger.start(self._bus, self.hub.partitions)
         if self.webhook_specs:
             self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap, acks="all",
                                               enable_idempotence=True, client_id="yrdbus-gateway-dlq",
@@ -373,16 +371,23 @@ class Gateway:
         return JSONResponse({"token": entry.id, "scope": entry.scope.describe(),
                              "regions": entry.scope.readable_regions()})
 
-    async def dispose(self, request: Request) -> Response:
-        """Record an officer's disposition of a derived alert (``connectors.gateway.dispositions``)."""
+    async def _bearer_json(self, request: Request) -> tuple[TokenEntry, object] | Response:
+        """(the bearer token's entry, the JSON body) of a request that changes something, or the 401/400 answer."""
         try:
             entry = await self._entry(request.headers.get("authorization"), None, "token" in request.query_params)
         except Unauthorized as exc:
             return _problem(401, "unauthorized", str(exc))
         try:
-            body = json.loads(await request.body() or b"{}")
+            return entry, json.loads(await request.body() or b"{}")
         except ValueError as exc:
             return _problem(400, "bad_request", f"the body is not JSON: {exc}")
+
+    async def dispose(self, request: Request) -> Response:
+        """Record an officer's disposition of a derived alert (``connectors.gateway.dispositions``)."""
+        got = await self._bearer_json(request)
+        if isinstance(got, Response):
+            return got
+        entry, body = got
         if not isinstance(body, dict):
             return _problem(400, "bad_request", "the body must be a JSON object with `outcome` and an optional `note`")
         unknown = sorted(set(body) - {"outcome", "note"})
@@ -394,18 +399,14 @@ class Gateway:
         except DispositionError as exc:
             return _problem(exc.status, exc.error, str(exc))
         return JSONResponse({"alert_id": request.path_params["alert_id"], "recorded": status == 201,
-                             "dispositions": [disposition_json(r) for r in records]}, status_code=status)
+                             "dispositions": [json_ready(r) for r in records]}, status_code=status)
 
     async def heightened(self, request: Request) -> Response:
         """The command centre declares heightened mode (``connectors.gateway.control``)."""
-        try:
-            entry = await self._entry(request.headers.get("authorization"), None, "token" in request.query_params)
-        except Unauthorized as exc:
-            return _problem(401, "unauthorized", str(exc))
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            return _problem(400, "bad_request", f"the body is not JSON: {exc}")
+        got = await self._bearer_json(request)
+        if isinstance(got, Response):
+            return got
+        entry, body = got
         try:
             event = heightened_event(entry, body)
         except ControlError as exc:
@@ -414,7 +415,7 @@ class Gateway:
                                       key=event["event_id"].encode())
         log.info("heightened mode declared by %s for %s, %s to %s, x%g", entry.id, ",".join(event["regions"]),
                  event["starts_at"].isoformat(), event["ends_at"].isoformat(), event["threshold_multiplier"])
-        return JSONResponse(control_json(event), status_code=201)
+        return JSONResponse(json_ready(event), status_code=201)
 
     async def health(self, request: Request) -> Response:
         ready = self.hub.ready.is_set() and self.ledger.ready.is_set() \

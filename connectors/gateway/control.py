@@ -100,5 +100,3 @@ def heightened_event(entry: TokenEntry, body, now: datetime | None = None) -> di
             "issued_by": entry.id}
 
 
-def as_json(event: dict) -> dict:
-    return {k: (v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v) for k, v in event.items()}

@@ -88,19 +88,16 @@ class Ledger:
         self.ready = asyncio.Event()
 
     # ----------------------------------------------------------------- life
-    async def start(self, producer: AIOKafkaProducer, kafka_config: dict | None = None) -> None:
-        """Read the topics from their start; record new dispositions with ``producer`` (the gateway's)."""
+    async def start(self, producer: AIOKafkaProducer, partitions: dict[str, int]) -> None:
+        """Read the topics from their start (``partitions``: their partition counts, the hub's, which created
+        them); record new dispositions with ``producer`` (the gateway's)."""
         self._producer = producer
-        # the control topic too: the gateway's console writes to it (connectors.gateway.control)
-        counts = await asyncio.to_thread(topics.create_missing, self.bootstrap,
-                                         [self.alerts_topic, self.topic, self.prefix + topics.CONTROL],
-                                         self.prefix, 30.0, kafka_config)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                           client_id="yrdbus-gateway-ledger", auto_offset_reset="earliest",
                                           isolation_level="read_committed", fetch_max_wait_ms=50,
                                           **self.kafka_options)
         await self._consumer.start()
-        tps = [TopicPartition(t, p) for t in (self.alerts_topic, self.topic) for p in range(counts[t])]
+        tps = [TopicPartition(t, p) for t in (self.alerts_topic, self.topic) for p in range(partitions[t])]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         for tp in tps:
@@ -254,5 +251,3 @@ def disposition_id(alert_id: str, region: str | None, step: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"{alert_id}|{region or 'ALL'}|{step}"))
 
 
-def as_json(record: dict) -> dict:
-    return {**record, "decided_at": record["decided_at"].astimezone(timezone.utc).isoformat().replace("+00:00", "Z")}

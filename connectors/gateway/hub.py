@@ -113,7 +113,8 @@ class Hub:
 
     async def start(self) -> None:
         live = self.names.all_alert_topics() + [self.names.dispositions]
-        wanted = live + [self.names.webhook_dead_letters]
+        # and what the gateway writes: webhook dead letters, the console's control events
+        wanted = live + [self.names.webhook_dead_letters, self.names.prefix + topics.CONTROL]
         counts = await asyncio.to_thread(topics.create_missing, self.bootstrap, wanted, self.names.prefix, 30.0,
                                          self.kafka_config)
         self.partitions = {t: counts[t] for t in live}

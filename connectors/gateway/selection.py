@@ -91,6 +91,11 @@ def _iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def json_ready(record: dict) -> dict:
+    """A decoded record as the gateway sends it: times as ISO 8601 UTC with milliseconds."""
+    return {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in record.items()}
+
+
 def version_key(alert: dict) -> tuple[str, str]:
     """What tells two copies of an alert apart when deduplicating: its id and its status. The copies routed to
     several topics (and a re-emission) are one; the version that withdraws it (same id, status WITHDRAWN) is
@@ -109,7 +114,7 @@ def delivery_id(alert: dict) -> str:
 
 def make_item(topic: str, partition: int, offset: int, key: bytes | None, raw: bytes, alert: dict,
               routed_to: str | None, event: str = "alert") -> Item:
-    view = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in alert.items()}
+    view = json_ready(alert)
     if event == "alert":
         view["routed_to"] = routed_to
     view["position"] = {"topic": topic, "partition": partition, "offset": offset}
