@@ -37,9 +37,10 @@ from schemas.codec import get_codec
 from schemas.errors import EventError
 from schemas.eventtime import EventTimeBounds
 from schemas.settings import get_settings
-from streams import faust_workarounds, metrics, ruleset
+from streams import escalation, faust_workarounds, metrics, ruleset, watchdog
 from streams.decoding import PlainDecoder
 from streams.emitter import Emitter
+from streams.escalation import EscalationStage
 from streams.faust_workarounds import SubjectTable, subject_partition
 from streams.regional_stage import WATERMARK_KEY, RegionalStage, origin_of, source_of
 from streams.subject_stage import SubjectStage, restorable, upstream_key
@@ -60,6 +61,7 @@ class StreamsConfig:
     rules: str | None = None
     replication: int = 1
     metrics_port: int | None = None
+    stall_s: float = 0.0             # the watchdog's time (streams/watchdog.py); 0: none (`yrdbus worker`: 60 s)
 
     def t(self, name: str) -> str:
         return self.prefix + name
@@ -71,6 +73,10 @@ class StreamsConfig:
     @property
     def regional_topic(self) -> str:
         return self.t("streams.regional")
+
+    @property
+    def escalation_topic(self) -> str:
+        return self.t("streams.escalation")
 
 
 def _kind_of_source(name: str, prefix: str) -> str:
@@ -142,7 +148,7 @@ class Worker:
     def __init__(self, cfg: StreamsConfig):
         self.cfg = cfg
         self.rules = rs = ruleset.load(cfg.rules) if cfg.rules else ruleset.default()
-        codec = get_codec()
+        self.codec = codec = get_codec()
         # a source event dated outside the contract's bounds is dead-lettered where it is decoded, before any stage
         # observes its time: a forged date must not move a watermark (nor fire every deadline on the way)
         self.bounds = EventTimeBounds.from_settings(get_settings())
@@ -160,14 +166,21 @@ class Worker:
                                        key_type=bytes, value_type=bytes)
         self.regional_topic = app.topic(cfg.regional_topic, partitions=1, internal=True,
                                         key_type=bytes, value_type=bytes)
+        # the alerts as emitted and the officers' dispositions of them, for the escalation stage
+        self.feedback_topic = app.topic(cfg.t(topics.DERIVED_ALERTS), cfg.t(topics.DISPOSITIONS),
+                                        key_type=bytes, value_type=bytes)
+        self.escalation_topic = app.topic(cfg.escalation_topic, partitions=1, internal=True,
+                                          key_type=bytes, value_type=bytes)
         self.emitter = Emitter(app, codec, cfg.t)
         self._tables()
         self.subject = SubjectStage(rs, self.decoder, self.bounds, cfg.partitions, self.subjects_table,
                                     self.flow_table)
         self.regional = RegionalStage(rs, self.decoder, self.bounds, self.regional_table)
+        self.escalation = EscalationStage(rs, self.escalation_table)
         self.subject.wants_regional = self.regional.rules.vessel.wants
         self.has_regional = False
         self.in_place: set[str] = set()
+        self.held: frozenset = frozenset()     # (topic, partition) of the partitions whose offsets this worker commits
         # every stage's records in their partition's order, a run Faust skipped read again first
         faust_workarounds.commit_past_known_gaps()
         faust_workarounds.flush_before_commit()
@@ -179,8 +192,9 @@ class Worker:
         self.subject_turn = asyncio.Lock()
         self._agents()
         app.on_partitions_assigned.connect(self._assigned)
+        self.watchdog = self._watchdog()
         app.yrd_config = cfg
-        app.yrd_stage_topics = (self.subject_topic, self.regional_topic)
+        app.yrd_stage_topics = (self.subject_topic, self.regional_topic, self.escalation_topic)
         app.yrd_rules = rs
 
     def _tables(self) -> None:
@@ -197,6 +211,32 @@ class Worker:
                                                           value_type=bytes))
         self.flow_table = app.Table("flowcounts", default=None, partitions=cfg.partitions, schema=table_schema)
         self.regional_table = app.Table("regional", default=None, partitions=1, schema=table_schema)
+        self.escalation_table = app.Table("escalation", default=None, partitions=1, schema=table_schema)
+
+    def _watchdog(self) -> watchdog.Watchdog | None:
+        """The thread that starts this worker again when it holds records and commits nothing (streams/watchdog.py);
+        started with the app."""
+        cfg, app = self.cfg, self.app
+        if not cfg.stall_s or cfg.stall_s <= 0:
+            return None
+
+        def stalled(waiting, stall_s) -> None:
+            names = ", ".join(f"{t}[{p}]" for t, p in waiting[:8]) + (" ..." if len(waiting) > 8 else "")
+            log.critical("stalled: records waiting in %s and no offset committed for %.0f s while the broker "
+                         "answers; the stacks follow", names, stall_s)
+            try:
+                watchdog.dump_stacks(app.loop)
+            finally:
+                watchdog.start_again(f"no progress for {stall_s:.0f} s")
+
+        dog = watchdog.Watchdog(kafka_config.client_config(**{"bootstrap.servers": cfg.bootstrap}), cfg.app_id,
+                                cfg.stall_s, assigned=lambda: self.held,
+                                recovering=lambda: bool(getattr(app, "in_recovery", False)), on_stall=stalled)
+
+        @app.task
+        async def _start_watchdog() -> None:
+            dog.start()
+        return dog
 
     def partitions_of(self, names) -> list[str]:
         """The upstream keys of every partition of these topics."""
@@ -206,6 +246,9 @@ class Worker:
     async def _assigned(self, app_, assigned, **kwargs):  # noqa: ARG002
         cfg = self.cfg
         self.has_regional = any(tp.topic == cfg.regional_topic for tp in assigned)
+        committed_here = {*self.sources, self.control_topic, cfg.subject_topic, cfg.regional_topic,
+                          cfg.escalation_topic, *self.feedback_topic.topics}
+        self.held = frozenset((tp.topic, tp.partition) for tp in assigned if tp.topic in committed_here)
         self.turns.forget(assigned)
         # the clearance topics partitioned as the subject stage is: a clearance there may be read in place
         self.in_place = {t for t in self.clearance_sources
@@ -240,6 +283,16 @@ class Worker:
         async def regional(stream):
             async for event in stream.events():
                 await turns(event, lambda e: self.guarded("regional", e, self.regional_event))
+
+        @app.agent(self.feedback_topic)
+        async def feedback(stream):
+            async for event in stream.events():
+                await turns(event, lambda e: self.guarded("escalation", e, self.feedback_event))
+
+        @app.agent(self.escalation_topic)
+        async def escalations(stream):
+            async for event in stream.events():
+                await turns(event, lambda e: self.guarded("escalation", e, self.escalation_event))
 
         app.timer(interval=2.0)(self.ticks)
 
@@ -358,6 +411,22 @@ class Worker:
             elif k in self.regional_table:
                 del self.regional_table[k]
 
+    # ------------------------------------------------------------------ escalation stage
+    async def feedback_event(self, event) -> None:
+        """An alert as emitted or an officer's disposition, forwarded to the escalation stage's one partition."""
+        rec = escalation.forwarded(self.codec, event.value)
+        if rec is not None:
+            await self.escalation_topic.send(key=b"escalation", value=escalation.encode(rec))
+
+    async def escalation_event(self, event) -> None:
+        step = self.escalation.step(json.loads(event.value))
+        await self.emitter.emit(step.outs)
+        for k, v in step.writes.items():
+            if v is not None:
+                self.escalation_table[k] = v
+            elif k in self.escalation_table:
+                del self.escalation_table[k]
+
     # ------------------------------------------------------------------ ticks
     # The regional watermark only moves when the stage reads something; once its upstreams fall silent (the end
     # of a backlog, a quiet night), a tick through its own topic lets it see them go idle and judge what is due.
@@ -398,6 +467,8 @@ class Worker:
                       else upstream_key(tp.topic, tp.partition)
                       for tp in self.app.consumer.assignment()
                       if tp.topic in (cfg.subject_topic, self.control_topic) or tp.topic in self.sources)
+        await self.escalation_topic.send(key=b"escalation", value=escalation.encode(
+            {"_kind": "tick", "now": int(time.time() * 1000)}))
         if busy or held or self.has_regional:
             await self.regional_topic.send(key=b"regional", value=json.dumps(
                 {"_kind": "tick", "busy": sorted(busy), "held": held}).encode(), headers=[("yrd-via", b"tick")])

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from streams.derived import is_live
+from streams.escalation import KIND as ESCALATION
 from streams.events import iso, to_ms
 
 
@@ -115,7 +116,11 @@ def last_versions(alerts: list[dict]) -> list[dict]:
 
 
 def score(truth: list[dict], alerts: list[dict]) -> dict:
-    versions = last_versions(alerts)
+    """Precision and recall of the detections (an ESCALATION says that officers did not answer an alert in time,
+    not what happened at the border: counted apart, as ``escalations``)."""
+    every = last_versions(alerts)
+    versions = [a for a in every if a["kind"] != ESCALATION]
+    escalations = sum(1 for a in every if a["kind"] == ESCALATION and is_live(a))
     unique = [a for a in versions if is_live(a)]
     withdrawn = [a for a in versions if not is_live(a)]
     truth = [row if "_start" in row else normalise_row(row, f"truth row {n}") for n, row in enumerate(truth, 1)]
@@ -146,6 +151,7 @@ def score(truth: list[dict], alerts: list[dict]) -> dict:
         "alerts": len(unique),
         "matched_alerts": len(unique) - len(false),
         "withdrawn": len(withdrawn),
+        "escalations": escalations,
         "withdrawn_alerts": [{"alert_id": a["alert_id"], "kind": a["kind"], "occurred_at": iso(a["occurred_at"]),
                               "reason": a.get("status_reason"), "summary": a.get("summary")} for a in withdrawn],
         "scenarios": sorted(scenarios.values(), key=lambda s: s["scenario_id"]),

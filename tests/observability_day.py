@@ -98,6 +98,44 @@ class _Undecodable(Exception):
     pass
 
 
+MINUTE = 60_000
+
+
+def answers(alerts: list[dict], now: int) -> tuple[list[dict], list[dict]]:
+    """What the officers said of the must-act alerts (emitted at ``now``): of each four in event-time order one
+    acknowledged and confirmed, one acknowledged and a false alarm, one settled as no action and one left alone;
+    and the ESCALATION alerts the escalation stage raises for the unanswered CRITICAL and HIGH ones."""
+    from connectors.gateway.dispositions import disposition_id
+    from streams.escalation import EscalationStage
+
+    plan = [[("ACKNOWLEDGED", 2), ("CONFIRMED", 10)], [("ACKNOWLEDGED", 4), ("FALSE_ALARM", 20)],
+            [("NO_ACTION", 6)], []]
+    must = sorted((a for a in alerts if a["must_act"] and a["kind"] != "ESCALATION"),
+                  key=lambda a: (a["occurred_at"], a["alert_id"]))
+    dispositions = []
+    for i, a in enumerate(must):
+        region = a["must_act"][0]
+        for outcome, minutes in plan[i % len(plan)]:
+            dispositions.append({
+                "disposition_id": disposition_id(a["alert_id"], region, "ack" if outcome == "ACKNOWLEDGED" else "settle"),
+                "alert_id": a["alert_id"], "outcome": outcome, "region": region, "officer": f"{region.lower()}-duty",
+                "note": "", "must_act": a["must_act"], "inform": a["inform"], "kind": a["kind"],
+                "severity": a["severity"], "decided_at": now + minutes * MINUTE})
+    table: dict = {}
+    stage = EscalationStage(ruleset.default(), table)
+    records = [{"_kind": "alert", **a, "status": "RAISED", "emitted_at": now} for a in must]
+    records += [{"_kind": "disposition", "alert_id": d["alert_id"], "region": d["region"], "outcome": d["outcome"],
+                 "decided_at": d["decided_at"]} for d in dispositions]
+    records.append({"_kind": "tick", "now": now + 24 * 60 * MINUTE})
+    escalations = []
+    for rec in records:
+        step = stage.step(rec)
+        escalations += [out for _, out in step.outs]
+        for k, v in step.writes.items():
+            table[k] = v
+    return dispositions, escalations
+
+
 def seed(client, database: str, bootstrap: str, prefix: str, *, scale: float = 0.3, seed: int = 7) -> SeededDay:
     """Store a simulated day (and its derived outputs and a few dead letters) in ``database``."""
     migrate(client, Target(database=database))
@@ -112,10 +150,14 @@ def seed(client, database: str, bootstrap: str, prefix: str, *, scale: float = 0
         publisher.publish(kind, rec)
     now = int(time.time() * 1000)
     out_topic = {"derived_alert": topics.DERIVED_ALERTS, "trend": topics.TRENDS, "risk": topics.RISK_SCORES}
+    dispositions, escalations = answers([rec for kind, rec in outputs if kind == "derived_alert"], now)
+    outputs += [("derived_alert", rec) for rec in escalations]
     for kind, rec in outputs:
         rec["emitted_at"] = now
         key = rec.get("alert_id") or rec.get("signal_id") or f"{rec.get('subject_kind')}:{rec.get('subject')}"
         publisher.produce(prefix + out_topic[kind], codec.encode(kind, for_avro(rec)), key.encode())
+    for rec in dispositions:
+        publisher.produce(prefix + topics.DISPOSITIONS, codec.encode("disposition", rec), rec["alert_id"].encode())
     # records that break the contract: the sink sets them aside on dlq.<topic>, then stores them as dead letters
     for i, raw in enumerate((b"not an event", b"\x00\x00\x00\x03\xe7 unknown schema id")):
         publisher.produce(prefix + topics.source("SH", "clearance"), raw, f"bad-{i}".encode())
@@ -127,5 +169,6 @@ def seed(client, database: str, bootstrap: str, prefix: str, *, scale: float = 0
     when = [r["occurred_at"] for _, r in events]
     counts = {k: sum(1 for kk, _ in events if kk == k) for k in ("clearance", "alert", "case", "control")}
     counts.update({k: sum(1 for kk, _ in outputs if kk == k) for k in out_topic})
+    counts.update(dispositions=len(dispositions), escalations=len(escalations))
     counts["sink"] = stats
     return SeededDay(database, min(when), max(when), seeded_from, datetime.now(timezone.utc), counts)

@@ -40,10 +40,10 @@ def datasources() -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------ the files
-def test_the_five_dashboards_are_there():
+def test_the_six_dashboards_are_there():
     assert {m["title"] for m in BOARDS.values()} == {
         "yrdbus: risk analysis centre", "yrdbus: ports and flow", "yrdbus: cases", "yrdbus: 144-hour transit",
-        "yrdbus: pipeline health"}
+        "yrdbus: command centre feedback", "yrdbus: pipeline health"}
 
 
 @pytest.mark.parametrize("uid", sorted(BOARDS))
@@ -197,10 +197,10 @@ def test_the_seeded_day_has_every_kind_of_record_the_panels_read(day):
     client, seeded = day
     counts = {t: client.query(f"SELECT count() FROM {seeded.database}.{t}").result_rows[0][0]
               for t in ("clearances", "alerts", "cases", "derived_alerts", "trends", "risk_scores", "dead_letters",
-                        "flow_hourly", "cases_daily", "sink_batches")}
+                        "flow_hourly", "cases_daily", "sink_batches", "dispositions")}
     assert all(n > 0 for n in counts.values()), counts
     kinds = {r[0] for r in client.query(f"SELECT DISTINCT kind FROM {seeded.database}.derived_alerts").result_rows}
-    assert {"CROSS_REGION_HIT", "SYSTEMIC_ESCALATION", "FLOW_SURGE_SUPPORT", "TRANSIT_OUT_OF_AREA"} <= kinds
+    assert {"CROSS_REGION_HIT", "SYSTEMIC_ESCALATION", "FLOW_SURGE_SUPPORT", "TRANSIT_OUT_OF_AREA", "ESCALATION"} <= kinds
 
 
 @pytest.mark.parametrize("uid, title", CLICKHOUSE_PANELS, ids=[f"{u}:{t}" for u, t in CLICKHOUSE_PANELS])
@@ -425,6 +425,9 @@ def test_the_panels_on_derived_alerts_count_and_list_only_alerts_that_were_not_w
                  at + timedelta(minutes=emitted), f"{k} summary", {}, status, reason] for k in kinds]
 
     client.insert(f"{db}.derived_alerts", versions("RAISED", 1), column_names=cols)
+    client.insert(f"{db}.dispositions", [[uuid.uuid5(uuid.NAMESPACE_URL, k), f"a-{k}", "ACKNOWLEDGED", "JS", "js-duty",
+                                          at + timedelta(minutes=3)] for k in kinds],
+                  column_names=["disposition_id", "alert_id", "outcome", "region", "officer", "decided_at"])
     assert len(ALERT_PANELS) >= 6, ALERT_PANELS
     start, end = at - timedelta(hours=1), at + timedelta(hours=1)
 

@@ -173,8 +173,12 @@ def test_a_withdrawn_alert_replaces_its_row_on_the_wall_struck_through_with_the_
 
 
 def test_an_officer_confirms_an_alert_from_the_wall_and_the_informed_regions_wall_shows_it_settled(
-        kafka, unique, tmp_path, pub):
+        kafka, unique, tmp_path, pub, ch):
     import httpx2
+
+    from connectors.store import queries
+    from connectors.store.schema import Target, migrate
+    from connectors.store.sink import Sink
 
     tokens = write_access_file(tmp_path, {"js-duty": {"regions": ["JS"]}, "sh-duty": {"regions": ["SH"]},
                                           "ah-duty": {"regions": ["AH"]}, "pvg": {"stations": ["SH-PVG"]}})
@@ -213,6 +217,18 @@ def test_an_officer_confirms_an_alert_from_the_wall_and_the_informed_regions_wal
             assert walls["sh-duty"].locator(row + " .act-CONFIRMED").is_visible()    # informed: it may answer too
         finally:
             browser.close()
+    # the sink stores the alert and its dispositions, and the rule's precision in practice counts the confirmation
+    client, db = ch
+    migrate(client, Target(database=db))
+    Sink(bootstrap=kafka.bootstrap, client=client, database=db, group=unique, prefix=f"{unique}.").run(
+        idle_exit_s=4, duration=90)
+    previous, client.database = client.database, db
+    try:
+        got = queries.run(client, "rule_feedback", {}).result_rows
+    finally:
+        client.database = previous
+    # rule, version, raised, acknowledged, confirmed, false alarms, no action, unsettled, precision in practice
+    assert got == [(alert["rule_id"], alert["rule_set_version"], 1, 1, 1, 0, 0, 0, 1.0)]
 
 
 def test_the_command_centre_declares_heightened_mode_from_its_wall_and_a_region_wall_has_no_console(
@@ -321,3 +337,62 @@ def test_the_wall_speaks_chinese_in_beijing_time_switches_to_english_and_holds_i
             assert page.locator("#status").inner_text() == "live"
         finally:
             browser.close()
+
+
+def test_an_alert_nobody_acknowledges_escalates_once_on_the_region_and_command_centre_walls(kafka, unique, tmp_path,
+                                                                                           pub):
+    """A real worker's escalation stage (rule set with CRITICAL = 0.1 min) reads the alert and raises its ESCALATION."""
+    import sys
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from gateway_harness import records_on
+    from kit.faults import Proc, group_ready, wait_for
+    from schemas import topics
+    from streams import derived
+    from streams.app import StreamsConfig, ensure_topics
+    from streams.escalation import KIND, RULE_ID
+
+    rules = tmp_path / "rules.toml"
+    text = (Path(__file__).resolve().parents[1] / "streams" / "rules.toml").read_text()
+    assert "\nCRITICAL = 5\n" in text
+    rules.write_text(text.replace("\nCRITICAL = 5\n", "\nCRITICAL = 0.1\n"))
+    prefix, app_id = f"{unique}.", f"{unique}-w"
+    ensure_topics(StreamsConfig(kafka.bootstrap, prefix=prefix))
+    worker = Proc("worker", [str(Path(sys.executable).with_name("yrdbus")), "worker", "--prefix", prefix, "--app-id",
+                             app_id, "--partitions", "2", "--rules", str(rules), "--data-dir", str(tmp_path / "w")],
+                  {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": kafka.bootstrap, "YRDBUS_VAR_DIR": str(tmp_path / "w")},
+                  tmp_path / "w")
+    tokens = write_access_file(tmp_path, {"sh-duty": {"regions": ["SH"]}, "rcc": {"all": True}})
+    with RunningGateway(kafka, tokens, prefix) as gw, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        worker.start()
+        try:
+            wait_for(lambda: group_ready(kafka.bootstrap, app_id), 90, "the worker to join its group")
+            walls = {who: console(browser, gw.url, tokens[who]) for who in ("sh-duty", "rcc")}
+            alert = derived_alert(must_act=["SH"], inform=["JS"], severity="CRITICAL", station_id="SH-PVG",
+                                  summary="Watch-listed traveller flagged in JS is at Pudong T2 immigration")
+            pub.publish(alert)
+            escalation_id = derived.alert_id(RULE_ID, [alert["alert_id"]], "escalation")
+            row = f'li[data-alert-id="{escalation_id}"]'
+            for page in walls.values():     # 6 s after the alert was emitted, and a tick of the worker's
+                page.wait_for_selector(row, timeout=60_000)
+                assert "未响应升级" in page.locator(row).inner_text()      # the kind, in Chinese
+            # once: the stage reads more of its ticks (each 2 s) past the time, and raises nothing more
+            escalation_topic = f"{prefix}streams.escalation"
+            c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": app_id, "enable.auto.commit": False})
+            try:
+                _, seen = c.get_watermark_offsets(TopicPartition(escalation_topic, 0), timeout=10)
+                wait_for(lambda: c.committed([TopicPartition(escalation_topic, 0)], timeout=10)[0].offset >= seen + 4,
+                         60, "the escalation stage to read four more records")
+            finally:
+                c.close()
+            raised = [rec for _, rec in records_on(kafka.bootstrap, prefix + topics.DERIVED_ALERTS, "derived_alert")
+                      if rec["kind"] == KIND]
+            assert [(r["alert_id"], r["details"]["escalates"], r["must_act"], r["inform"], r["severity"])
+                    for r in raised] == [(escalation_id, alert["alert_id"], ["SH"], ["JS", "ZJ", "AH"], "CRITICAL")]
+            for page in walls.values():
+                assert page.locator(row).count() == 1
+        finally:
+            browser.close()
+            worker.stop(20)

@@ -319,3 +319,30 @@ def test_region_response_gives_time_to_acknowledge_and_what_each_region_left_ope
     assert got["SH"][:3] == (3, 2, 6.0) and got["SH"][4] == 1
     assert got["JS"][:3] == (3, 1, 30.0) and got["JS"][3] == 30.0 and got["JS"][4] == 1
     assert "AH" not in got          # its only alert was withdrawn
+
+
+def test_subject_history_follows_a_derived_alert_with_its_dispositions_and_shows_its_withdrawal_and_escalation(seeded):
+    client, db = seeded
+    s = "tok-history"
+    raised = derived("h1", s, "2017-06-12 08:00:00", ["SH"])
+    gone = dict(derived("h2", s, "2017-06-12 09:00:00", ["JS"]), status="WITHDRAWN",
+                status_reason="RESOLVED record read later", emitted_at=at("2017-06-12 09:30:00"))
+    escalation = dict(derived("h3", s, "2017-06-12 08:00:00", ["SH"], kind="ESCALATION"), rule_id="escalation",
+                      inform=["JS", "ZJ", "AH"], emitted_at=at("2017-06-12 08:05:00"))
+    insert(client, db, "derived_alerts", [{"status": "RAISED", **raised}, {"status": "RAISED", **gone},
+                                          {"status": "RAISED", **escalation}])
+    insert(client, db, "dispositions", [
+        dict(disposition(21, "h1", "ACKNOWLEDGED", "SH", "2017-06-12 08:07:00"), note="on it"),
+        disposition(22, "h1", "CONFIRMED", "SH", "2017-06-12 08:20:00", officer="sh-duty"),
+        disposition(23, "h1", "ACKNOWLEDGED", None, "2017-06-12 08:06:00", officer="rcc"),
+        disposition(24, "other", "CONFIRMED", "SH", "2017-06-12 08:21:00"),          # another subject's alert
+    ])
+    got = [(r[1], r[2], r[4], r[5], r[6]) for r in rows(client, "subject_history", subject=s)]
+    assert got == [
+        ("derived_alert", "SH", "CROSS_REGION_HIT", "CROSS_REGION_HIT h1", "h1"),
+        ("derived_alert", "SH", "ESCALATION", "ESCALATION h3", "h3"),
+        ("derived_alert.disposition", "RCC", "ACKNOWLEDGED", "rcc 2017-06-12 08:06:00 UTC", "h1"),
+        ("derived_alert.disposition", "SH", "ACKNOWLEDGED", "duty 2017-06-12 08:07:00 UTC: on it", "h1"),
+        ("derived_alert.disposition", "SH", "CONFIRMED", "sh-duty 2017-06-12 08:20:00 UTC", "h1"),
+        ("derived_alert", "JS", "CROSS_REGION_HIT", "WITHDRAWN (RESOLVED record read later): CROSS_REGION_HIT h2", "h2"),
+    ]

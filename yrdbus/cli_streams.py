@@ -45,6 +45,9 @@ def worker(
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="YRDBUS_WORKER_METRICS_PORT",
                                                help="Serve Prometheus /metrics on this port (default: none)."),
     replication: int = typer.Option(1, "--replication", min=1, help="Replication factor of internal topics."),
+    stall_s: float = typer.Option(60.0, "--stall-s", min=0, envvar="YRDBUS_WORKER_STALL_S",
+                                  help="Start the worker again (same pid) when it holds records to process and commits "
+                                       "nothing for this many seconds while the broker answers; 0: never."),
     loglevel: str = typer.Option("warning", "--loglevel", envvar="YRDBUS_WORKER_LOGLEVEL", help="Faust log level (debug, info, warning, error)."),
     loop: Loop = typer.Option(Loop.uvloop, "--loop", envvar="YRDBUS_WORKER_LOOP",
                               help="Event loop: uvloop (libuv) or asyncio (the standard library's)."),
@@ -80,7 +83,8 @@ def worker(
     settings = get_settings()
     cfg = StreamsConfig(bootstrap=settings.bootstrap, app_id=app_id, prefix=prefix, partitions=partitions,
                         data_dir=data_dir or settings.var_dir / "streams" / str(os.getpid()),
-                        rules=str(rules) if rules else None, replication=replication, metrics_port=metrics_port)
+                        rules=str(rules) if rules else None, replication=replication, metrics_port=metrics_port,
+                        stall_s=stall_s)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     from schemas.kafka_config import KafkaSecurityError, describe, faust_credentials, secured
 

@@ -10,7 +10,8 @@ so that one compromised or retired station is locked out alone; their rights are
 
 - a station writes (and describes) its region's ``border.<R>.*`` topics and their dead letters
   (``dlq.border.<R>.*``, ``dlq.import``), holds IdempotentWrite on the cluster, and reads nothing;
-- ``svc-streams`` reads the source topics and ``control``, writes the derived topics and the dead
+- ``svc-streams`` reads the source topics and ``control`` (and ``alerts.derived`` and ``dispositions``, for the
+  escalation stage), writes the derived topics and the dead
   letters, and owns its consumer group, its internal topics (``streams.*``), its changelogs
   (``<app id>-*``) and its transactional ids;
 - ``svc-sink`` reads everything it stores (source, derived, ``dlq.*``), writes dead letters, owns its
@@ -145,6 +146,8 @@ def grants(prefix: str = "", *, streams_app_id: str = STREAMS_APP_ID, sink_group
     add(s, "topic", f"{p}border.", "prefixed", ["READ"], "the four regions' source events")
     add(s, "topic", f"{p}{topics.CONTROL}", "literal", ["READ"], "heightened-security windows")
     add(s, "topic", f"{p}alerts.", "prefixed", ["WRITE", "DESCRIBE"], "derived and routed alerts")
+    add(s, "topic", f"{p}{topics.DERIVED_ALERTS}", "literal", ["READ"], "its alerts, for the escalation stage")
+    add(s, "topic", f"{p}{topics.DISPOSITIONS}", "literal", ["READ"], "officers' acknowledgements (escalation)")
     for t in (topics.TRENDS, topics.RISK_SCORES):
         add(s, "topic", f"{p}{t}", "literal", ["WRITE", "DESCRIBE"], "trend signals and risk scores")
     add(s, "topic", dlq, "prefixed", ["WRITE", "DESCRIBE"], "events it cannot process")

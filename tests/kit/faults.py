@@ -230,7 +230,8 @@ class Stations:
     """
 
     def __init__(self, bootstrap: str, prefix: str, wl: Workload, seconds: float,
-                 tracker: RekeyTracker | None = None, config: dict | None = None):
+                 tracker: RekeyTracker | None = None, config: dict | None = None,
+                 on_stall: Callable[[], None] | None = None):
         from prometheus_client import CollectorRegistry
 
         from connectors.publisher import StationPublisher
@@ -238,6 +239,7 @@ class Stations:
         self.wl = wl
         self.seconds = seconds
         self.tracker = tracker
+        self.on_stall = on_stall          # called once before a stall is reported (the worker's task dump)
         self.publisher = StationPublisher(bootstrap, topic_prefix=prefix, registry=CollectorRegistry(),
                                           client_id="yrdbus-faults-stations",
                                           config={"log_level": 0, "logger": _Quiet(), **(config or {})})
@@ -268,6 +270,8 @@ class Stations:
                             continue
                         waited = time.monotonic()
                         if waited - moved > STALL_S:
+                            if self.on_stall is not None:
+                                self.on_stall()
                             raise FaultError(f"the stream layer re-keyed nothing for {STALL_S:.0f} s: the stations "
                                              f"wait at {i}/{n} for event {tracked[j][1]} (of "
                                              f"{tracked[j][0].isoformat()}) to show in {self.tracker.topic}")
@@ -515,10 +519,11 @@ class Bus:
         self.query_port = free_port()
         self.log_dir = self.root / "log"
         base = dict(YRDBUS_KAFKA_BOOTSTRAP=bootstrap, YRDBUS_VAR_DIR=str(self.root / "var"))
+        # INFO: the worker's group membership (joins, assignments, recovery) is in its log when a test fails
         worker_argv = yrdbus_argv() + ["worker", "--prefix", self.prefix, "--app-id", self.app_id,
                                        "--partitions", str(partitions), "--replication", str(replication),
                                        "--data-dir", str(self.root / "worker")]
-        self.worker = Proc("worker", worker_argv, clean_env(**base), self.log_dir)
+        self.worker = Proc("worker", worker_argv, clean_env(**base, YRDBUS_WORKER_LOGLEVEL="info"), self.log_dir)
         self.sink_cmd = ["sink", "--prefix", self.prefix, "--group", self.group, "--port", str(self.query_port)]
         sink_argv = (kit_argv("sink", "--") if harness_sink else yrdbus_argv()) + self.sink_cmd
         self.sink_env = clean_env(**base, YRDBUS_CLICKHOUSE_URL=f"chdb://{self.store_dir}",
@@ -543,7 +548,18 @@ class Bus:
         """The stations, held within ``RUN_AHEAD_MS`` of what this bus's worker has re-keyed."""
         if self.tracker is None:
             self.tracker = RekeyTracker(self.bootstrap, self.prefix + "streams.subjects").start()
-        return Stations(self.bootstrap, self.prefix, wl, seconds, tracker=self.tracker)
+        return Stations(self.bootstrap, self.prefix, wl, seconds, tracker=self.tracker, on_stall=self.dump_worker)
+
+    def dump_worker(self) -> None:
+        """Have the worker write every thread's stack and every asyncio task's into its log (SIGUSR1, mode's
+        Worker), so that a stalled worker's log says where it waits."""
+        if self.worker.alive:
+            size = self.worker.log_path.stat().st_size
+            self.worker.signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while self.worker.log_path.stat().st_size == size and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)     # the rest of the dump
 
     def close(self) -> None:
         if self.tracker is not None:
