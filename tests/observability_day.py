@@ -98,6 +98,29 @@ class _Undecodable(Exception):
     pass
 
 
+def sink_caught_up(bootstrap: str, group: str, prefix: str) -> bool:
+    """Whether ``group`` has committed the end of every partition of the topics the sink reads under ``prefix``."""
+    import re
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from connectors.store.tables import sink_topics
+
+    named, pattern = sink_topics(prefix)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        md = c.list_topics(timeout=10)
+        tps = [TopicPartition(t, p) for t, meta in md.topics.items() if t in named or re.match(pattern, t)
+               for p in meta.partitions]
+        for tp in c.committed(tps, timeout=10):
+            _, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            if high > 0 and tp.offset < high:
+                return False
+        return True
+    finally:
+        c.close()
+
+
 MINUTE = 60_000
 
 
@@ -163,9 +186,18 @@ def seed(client, database: str, bootstrap: str, prefix: str, *, scale: float = 0
         publisher.produce(prefix + topics.source("SH", "clearance"), raw, f"bad-{i}".encode())
     if publisher.close(60):
         raise RuntimeError("the seed's events were not all delivered")
-    sink = Sink(bootstrap=bootstrap, client=client, database=database, embedded=True, group=f"{prefix}sink",
-                prefix=prefix, batch_age_s=0.5)
-    stats = sink.run(duration=120, idle_exit_s=4)
+    # the sink runs until its group has committed the end of every topic it reads (its own dead letters, read
+    # back, included): a run that stops after 4 s without a record may not have been assigned every topic yet
+    stats: dict = {}
+    for _ in range(8):
+        sink = Sink(bootstrap=bootstrap, client=client, database=database, embedded=True, group=f"{prefix}sink",
+                    prefix=prefix, batch_age_s=0.5)
+        for k, v in sink.run(duration=120, idle_exit_s=4).items():
+            stats[k] = stats.get(k, 0) + v if isinstance(v, (int, float)) else v
+        if sink_caught_up(bootstrap, f"{prefix}sink", prefix):
+            break
+    else:
+        raise RuntimeError(f"the sink did not store the seeded day ({stats})")
     when = [r["occurred_at"] for _, r in events]
     counts = {k: sum(1 for kk, _ in events if kk == k) for k in ("clearance", "alert", "case", "control")}
     counts.update({k: sum(1 for kk, _ in outputs if kk == k) for k in out_topic})

@@ -452,6 +452,12 @@ def test_the_panels_on_derived_alerts_count_and_list_only_alerts_that_were_not_w
     assert shown() == {k: 0 for k in raised}
 
 
+def words_beijing(t: datetime) -> str:
+    from yrdbus.words import Words
+
+    return Words.beijing(t)
+
+
 def test_report_renders_the_main_panels_to_png_from_the_dashboards_sql(day, clickhouse_url, tmp_path, monkeypatch):
     client, seeded = day
     from yrdbus.cli import app
@@ -484,6 +490,23 @@ def test_report_renders_the_main_panels_to_png_from_the_dashboards_sql(day, clic
     finally:
         client.database = previous
     assert (out / "index.html").is_file() and json.loads((out / "report.json").read_text())["panels"]
+    # in Chinese by default: the titles, the page, the period in Beijing time; English one switch away
+    assert summary["lang"] == "zh-CN" and {p["shown_title"] for p in summary["panels"]} >= {"跨区域告警（按区域对）",
+                                                                                           "过境超期停留"}
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "<html lang='zh-CN'>" in page and "yrdbus 报告" in page and "北京时间" in page
+    assert words_beijing(start) in page
+    try:
+        english = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "en"), "--database", seeded.database,
+                                           "--from", start.isoformat(), "--to", end.isoformat(), "--json",
+                                           "--panel", "Rising patterns", "--lang", "en"])
+    finally:
+        get_settings.cache_clear()
+        client.database = previous
+    assert english.exit_code == 0, english.output
+    assert [p["shown_title"] for p in json.loads(english.stdout.strip().splitlines()[-1])["panels"]] == [
+        "Rising patterns"]
+    assert "Beijing time" in (tmp_path / "en" / "index.html").read_text(encoding="utf-8")
 
     # one region, as the dashboards' region variable; a region the bus does not have is refused by name
     panel = next(x for x in report.panels(BOARDS["yrdbus-risk"]) if x["title"] == "Rising patterns")

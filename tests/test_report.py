@@ -157,8 +157,11 @@ def test_report_baseline_scale_scales_the_flow_panels_and_says_so_on_the_chart(t
     monkeypatch.setenv("YRDBUS_VAR_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()
     args = ["report", "--from", "2017-06-05T00:00Z", "--to", "2017-06-06T00:00Z", "--json", "--panel", "Ports",
-            "--panel", "Nationalities"]
+            "--panel", "Nationalities", "--lang", "en"]
     try:
+        chinese = CliRunner().invoke(app, args[:-2] + ["--out", str(tmp_path / "zh"), "--baseline-scale", "0.1"])
+        assert chinese.exit_code == 0, chinese.output
+        assert drawn["Ports: crossings against their baseline"][1] == "基线 × 0.1：模拟流量"     # the default language
         scaled = CliRunner().invoke(app, args + ["--out", str(tmp_path / "a"), "--baseline-scale", "0.1"])
         assert scaled.exit_code == 0, scaled.output
         assert drawn["Ports: crossings against their baseline"] == (report.scale_baseline(PORTS, PORT_ROWS, 0.1),

@@ -136,14 +136,25 @@ def _write_read(writer: dict, reader: dict, record: dict) -> dict:
     return schemaless_reader(buf, parse_schema(writer), parse_schema(reader))
 
 
-def test_derived_alert_v2_is_registered_with_status_and_reason_and_the_current_schema_is_it():
+def test_derived_alert_v2_is_registered_with_status_and_reason_and_v3_with_the_escalation_kind_is_current():
     rows = [r for r in contract.load_ids() if r["name"] == "yrd.border.DerivedAlert"]
-    assert [r["version"] for r in rows] == [1, 2]
+    assert [r["version"] for r in rows] == [1, 2, 3]
     v2 = {f["name"]: f for f in _alert_v(2)["fields"]}
     assert v2["status"]["type"]["symbols"] == ["RAISED", "WITHDRAWN"] and v2["status"]["default"] == "RAISED"
     assert v2["status_reason"]["type"] == ["null", "string"] and v2["status_reason"]["default"] is None
+    v3 = {f["name"]: f for f in _alert_v(3)["fields"]}
+    assert set(v3["kind"]["type"]["symbols"]) - set(v2["kind"]["type"]["symbols"]) == {"ESCALATION"}
+    assert {k: v for k, v in v3.items() if k != "kind"} == {k: v for k, v in v2.items() if k != "kind"}
     assert json.loads(contract.current_schema_json("derived_alert")) == json.loads(
-        json.dumps(_alert_v(2), sort_keys=True))
+        json.dumps(_alert_v(3), sort_keys=True))
+
+
+def test_a_v2_reader_reads_a_v3_escalation_as_other_and_a_v3_reader_reads_v2_as_it_was():
+    record = _derived_alert(kind="ESCALATION", status="RAISED", status_reason=None)
+    assert _write_read(_alert_v(3), _alert_v(2), record)["kind"] == "OTHER"      # the enum's default
+    assert _write_read(_alert_v(3), _alert_v(3), record)["kind"] == "ESCALATION"
+    old = _derived_alert(status="WITHDRAWN", status_reason="read later")
+    assert _write_read(_alert_v(2), _alert_v(3), old)["status"] == "WITHDRAWN"
 
 
 def test_a_v2_reader_reads_a_v1_derived_alert_as_raised_without_reason():

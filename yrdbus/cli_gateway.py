@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,6 +11,7 @@ import typer
 
 from schemas.settings import get_settings
 from yrdbus.cli_common import fail
+from yrdbus.words import LANGUAGES, Words
 
 gateway_app = typer.Typer(
     help="The alert gateway: SSE, WebSocket and webhooks for subscribers, and the live alert wall.",
@@ -119,40 +119,6 @@ def _token(token_file: Optional[Path]) -> str:
     if secret is None or not secret.get_secret_value():
         fail("no token: set YRDBUS_GATEWAY_TOKEN or pass --token-file FILE", 2)
     return secret.get_secret_value()
-
-
-BEIJING = timezone(timedelta(hours=8))     # China Standard Time: no daylight saving, so a fixed offset is exact
-LANGUAGES = ("zh-CN", "en")
-
-
-class Words:
-    """The officers' words for the tail: the wall's message catalogue (connectors/gateway/static/i18n) and the
-    reference data's region names, in ``lang``; times in Beijing time with the date."""
-
-    def __init__(self, lang: str):
-        import importlib.util
-
-        from schemas import reference
-
-        folder = Path(importlib.util.find_spec("connectors.gateway").submodule_search_locations[0])
-        catalogue = json.loads((folder / "static" / "i18n" / "messages.json").read_text(encoding="utf-8"))
-        self.lang = lang
-        self.messages = {**catalogue["en"], **catalogue.get(lang, {})}
-        key = "name_zh" if lang == "zh-CN" else "name"
-        self.regions = {c: r.get(key) or r["name"] for c, r in reference.regions().items()}
-
-    def __call__(self, message_id: str) -> str:
-        return self.messages.get(message_id, message_id.split(".", 1)[-1])
-
-    def region_list(self, codes) -> str:
-        return "/".join(self.regions.get(c, c) for c in codes or []) or "-"
-
-    @staticmethod
-    def beijing(iso: str) -> str:
-        try:
-            return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
-        except ValueError:
-            return str(iso)
 
 
 def _line(alert: dict, words: Words):

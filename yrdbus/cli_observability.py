@@ -106,6 +106,10 @@ def report(
              "with it. Default: the --scale of the last `yrdbus run` on this store (0.1 unless given), else 1."),
     width: int = typer.Option(1000, "--width", min=300, max=4000, help="Image width in pixels (Grafana's interval follows it)."),
     json_out: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+    lang: str = typer.Option("zh-CN", "--lang", envvar="YRDBUS_LANG",
+                             help="Language of the charts and index.html: zh-CN (Simplified Chinese, the default; needs "
+                                  "a font with Chinese glyphs, Debian fonts-wqy-microhei) or en. Times are Beijing "
+                                  "time either way; report.json keeps UTC."),
     database: Optional[str] = typer.Option(None, "--database", help="Database of the store (default: the bus's, yrdbus)."),
     user: str = typer.Option("default", "--user", envvar="YRDBUS_QUERY_USER", help="Query endpoint user."),
     password: str = typer.Option("", "--password", envvar="YRDBUS_QUERY_PASSWORD", help="Query endpoint password."),
@@ -134,14 +138,24 @@ def report(
             typer.echo(f"the flow baseline x {baseline_scale:g}: the volume the last `yrdbus run` simulated ({marker}); "
                        f"--baseline-scale 1 compares with the full 2017 volume", err=True)
     _report(client, where, out, start, end, panel, width, json_out, region,
-            1.0 if baseline_scale is None else baseline_scale)
+            1.0 if baseline_scale is None else baseline_scale, lang)
 
 
-def _report(client, where, out, start, end, panel, width, json_out, region=(), baseline_scale=1.0) -> None:
+def _report(client, where, out, start, end, panel, width, json_out, region=(), baseline_scale=1.0,
+            lang: str = "zh-CN") -> None:
     from rich.console import Console
     from rich.progress import Progress
 
     from yrdbus import report as rep
+    from yrdbus.words import LANGUAGES, Words
+
+    if lang not in LANGUAGES:
+        fail(f"--lang {lang!r}: expected one of {', '.join(LANGUAGES)}", 2)
+    if lang != "en" and rep.cjk_font() is None:
+        typer.echo("no font with Chinese glyphs on this machine (Debian: apt-get install fonts-wqy-microhei): the "
+                   "report is in English", err=True)
+        lang = "en"
+    words = Words(lang)
 
     t_from, t_to = _parse_time(start, "--from"), _parse_time(end, "--to")
     err = Console(stderr=True)
@@ -163,16 +177,16 @@ def _report(client, where, out, start, end, panel, width, json_out, region=(), b
             try:
                 written.append(rep.render_panel(client, p, period.start, period.end, out, width=width,
                                                 variables={"region": regions} if regions else None,
-                                                baseline_scale=baseline_scale))
+                                                baseline_scale=baseline_scale, words=words))
             except rep.ReportError as exc:
                 fail(str(exc))
             bar.advance(task)
-    summary = rep.write_index(out, written, period, where, baseline_scale)
+    summary = rep.write_index(out, written, period, where, baseline_scale, words)
     if json_out:
-        typer.echo(json.dumps(summary, default=str))
+        typer.echo(json.dumps(summary, default=str, ensure_ascii=False))
     else:
         for w in written:
-            typer.echo(f"{w['file']}: {w['title']} ({w['rows']} rows)")
+            typer.echo(f"{w['file']}: {w['shown_title']} ({w['rows']} rows)")
         typer.echo(f"{len(written)} panels from {period.start.isoformat()} to {period.end.isoformat()} "
                    f"({period.reason}) in {out}")
 

@@ -15,6 +15,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from yrdbus.words import BEIJING, Words
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -334,12 +336,28 @@ def _as_float(v) -> float:
     return f
 
 
-def _label(v) -> str:
+def _label(v, words: Words | None = None) -> str:
+    """A value as shown: times in Beijing time with the date; codes (regions, ports, alert kinds, severities) by
+    their names in the report's language."""
+    words = words or ENGLISH
     if isinstance(v, (list, tuple)):
-        return ",".join(map(str, v))
+        return ",".join(_label(x, words) for x in v)
     if isinstance(v, datetime):
-        return v.strftime("%Y-%m-%d %H:%M")
-    return "" if v is None else str(v)
+        return words.beijing(v)[:16]
+    return "" if v is None else words.value(str(v))
+
+
+def _title(panel_or_title, words: Words) -> str:
+    title = panel_or_title.get("title", "") if isinstance(panel_or_title, dict) else panel_or_title
+    return words("panel." + title) if words.has("panel." + title) else title
+
+
+def _names(names: list[str], words: Words) -> list[str]:
+    return [words("col." + n) if words.has("col." + n) else words.value(n) for n in names]
+
+
+#: the words of a report in English (the default of the drawing functions; `yrdbus report` speaks Chinese)
+ENGLISH = Words("en")
 
 
 def _value_text(v: float) -> str:
@@ -400,7 +418,7 @@ def _legend(fig, axes, n: int) -> None:
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, n), fontsize=8, frameon=False)
 
 
-def _table(names, rows, title, width, period) -> Figure:
+def _table(names, rows, title, width, period, words: Words) -> Figure:
     from matplotlib.figure import Figure
 
     shown = rows[:20]
@@ -408,7 +426,7 @@ def _table(names, rows, title, width, period) -> Figure:
     ax = fig.subplots()
     ax.axis("off")
     if shown:
-        cells = [[(t if len(t) <= 72 else t[:71] + "…") for t in map(_label, r)] for r in shown]
+        cells = [[(t if len(t) <= 72 else t[:71] + "…") for t in (_label(v, words) for v in r)] for r in shown]
         # columns as wide as their longest text, so that none is cut off by a wider neighbour's share
         chars = [max(len(h), *(len(r[j]) for r in cells)) + 2 for j, h in enumerate(names)]
         widths = [c / sum(chars) for c in chars]
@@ -419,9 +437,10 @@ def _table(names, rows, title, width, period) -> Figure:
         for (_, col), cell in table.get_celld().items():
             cell.PAD = 0.006 / widths[col]       # the same margin in every column (PAD is a share of the cell)
     else:
-        where = f" from {period[0]:%Y-%m-%d %H:%M} to {period[1]:%Y-%m-%d %H:%M} UTC" if period else " in this period"
-        ax.text(0.5, 0.5, "no data" + where, ha="center", va="center", fontsize=12, color="grey")
-    more = f" (first 20 of {len(rows)})" if len(rows) > 20 else ""
+        text = (words("report.no_data_between", start=words.beijing(period[0])[:16], end=words.beijing(period[1])[:16])
+                if period else words("report.no_data"))
+        ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, color="grey")
+    more = words("report.first_rows", n=20, total=len(rows)) if len(rows) > 20 else ""
     ax.set_title(title + more, loc="left", fontsize=11)
     return fig
 
@@ -447,7 +466,7 @@ def sparse(times: list[datetime], step_s: float) -> bool:
     return len(ts) < SPARSE_POINTS or any((b - a).total_seconds() > step_s * 1.01 for a, b in zip(ts, ts[1:]))
 
 
-def _timeseries(names, rows, panel, width, period, interval_s) -> Figure:
+def _timeseries(names, rows, panel, width, period, interval_s, words: Words) -> Figure:
     import matplotlib.dates as mdates
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -458,7 +477,7 @@ def _timeseries(names, rows, panel, width, period, interval_s) -> Figure:
     on_ratio_axis = set(ratio_columns(names, rows, value_idx))
     series: dict[str, tuple[int, list, list]] = {}     # name -> (value column, times, values)
     for r in rows:
-        labels = " ".join(_label(r[i]) for i in label_idx)
+        labels = " ".join(_label(r[i], words) for i in label_idx)
         for i in value_idx:
             key = (labels + " " + names[i]).strip() if len(value_idx) > 1 or not labels else labels
             _, xs, ys = series.setdefault(key, (i, [], []))
@@ -500,10 +519,11 @@ def _timeseries(names, rows, panel, width, period, interval_s) -> Figure:
             lefts, widths, heights = bars[key]
             (ax2 if i in on_ratio_axis else ax).bar(lefts, heights, width=widths, align="edge", label=key,
                                                     color=colors[key])
-    locator = mdates.AutoDateLocator()
-    ax.xaxis_date()
+    locator = mdates.AutoDateLocator(tz=BEIJING)
+    ax.xaxis_date(tz=BEIJING)
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=BEIJING))
+    ax.set_xlabel(words("report.beijing_time"), fontsize=9)
     ax.set_xlim(mdates.date2num(lo), mdates.date2num(hi))
     counts = [i for i in value_idx if i not in on_ratio_axis]
     ax.set_ylabel(", ".join(names[i] for i in counts), fontsize=9)
@@ -514,21 +534,21 @@ def _timeseries(names, rows, panel, width, period, interval_s) -> Figure:
     if ax2 is not None:
         ax2.set_ylabel(", ".join(names[i] for i in sorted(on_ratio_axis)), fontsize=9)
     ax.grid(alpha=0.3)
-    more = f" (first {MAX_SERIES} of {len(series)} series)" if len(series) > MAX_SERIES else ""
-    ax.set_title(panel.get("title", "") + more, loc="left", fontsize=11)
+    more = words("report.first_series", n=MAX_SERIES, total=len(series)) if len(series) > MAX_SERIES else ""
+    ax.set_title(_title(panel, words) + more, loc="left", fontsize=11)
     if len(shown) > 1 or ax2 is not None:
         _legend(fig, [a for a in (ax, ax2) if a is not None], len(shown))
     return fig
 
 
-def _bars(names, rows, title, width) -> Figure:
+def _bars(names, rows, title, width, words: Words) -> Figure:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
     value_idx = numeric_columns(rows)[:MAX_BAR_VALUES]
     label_idx = [i for i in range(len(rows[0])) if i not in value_idx]
     rows = rows[:MAX_CATEGORIES]
-    cats = [" ".join(_label(r[i]) for i in label_idx) or names[value_idx[0]] for r in rows]
+    cats = [" ".join(_label(r[i], words) for i in label_idx) or names[value_idx[0]] for r in rows]
     on_ratio_axis = set(ratio_columns(names, rows, value_idx))
     fig = Figure(figsize=(width / 100, 1.6 + 0.34 * len(cats) * max(1, len(value_idx)) ** 0.5), layout="constrained")
     ax = fig.subplots()
@@ -558,50 +578,105 @@ def _bars(names, rows, title, width) -> Figure:
 
 def figure(names: list[str], rows: list[list], panel: dict, width: int = 1000,
            period: tuple[datetime, datetime] | None = None, interval_s: float | None = None,
-           note: str | None = None) -> Figure:
+           note: str | None = None, words: Words | None = None) -> Figure:
     """A panel's rows drawn as Grafana would show them: a table, lines over time (bars for a sparse series),
     or bars by category; ratios on an axis of their own beside the counts. ``period`` spans the time axis
     (and is named when there is nothing to show), ``interval_s`` is the query's interval, ``note`` is written
-    at the top right (what was done to the numbers, such as a scaled baseline)."""
-    kind, title = panel.get("type"), panel.get("title", "")
+    at the top right (what was done to the numbers, such as a scaled baseline). ``words``: the language of the
+    titles, column names and codes (English unless given); times are Beijing time either way."""
+    words = words or ENGLISH
+    kind, title = panel.get("type"), _title(panel, words)
+    names = _names(names, words)
     if kind == "table" or not rows:
-        fig = _table(names, rows, title, width, period)
+        fig = _table(names, rows, title, width, period, words)
     elif kind == "timeseries":
-        fig = _timeseries(names, rows, panel, width, period, interval_s)
+        fig = _timeseries(names, rows, panel, width, period, interval_s, words)
     else:   # barchart, piechart, stat, bargauge: categories against their numbers
-        fig = _bars(names, rows, title, width)
+        fig = _bars(names, rows, title, width, words)
     if note:
         fig.axes[0].set_title(note, loc="right", fontsize=9, color="#a0522d")
     return fig
 
 
+#: a font with Chinese glyphs (Debian: fonts-wqy-microhei; `make test` installs it), tried in this order
+CJK_FONTS = ("WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Source Han Sans SC")
+
+
+def cjk_font() -> str | None:
+    """The first of ``CJK_FONTS`` matplotlib finds on this machine, or None. matplotlib keeps its list of fonts in
+    a per-user cache made when it first ran: a font installed since (as `make test` does) is added from the
+    system's font folders."""
+    from matplotlib import font_manager
+
+    def find() -> str | None:
+        for name in CJK_FONTS:
+            try:
+                font_manager.findfont(font_manager.FontProperties(family=name), fallback_to_default=False)
+                return name
+            except ValueError:
+                continue
+        return None
+
+    found = find()
+    if found is None:
+        for path in font_manager.findSystemFonts():
+            if any(k in Path(path).name.lower() for k in ("wqy", "notosanscjk", "sourcehansans")):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):
+                    continue
+        found = find()
+    return found
+
+
 def draw(names: list[str], rows: list[list], panel: dict, path: Path, width: int = 1000, **how) -> None:
-    """The panel's ``figure`` as a PNG file at ``path``."""
-    figure(names, rows, panel, width, **how).savefig(path, dpi=100)
+    """The panel's ``figure`` as a PNG file at ``path`` (in Chinese with a CJK font, ``cjk_font``)."""
+    import matplotlib
+
+    words = how.get("words") or ENGLISH
+    font = cjk_font() if words.lang != "en" else None
+    if words.lang != "en" and font is None:
+        raise ReportError("no font with Chinese glyphs on this machine (one of " + ", ".join(CJK_FONTS) + "; Debian: "
+                          "apt-get install fonts-wqy-microhei): install one, or --lang en")
+    with matplotlib.rc_context({"font.family": "sans-serif",
+                                "font.sans-serif": ([font] if font else []) + ["DejaVu Sans"],
+                                "axes.unicode_minus": False}):
+        figure(names, rows, panel, width, **how).savefig(path, dpi=100)
 
 
 def render_panel(client, panel: dict, start: datetime, end: datetime, out: Path, width: int = 1000,
-                 variables=None, baseline_scale: float = 1.0) -> dict:
+                 variables=None, baseline_scale: float = 1.0, words: Words | None = None) -> dict:
     names, rows = run_panel(client, panel, start, end, width, variables)
     scaled = baseline_scale != 1 and any(n in BASELINE_COLUMNS for n in names)
     rows = scale_baseline(names, rows, baseline_scale)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{_slug(panel['dashboard'].removeprefix('yrdbus-'))}-{_slug(panel['title'])}.png"
+    words = words or ENGLISH
     draw(names, rows, panel, path, width, period=(start, end), interval_s=grafana_interval(start, end, width),
-         note=f"baseline x {baseline_scale:g}: simulated volume" if scaled else None)
-    return {"dashboard": panel["dashboard"], "title": panel["title"], "file": str(path), "rows": len(rows),
-            "columns": names, **({"baseline_scale": baseline_scale} if scaled else {})}
+         note=words("report.baseline_note", scale=f"{baseline_scale:g}") if scaled else None, words=words)
+    return {"dashboard": panel["dashboard"], "title": panel["title"], "shown_title": _title(panel, words),
+            "file": str(path), "rows": len(rows), "columns": names,
+            **({"baseline_scale": baseline_scale} if scaled else {})}
 
 
-def write_index(out: Path, written: list[dict], period: Period, source: str, baseline_scale: float = 1.0) -> dict:
+def write_index(out: Path, written: list[dict], period: Period, source: str, baseline_scale: float = 1.0,
+                words: Words | None = None) -> dict:
+    """report.json (UTC, for scripts) and index.html (in the report's language, Beijing time)."""
+    from html import escape
+
+    words = words or ENGLISH
     summary = {"from": period.start.isoformat(), "to": period.end.isoformat(), "period": period.reason,
-               "source": source, "baseline_scale": baseline_scale, "panels": written}
-    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    scale = f"; flow baseline x {baseline_scale:g}" if baseline_scale != 1 else ""
-    html = ["<!doctype html><meta charset='utf-8'><title>yrdbus report</title>",
-            f"<h1>yrdbus report</h1><p>{period.start.isoformat()} to {period.end.isoformat()} "
-            f"({period.reason}{scale}), from {source}</p>"]
+               "source": source, "baseline_scale": baseline_scale, "lang": words.lang, "panels": written}
+    (out / "report.json").write_text(json.dumps(summary, indent=1, default=str, ensure_ascii=False) + "\n",
+                                     encoding="utf-8")
+    scale = words("report.baseline_scale", scale=f"{baseline_scale:g}") if baseline_scale != 1 else ""
+    title = words("report.title")
+    html = [f"<!doctype html><html lang='{words.lang}'><meta charset='utf-8'><title>{escape(title)}</title>",
+            f"<h1>{escape(title)}</h1><p>" + escape(words(
+                "report.period", start=words.beijing(period.start), end=words.beijing(period.end),
+                reason=period.reason, scale=scale, source=source)) + "</p>"]
     for w in written:
-        html.append(f"<h2>{w['title']}</h2><img src='{Path(w['file']).name}' alt='{w['title']}'>")
-    (out / "index.html").write_text("\n".join(html) + "\n")
+        shown = escape(w.get("shown_title") or w["title"])
+        html.append(f"<h2>{shown}</h2><img src='{escape(Path(w['file']).name)}' alt='{shown}'>")
+    (out / "index.html").write_text("\n".join(html) + "\n", encoding="utf-8")
     return summary
