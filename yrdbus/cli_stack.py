@@ -121,10 +121,16 @@ def run(
     keep_data: bool = typer.Option(False, "--keep-data", help="Keep the previous simulated run's topics and store."),
     json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON."),
     check: bool = typer.Option(False, "--check", help="Only bring the broker up and check a Kafka round trip and a ClickHouse write/read."),
+    lang: str = typer.Option("zh-CN", "--lang", envvar="YRDBUS_LANG",
+                             help="Language of the live view and the summary: zh-CN (Simplified Chinese, the default: "
+                                  "alert kinds and regions by their Chinese names) or en. --json is not translated."),
 ) -> None:
     """Bring the whole bus up on its embedded default: stations (simulated), stream workers, sink, query access, gateway."""
     from yrdbus.run import RunOptions, run_bus, self_check
+    from yrdbus.words import LANGUAGES
 
+    if lang not in LANGUAGES:
+        fail(f"--lang {lang!r}: expected one of {', '.join(LANGUAGES)}", 2)
     settings = get_settings()
     try:
         if check:
@@ -133,7 +139,7 @@ def run(
             sys.exit(0 if result["kafka_received"] == result["kafka_sent"] == result["clickhouse_rows"] else 1)
         sys.exit(run_bus(settings, RunOptions(duration=duration, simulate=simulate, workers=workers, speed=speed,
                                               scale=scale, seed=seed, scenarios=scenarios, keep_data=keep_data,
-                                              json_summary=json_out)))
+                                              json_summary=json_out, lang=lang)))
     except StackError as exc:
         fail(str(exc))
 

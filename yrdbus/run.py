@@ -120,6 +120,7 @@ class RunOptions:
     drain_s: float | None = None
     json_summary: bool = False
     live: bool | None = None          # None: when stdout is a terminal
+    lang: str = "zh-CN"               # the live view's and the summary's language (yrdbus/words.py)
 
 
 def _yrdbus() -> list[str]:
@@ -245,6 +246,9 @@ def stored_alerts(client, since: str, database: str = "yrdbus") -> tuple[list[di
 
 class BusRun:
     def __init__(self, settings: Settings, opts: RunOptions, console: Console | None = None):
+        from yrdbus.words import Words
+
+        self.words = Words(opts.lang)
         self.settings = settings
         self.opts = opts
         # Piped output (logs, CI) is not wrapped at 80 columns, so each message stays on one line.
@@ -483,26 +487,27 @@ class BusRun:
         m = self.monitor
         rates = m.rates() if m else {r: 0.0 for r in REGIONS}
         counts = m.since_start() if m else {}
-        ev = Table(title="Events by region", expand=True)
-        ev.add_column("region")
-        ev.add_column("events/s", justify="right")
+        w = self.words
+        ev = Table(title=w("run.events_by_region"), expand=True)
+        ev.add_column(w("col.region"))
+        ev.add_column(w("run.events_per_s"), justify="right")
         for k in SOURCE_KINDS:
-            ev.add_column(k, justify="right")
+            ev.add_column(w("run.kind." + k), justify="right")
         for r in REGIONS:
             row = counts.get("events", {}).get(r, {})
-            ev.add_row(r, f"{rates[r]:,.0f}", *[f"{row.get(k, 0):,}" for k in SOURCE_KINDS])
-        al = Table(title="Derived alerts by kind", expand=True)
-        al.add_column("kind")
-        al.add_column("count", justify="right")
+            ev.add_row(w.value(r), f"{rates[r]:,.0f}", *[f"{row.get(k, 0):,}" for k in SOURCE_KINDS])
+        al = Table(title=w("run.alerts_by_kind"), expand=True)
+        al.add_column(w("col.kind"))
+        al.add_column(w("run.count"), justify="right")
         for kind, n in sorted(counts.get("alerts_by_kind", {}).items(), key=lambda kv: -kv[1]):
-            al.add_row(kind, str(n))
-        newest = Table(title="Newest alerts", expand=True)
-        for col in ("severity", "kind", "must act", "inform", "summary"):
-            newest.add_column(col, overflow="ellipsis", no_wrap=col != "summary")
+            al.add_row(w.value(kind), str(n))
+        newest = Table(title=w("run.newest_alerts"), expand=True)
+        for col in ("severity", "kind", "must_act", "inform", "summary"):
+            newest.add_column(w("run.col." + col), overflow="ellipsis", no_wrap=col != "summary")
         for a in (m.last.newest_alerts if m and m.last else [])[:8]:
             gone = a.get("status") == "WITHDRAWN"
-            newest.add_row(f"[{SEVERITY_STYLE.get(a['severity'], '')}]{a['severity']}[/]", a["kind"],
-                           ",".join(a["must_act"]), ",".join(a.get("inform") or []),
+            newest.add_row(f"[{SEVERITY_STYLE.get(a['severity'], '')}]{w.value(a['severity'])}[/]", w.value(a["kind"]),
+                           w.region_list(a["must_act"]), w.region_list(a.get("inform") or []),
                            f"[dim]WITHDRAWN ({escape(a.get('status_reason') or 'no reason given')}):[/] "
                            f"[strike]{escape(a['summary'])}[/]"
                            if gone else a["summary"])
@@ -556,32 +561,35 @@ class BusRun:
         return out
 
     def print_summary(self, summary: dict) -> None:
-        c = self.console
-        t = Table(title="Events stored in ClickHouse by this run")
-        t.add_column("region")
+        c, w = self.console, self.words
+        t = Table(title=w("run.events_stored"))
+        t.add_column(w("col.region"))
         for k in SOURCE_KINDS:
-            t.add_column(k, justify="right")
+            t.add_column(w("run.kind." + k), justify="right")
         for r in REGIONS:
-            t.add_row(r, *[f"{summary['events'].get(r, {}).get(k, 0):,}" for k in SOURCE_KINDS])
+            t.add_row(w.value(r), *[f"{summary['events'].get(r, {}).get(k, 0):,}" for k in SOURCE_KINDS])
         c.print(t)
-        a = Table(title="Derived alerts by kind")
-        a.add_column("kind")
-        a.add_column("count", justify="right")
+        a = Table(title=w("run.alerts_by_kind"))
+        a.add_column(w("col.kind"))
+        a.add_column(w("run.count"), justify="right")
         for kind, n in summary["derived_alerts_by_kind"].items():
-            a.add_row(kind, str(n))
+            a.add_row(w.value(kind), str(n))
         c.print(a)
         if summary.get("derived_alerts_withdrawn"):
-            c.print(f"Derived alerts withdrawn (disproved by events read later; not counted above): "
-                    f"{summary['derived_alerts_withdrawn']}")
-        c.print(f"Dead letters: {summary['dead_letters']}")
+            c.print(w("run.withdrawn", n=summary["derived_alerts_withdrawn"]))
+        c.print(w("run.dead_letters", n=summary["dead_letters"]))
         ev = summary.get("evaluation")
         if ev:
-            s = Table(title=f"Scripted incidents: precision {ev['precision']:.3f}, recall {ev['recall']:.3f}")
-            s.add_column("scenario")
-            s.add_column("incident")
-            s.add_column("detected")
+            # the figures in English too: scripts and operators read this line
+            title = w("run.scripted", precision=f"{ev['precision']:.3f}", recall=f"{ev['recall']:.3f}")
+            c.print(title if w.lang == "en" else f"{title} (precision {ev['precision']:.3f}, recall {ev['recall']:.3f})")
+            s = Table()
+            s.add_column(w("run.scenario"))
+            s.add_column(w("run.incident"))
+            s.add_column(w("run.detected"))
             for sc in ev["scenarios"]:
-                s.add_row(sc["scenario_id"], sc.get("scenario") or "", "[green]yes[/]" if sc["detected"] else "[red]MISSED[/]")
+                s.add_row(sc["scenario_id"], sc.get("scenario") or "",
+                          f"[green]{w('run.yes')}[/]" if sc["detected"] else f"[red]{w('run.missed')}[/]")
             c.print(s)
         restarted = {name: n for name, n in summary.get("restarts", {}).items() if n}
         if restarted:
