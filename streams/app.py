@@ -136,6 +136,15 @@ def _faust_app(cfg: StreamsConfig) -> faust.App:
     )
 
 
+def write_all(table, writes: dict, encode=None) -> None:
+    """A stage step's state writes into its table: a value is set (``encode``d), None deletes the key."""
+    for key, value in writes.items():
+        if value is not None:
+            table[key] = encode(value) if encode else value
+        elif key in table:
+            del table[key]
+
+
 def build_app(cfg: StreamsConfig) -> faust.App:
     """The worker's Faust app: its topics, tables and agents, wired to the stages."""
     return Worker(cfg).app
@@ -383,16 +392,8 @@ class Worker:
         for value, headers in step.forward:
             await self.regional_topic.send(key=b"regional", value=value, headers=headers)
         await self.emitter.emit(step.outs)
-        for key, value in step.flow.items():
-            if value is not None:
-                self.flow_table[key] = value
-            elif key in self.flow_table:
-                del self.flow_table[key]
-        for ws, wstate in step.writes.items():
-            if wstate is not None:
-                self.subjects_table[ws] = json.dumps(wstate, separators=(",", ":")).encode()
-            elif ws in self.subjects_table:
-                del self.subjects_table[ws]
+        write_all(self.flow_table, step.flow)
+        write_all(self.subjects_table, step.writes, lambda v: json.dumps(v, separators=(",", ":")).encode())
         self.subject.sizes()
 
     # ------------------------------------------------------------------ regional stage
@@ -405,11 +406,7 @@ class Worker:
                                            *(origin_of(headers) or (msg.partition, msg.offset)))
             return
         await self.emitter.emit(step.outs)
-        for k, v in step.writes.items():
-            if v is not None:
-                self.regional_table[k] = v
-            elif k in self.regional_table:
-                del self.regional_table[k]
+        write_all(self.regional_table, step.writes)
 
     # ------------------------------------------------------------------ escalation stage
     async def feedback_event(self, event) -> None:
@@ -421,11 +418,7 @@ class Worker:
     async def escalation_event(self, event) -> None:
         step = self.escalation.step(json.loads(event.value))
         await self.emitter.emit(step.outs)
-        for k, v in step.writes.items():
-            if v is not None:
-                self.escalation_table[k] = v
-            elif k in self.escalation_table:
-                del self.escalation_table[k]
+        write_all(self.escalation_table, step.writes)
 
     # ------------------------------------------------------------------ ticks
     # The regional watermark only moves when the stage reads something; once its upstreams fall silent (the end

@@ -102,23 +102,14 @@ def sink_caught_up(bootstrap: str, group: str, prefix: str) -> bool:
     """Whether ``group`` has committed the end of every partition of the topics the sink reads under ``prefix``."""
     import re
 
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
 
     from connectors.store.tables import sink_topics
+    from kit.faults import committed_everything
 
     named, pattern = sink_topics(prefix)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        md = c.list_topics(timeout=10)
-        tps = [TopicPartition(t, p) for t, meta in md.topics.items() if t in named or re.match(pattern, t)
-               for p in meta.partitions]
-        for tp in c.committed(tps, timeout=10):
-            _, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            if high > 0 and tp.offset < high:
-                return False
-        return True
-    finally:
-        c.close()
+    present = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    return committed_everything(bootstrap, group, [t for t in present if t in named or re.match(pattern, t)])
 
 
 MINUTE = 60_000
