@@ -75,13 +75,13 @@ class RegionalRules:
             outs += self.trend.on_case(state["trend"], ev, state["heightened"])
             outs += self.vessel.on_case(state["vessel"], ev)
         elif kind == "control":
-            windows = len(state["heightened"]["windows"])
-            outs += self.heightened.on_control(state["heightened"], ev)
-            if len(state["heightened"]["windows"]) > windows:
-                # a window read after hours it covers were judged: they are judged again with its thresholds
-                w = state["heightened"]["windows"][-1]
-                outs += self.trend.rejudge_since(state["trend"], w["start"], state["heightened"])
-                outs += self.flow.rejudge_since(state["flow"], w["start"], w["end"], state["heightened"])
+            more, span = self.heightened.on_control(state["heightened"], ev)
+            outs += more
+            if span is not None and span[1] > span[0]:
+                # a window (or a change to one) read after hours it covers were judged: they are judged again
+                # with its thresholds, and what they no longer raise is withdrawn
+                outs += self.trend.rejudge_since(state["trend"], span[0], state["heightened"])
+                outs += self.flow.rejudge_since(state["flow"], span[0], span[1], state["heightened"])
         elif kind == "clearance":
             outs += self.conveyance.on_clearance(state["conveyance"], ev)
             outs += self.vessel.on_clearance(state["vessel"], ev)

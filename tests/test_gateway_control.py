@@ -18,7 +18,7 @@ from streams import ruleset
 from streams.events import plain
 from streams.regional import RegionalRules
 
-from gateway_harness import RunningGateway, records_on, write_access_file
+from gateway_harness import Publisher, RunningGateway, records_on, write_access_file
 
 YRDBUS = str(Path(sys.executable).with_name("yrdbus"))
 SCOPES = {"rcc": {"all": True}, "sh-duty": {"regions": ["SH"]}, "pvg": {"stations": ["SH-PVG"]}}
@@ -30,7 +30,9 @@ def gw(kafka, unique, tmp_path):
     with RunningGateway(kafka, tokens, f"{unique}.") as running:
         running.tokens = tokens
         running.prefix = f"{unique}."
+        running.publisher = Publisher(kafka, running.prefix)
         yield running
+        running.publisher.close()
 
 
 def declare(gw, token: str | None, body) -> httpx2.Response:
@@ -116,3 +118,92 @@ def test_the_command_line_declares_heightened_mode(gw, kafka, tmp_path):
     refused = subprocess.run([YRDBUS, "control", "heightened", "--regions", "SH", "--until", until, "--url", gw.url,
                               "--token-file", str(token_file)], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "403" in refused.stderr
+
+
+def end(gw, token: str | None, window: str, body=None) -> httpx2.Response:
+    headers = {"Authorization": f"Bearer {gw.tokens[token]}"} if token else {}
+    return httpx2.post(f"{gw.url}/control/heightened/{window}/end", json=body or {}, headers=headers, timeout=30)
+
+
+def announce(gw, rules, state, event) -> list[dict]:
+    """The regional rules read a control event; their derived alerts go on the bus as the worker sends them."""
+    alerts = [a for k, a in rules.on_event(state, plain("control", event)) if k == "derived_alert"]
+    for a in alerts:
+        gw.publisher.publish({**a, "emitted_at": int(datetime.now(timezone.utc).timestamp() * 1000)})
+    return alerts
+
+
+def test_the_command_centre_ends_a_window_early_and_the_rules_withdraw_what_it_no_longer_covers(gw, kafka):
+    now = datetime.now(timezone.utc)
+    r = declare(gw, "rcc", {"regions": ["SH"], "starts_at": (now - timedelta(hours=2)).isoformat(),
+                            "ends_at": (now + timedelta(days=3)).isoformat(), "threshold_multiplier": 0.5})
+    assert r.status_code == 201, r.text
+    (declared,) = control_events(kafka, gw.prefix)
+    rules = RegionalRules(ruleset.default())
+    state = rules.new_state()
+    (announcement,) = announce(gw, rules, state, declared)
+    # a HIGH alert of SH an hour ago (inside the window, before its new end) and one a minute from now (after)
+    s = Script()
+    hour_ago = s.alert("PVG", int((now - timedelta(hours=1)).timestamp() * 1000), "SMUGGLING", "HIGH",
+                       subject=token(1), source="OFFICER")
+    soon = s.alert("PVG", int((now + timedelta(minutes=10)).timestamp() * 1000), "SMUGGLING", "HIGH",
+                   subject=token(2), source="OFFICER")
+    broadcasts = [a for kind, _, _, rec in s.events for k, a in rules.on_event(state, plain(kind, rec))
+                  if k == "derived_alert"]
+    assert [a["evidence"] for a in broadcasts] == [[hour_ago["event_id"]], [soon["event_id"]]]
+
+    # only the command centre ends it; an unknown window is named; a new end after the window's is refused
+    assert end(gw, "sh-duty", announcement["alert_id"]).status_code == 403
+    assert end(gw, None, announcement["alert_id"]).status_code == 401
+    missing = end(gw, "rcc", "0" * 8 + "-0000-4000-8000-" + "0" * 12)
+    assert missing.status_code == 404 and "no heightened window" in missing.json()["message"], missing.text
+    assert end(gw, "rcc", "../../etc").status_code in (404, 405)
+    later = end(gw, "rcc", announcement["alert_id"], {"ends_at": (now + timedelta(days=4)).isoformat()})
+    assert later.status_code == 400 and "not before the window's end" in later.json()["message"], later.text
+    past = end(gw, "rcc", announcement["alert_id"], {"ends_at": (now - timedelta(hours=1)).isoformat()})
+    assert past.status_code == 400 and "is past" in past.json()["message"], past.text
+    assert len(control_events(kafka, gw.prefix)) == 1           # nothing refused went on the bus
+
+    # ended now, named by the announcement's id: a version of the same window, regions, start and multiplier kept
+    r = end(gw, "rcc", announcement["alert_id"])
+    assert r.status_code == 201, r.text
+    answer = r.json()
+    assert answer["window_id"] == declared["event_id"] and answer["issued_by"] == "rcc"
+    first, ended = control_events(kafka, gw.prefix)
+    assert ended["event_id"] == answer["event_id"] and ended["window_id"] == declared["event_id"]
+    assert (ended["regions"], ended["starts_at"], ended["threshold_multiplier"]) == (
+        declared["regions"], declared["starts_at"], declared["threshold_multiplier"])
+    assert abs(ended["ends_at"] - datetime.now(timezone.utc)) < timedelta(minutes=1)
+
+    # the rules: the announcement again with the new end, the broadcast after it withdrawn, the other kept
+    outs = announce(gw, rules, state, ended)
+    assert [(a["kind"], a["alert_id"], a["status"]) for a in outs] == [
+        ("HEIGHTENED_MODE", announcement["alert_id"], "RAISED"),
+        ("BROADCAST", broadcasts[1]["alert_id"], "WITHDRAWN")]
+    assert outs[0]["details"]["ends_at"] == str(int(ended["ends_at"].timestamp() * 1000))
+    # the gateway decides on what the bus holds when asked (the new announcement among it): the window has
+    # ended, by either of its names
+    for name in (declared["event_id"], announcement["alert_id"]):
+        again = end(gw, "rcc", name)
+        assert again.status_code == 409 and "already ended" in again.json()["message"], again.text
+    assert len(control_events(kafka, gw.prefix)) == 2
+
+
+def test_the_command_line_ends_a_window(gw, kafka, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(gw.tokens["rcc"])
+    until = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    declared = json.loads(subprocess.run(
+        [YRDBUS, "control", "heightened", "--regions", "ZJ", "--until", until, "--json", "--url", gw.url,
+         "--token-file", str(token_file)], capture_output=True, text=True, timeout=60, check=True).stdout)
+    rules = RegionalRules(ruleset.default())
+    announce(gw, rules, rules.new_state(), control_events(kafka, gw.prefix)[0])
+    wrong = subprocess.run([YRDBUS, "control", "heightened", "--end", declared["event_id"], "--regions", "SH",
+                            "--url", gw.url, "--token-file", str(token_file)], capture_output=True, text=True,
+                           timeout=60)
+    assert wrong.returncode == 2 and "--end takes only --until" in wrong.stderr
+    run = subprocess.run([YRDBUS, "control", "heightened", "--end", declared["event_id"], "--url", gw.url,
+                          "--token-file", str(token_file)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert f"(window {declared['event_id']}) now ends at" in run.stdout
+    assert [e["window_id"] for e in control_events(kafka, gw.prefix)] == [None, declared["event_id"]]

@@ -231,14 +231,26 @@ def test_an_officer_confirms_an_alert_from_the_wall_and_the_informed_regions_wal
     assert got == [(alert["rule_id"], alert["rule_set_version"], 1, 1, 1, 0, 0, 0, 1.0)]
 
 
-def test_the_command_centre_declares_heightened_mode_from_its_wall_and_a_region_wall_has_no_console(
-        kafka, unique, tmp_path):
+def test_the_command_centre_declares_heightened_mode_from_its_wall_ends_it_early_and_a_region_wall_has_no_console(
+        kafka, unique, tmp_path, pub):
     from datetime import datetime, timezone
 
-    from confluent_kafka import Consumer, TopicPartition
+    from gateway_harness import records_on
+    from streams import ruleset
+    from streams.events import plain
+    from streams.regional import RegionalRules
 
-    from schemas.codec import get_codec
+    def controls() -> list[dict]:
+        return [e for _, e in records_on(kafka.bootstrap, f"{unique}.control", "control")]
 
+    def announce(event) -> dict:
+        """The regional rules read the control event; the worker's announcement goes on the bus."""
+        (a,) = [a for k, a in rules.on_event(state, plain("control", event)) if k == "derived_alert"]
+        pub.publish({**a, "emitted_at": int(time.time() * 1000)})
+        return a
+
+    rules = RegionalRules(ruleset.default())
+    state = rules.new_state()
     tokens = write_access_file(tmp_path, {"rcc": {"all": True}, "sh-duty": {"regions": ["SH"]}})
     beijing = timezone(timedelta(hours=8))
     until = (datetime.now(beijing) + timedelta(days=2)).replace(second=0, microsecond=0)
@@ -256,20 +268,33 @@ def test_the_command_centre_declares_heightened_mode_from_its_wall_and_a_region_
             cc.click("#heightened-form button[type=submit]")
             cc.wait_for_selector('#hm-result[data-ok="yes"]', timeout=10_000)
             assert "已宣布 上海 加强模式" in cc.locator("#hm-result").inner_text()
+            (event,) = controls()
+            assert event["regions"] == ["SH"] and event["issued_by"] == "rcc" and event["threshold_multiplier"] == 0.5
+            assert event["ends_at"] == until.astimezone(timezone.utc)      # typed in Beijing time, stored in UTC
+
+            # the announcement on both walls; only the command centre's can end the window
+            announcement = announce(event)
+            row = f'li[data-alert-id="{announcement["alert_id"]}"]'
+            for page in pages.values():
+                page.wait_for_selector(row, timeout=10_000)
+                page.locator(f"{row} summary").click()
+            assert pages["sh-duty"].locator(f"{row} .act-end").count() == 0
+            cc.click(f"{row} .act-end")
+            cc.wait_for_selector(f'{row} .end-window .action-error[data-ok="yes"]', timeout=10_000)
+            assert "加强模式改为于" in cc.locator(f"{row} .end-window").inner_text()
+            first, ended = controls()
+            assert ended["window_id"] == event["event_id"] and ended["issued_by"] == "rcc"
+            assert ended["starts_at"] == event["starts_at"] and ended["ends_at"] < event["ends_at"]
+            # the new version of the announcement replaces the row: the window has ended, nothing to end
+            changed = announce(ended)
+            assert changed["alert_id"] == announcement["alert_id"]
+            cc.wait_for_function(
+                f"() => {{ const li = document.querySelector('{row}'); return li && li._alert "
+                f"&& li._alert.details.changed_by === '{ended['event_id']}'; }}", timeout=10_000)
+            cc.locator(f"{row} summary").click()
+            assert cc.locator(f"{row} .act-end").count() == 0
         finally:
             browser.close()
-    c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"check-{unique}", "enable.auto.commit": False})
-    c.assign([TopicPartition(f"{unique}.control", 0, 0)])
-    m = None
-    for _ in range(20):
-        m = c.poll(1.0)
-        if m is not None and not m.error():
-            break
-    c.close()
-    assert m is not None and not m.error()
-    event = get_codec().decode(m.value(), kind="control")[1]
-    assert event["regions"] == ["SH"] and event["issued_by"] == "rcc" and event["threshold_multiplier"] == 0.5
-    assert event["ends_at"] == until.astimezone(timezone.utc)      # typed in Beijing time, stored in UTC
 
 
 def test_the_wall_speaks_chinese_in_beijing_time_switches_to_english_and_holds_its_layout(kafka, unique, tmp_path,

@@ -327,28 +327,43 @@ control_app = typer.Typer(help="The command centre's controls of the stream laye
 
 @control_app.command("heightened")
 def heightened(
-    regions: List[str] = typer.Option(..., "--regions", "--region", help="Regions (repeat, or SH,JS)."),
-    until: str = typer.Option(..., "--until", help="End of the window (ISO 8601 with a zone, e.g. 2026-11-11T00:00+08:00)."),
+    regions: List[str] = typer.Option([], "--regions", "--region", help="Regions (repeat, or SH,JS)."),
+    until: Optional[str] = typer.Option(None, "--until", help="End of the window (ISO 8601 with a zone, e.g. "
+                                        "2026-11-11T00:00+08:00); with --end: the new end (default: now)."),
     start: Optional[str] = typer.Option(None, "--from", help="Start of the window (default: now)."),
     multiplier: float = typer.Option(0.5, "--multiplier", help="Trend and flow thresholds inside the window are "
                                      "multiplied by this (0 < m <= 1)."),
     reason: str = typer.Option("", "--reason", help="Why, e.g. 'China International Import Expo'."),
+    end: Optional[str] = typer.Option(None, "--end", metavar="WINDOW", help="End this window early instead (its "
+                                      "event id, as declaring it printed, or its announcement's alert id)."),
     url: Optional[str] = typer.Option(None, "--url", help=_URL_HELP),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help=_TOKEN_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the control event as JSON."),
 ) -> None:
-    """Declare heightened mode for regions and a window (a command-centre token only).
+    """Declare heightened mode for regions and a window, or end one early (a command-centre token only).
 
     Inside the window the stream layer lowers those regions' trend and flow thresholds by the multiplier and
-    broadcasts their HIGH and CRITICAL alerts to every region; every wall in scope shows the window.
+    broadcasts their HIGH and CRITICAL alerts to every region; every wall in scope shows the window. Ended early
+    (--end), the hours it no longer covers are judged again with the usual thresholds, and what they no longer
+    raise (broadcasts among it) is withdrawn.
     """
-    body = {"regions": [x.strip() for r in regions for x in r.split(",") if x.strip()], "ends_at": until,
-            "threshold_multiplier": multiplier, "reason": reason}
-    if start:
-        body["starts_at"] = start
-    answer = _post("/control/heightened", body, url, token_file)
+    if end is not None:
+        if regions or start:
+            fail("--end takes only --until (the new end, default now): the window keeps its regions and start", 2)
+        answer = _post(f"/control/heightened/{end.strip()}/end", {"ends_at": until} if until else {}, url, token_file)
+    else:
+        if not regions or not until:
+            fail("declaring a window needs --regions and --until (or --end WINDOW to end one)", 2)
+        body = {"regions": [x.strip() for r in regions for x in r.split(",") if x.strip()], "ends_at": until,
+                "threshold_multiplier": multiplier, "reason": reason}
+        if start:
+            body["starts_at"] = start
+        answer = _post("/control/heightened", body, url, token_file)
     if json_out:
         typer.echo(json.dumps(answer, ensure_ascii=False))
+    elif end is not None:
+        typer.echo(f"heightened mode for {', '.join(answer['regions'])} (window {answer['window_id']}) now ends at "
+                   f"{answer['ends_at']} (event {answer['event_id']})")
     else:
         typer.echo(f"heightened mode for {', '.join(answer['regions'])} from {answer['starts_at']} to "
                    f"{answer['ends_at']}, thresholds x{answer['threshold_multiplier']:g} (event {answer['event_id']})")

@@ -191,6 +191,37 @@ def _report(client, where, out, start, end, panel, width, json_out, region=(), b
                    f"({period.reason}) in {out}")
 
 
+dashboards_app = typer.Typer(help="The Grafana dashboards: their Chinese edition (dashboards/zh-CN).",
+                             no_args_is_help=True)
+
+
+@dashboards_app.command("build")
+def dashboards_build(
+    check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 when the edition is not what the "
+                               "dashboards and the catalogue make."),
+    json_out: bool = typer.Option(False, "--json", help="Print the files written (or differing) as JSON."),
+) -> None:
+    """Write dashboards/zh-CN/ from dashboards/json/ and the message catalogue: titles, descriptions, columns and
+    the region variable in Simplified Chinese, codes (alert kinds, regions, ports) by name, Beijing time."""
+    from yrdbus import dashboards
+
+    try:
+        differ = dashboards.build("zh-CN", check=check)
+    except dashboards.DashboardTextError as exc:
+        fail(str(exc))
+    names = [str(p.relative_to(dashboards.ROOT)) for p in differ]
+    if json_out:
+        typer.echo(json.dumps({"check": check, "differ" if check else "written": names}))
+    elif check:
+        typer.echo("dashboards/zh-CN is up to date" if not names else
+                   "dashboards/zh-CN differs from what `yrdbus dashboards build` makes: " + ", ".join(names))
+    else:
+        typer.echo(f"{len(names)} file(s) written: {', '.join(names) or 'none (up to date)'}")
+    if check and names:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(prometheus_app, name="prometheus")
+    app.add_typer(dashboards_app, name="dashboards")
     app.command("report")(report)

@@ -10,6 +10,7 @@ Routes:
                         (``{"outcome": "ACKNOWLEDGED|CONFIRMED|FALSE_ALARM|NO_ACTION", "note": ...}``,
                         ``dispositions.py``): 201 recorded, 200 already so, 403, 404, 409.
   POST /control/heightened  a command-centre token declares heightened mode for regions and a window
+  POST /control/heightened/{window}/end  ... and ends one early (the window's id or its announcement's alert id)
                         (``control.py``): the ControlEvent goes on the ``control`` topic.
   GET  /auth/whoami     the token's id and scope.
   GET  /, /wall         the live alert wall (static files under /static, nothing from elsewhere).
@@ -50,7 +51,7 @@ from schemas.codec import get_codec
 from schemas.settings import Settings
 
 from connectors.gateway.access import AccessControl, Forbidden, TokenEntry, Unauthorized
-from connectors.gateway.control import ControlError, heightened_event
+from connectors.gateway.control import ControlError, end_event, heightened_event
 from connectors.gateway.dispositions import DispositionError, Ledger
 from connectors.gateway.guard import WriteGuard, with_transport
 from connectors.gateway.hub import Feed, Hub
@@ -417,6 +418,24 @@ class Gateway:
                  event["starts_at"].isoformat(), event["ends_at"].isoformat(), event["threshold_multiplier"])
         return JSONResponse(json_ready(event), status_code=201)
 
+    async def end_heightened(self, request: Request) -> Response:
+        """The command centre ends a heightened window early (``connectors.gateway.control.end_event``)."""
+        got = await self._bearer_json(request)
+        if isinstance(got, Response):
+            return got
+        entry, body = got
+        name = request.path_params["window"]
+        try:
+            window = await self.ledger.window(name) if entry.scope.all and WINDOW_NAME.fullmatch(name) else None
+            event = end_event(entry, window, name[:64], body)
+        except (ControlError, DispositionError) as exc:
+            return _problem(exc.status, exc.error, str(exc))
+        await self._bus.send_and_wait(self.names.prefix + topics.CONTROL, get_codec().encode("control", event),
+                                      key=event["event_id"].encode())
+        log.info("heightened mode %s for %s ended by %s at %s", event["window_id"], ",".join(event["regions"]),
+                 entry.id, event["ends_at"].isoformat())
+        return JSONResponse(json_ready(event), status_code=201)
+
     async def health(self, request: Request) -> Response:
         ready = self.hub.ready.is_set() and self.ledger.ready.is_set() \
             and all(w.ready.is_set() for w in self.webhooks) \
@@ -446,6 +465,7 @@ class Gateway:
             Route("/auth/ticket", self.ticket, methods=["POST"]),
             Route("/alerts/{alert_id:str}/dispositions", self.dispose, methods=["POST"]),
             Route("/control/heightened", self.heightened, methods=["POST"]),
+            Route("/control/heightened/{window:str}/end", self.end_heightened, methods=["POST"]),
             Route("/auth/whoami", self.whoami),
             Route("/healthz", self.health),
             Route("/metrics", self.metrics_endpoint),
@@ -454,6 +474,8 @@ class Gateway:
         return _SecurityHeaders(app)
 
 
+#: a window's name in a path: its event id or its announcement's alert id (hex and dashes)
+WINDOW_NAME = re.compile(r"[0-9A-Fa-f-]{1,64}")
 _URL_SECRET = re.compile(r"((?:^|[?&])(?:token|ticket)=)[^&\s]*", re.IGNORECASE)
 
 

@@ -34,6 +34,7 @@ from schemas.errors import EventError
 from schemas.reference import REGIONS
 
 from connectors.gateway.access import TokenEntry
+from connectors.gateway.control import Window
 
 log = logging.getLogger("yrdbus.gateway.dispositions")
 
@@ -73,6 +74,8 @@ class Ledger:
     prefix: str = ""
     kafka_options: dict = field(default_factory=dict)
     alerts: dict[str, AlertFacts] = field(default_factory=dict)
+    #: heightened windows by window id, from their announcements' newest versions (``control.Window``)
+    windows: dict = field(default_factory=dict)
     #: (alert_id, region or None, "ack" | "settle") -> the disposition record
     recorded: dict[tuple[str, str | None, str], dict] = field(default_factory=dict)
 
@@ -147,6 +150,9 @@ class Ledger:
             self.alerts[alert["alert_id"]] = AlertFacts(list(alert["must_act"]), list(alert["inform"]), alert["kind"],
                                                         alert["severity"], alert.get("status") or "RAISED",
                                                         alert["emitted_at"])
+            if alert["kind"] == "HEIGHTENED_MODE":
+                w = Window.of(alert)
+                self.windows[w.window_id] = w
 
     def _learn(self, d: dict) -> None:
         step = "ack" if d["outcome"] == "ACKNOWLEDGED" else "settle"
@@ -168,6 +174,14 @@ class Ledger:
                 except asyncio.TimeoutError:
                     return False
         return True
+
+    async def window(self, name: str):
+        """The heightened window named by its id or its announcement's alert id, as last announced (None:
+        no such window); raises DispositionError(503) when the ledger cannot catch up."""
+        if not await self.caught_up():
+            raise DispositionError(503, "behind", "the gateway has not yet read the alert topics up to now; "
+                                                  "try again in a moment")
+        return self.windows.get(name) or next((w for w in self.windows.values() if w.alert_id == name), None)
 
     # ----------------------------------------------------------------- deciding
     async def dispose(self, entry: TokenEntry, alert_id: str, outcome: str, note: str) -> tuple[int, list[dict]]:

@@ -97,17 +97,22 @@ def json_ready(record: dict) -> dict:
 
 
 def version_key(alert: dict) -> tuple[str, str]:
-    """What tells two copies of an alert apart when deduplicating: its id and its status. The copies routed to
-    several topics (and a re-emission) are one; the version that withdraws it (same id, status WITHDRAWN) is
-    another, and must reach whoever saw the raised one. A disposition is told apart by its own id."""
+    """What tells two copies of an alert apart when deduplicating: its id, its status and what changed it. The
+    copies routed to several topics (and a re-emission) are one; the version that withdraws it (same id, status
+    WITHDRAWN) is another, and must reach whoever saw the raised one; so is a version whose content the command
+    centre changed (``details.changed_by``: the control event that did, e.g. a heightened window ended early). A
+    disposition is told apart by its own id."""
     if "disposition_id" in alert:
         return alert["disposition_id"], "DISPOSITION"
-    return alert.get("alert_id"), alert.get("status") or "RAISED"
+    status = alert.get("status") or "RAISED"
+    changed = (alert.get("details") or {}).get("changed_by")
+    return alert.get("alert_id"), f"{status}:{changed}" if changed else status
 
 
 def delivery_id(alert: dict) -> str:
     """The id a receiver deduplicates deliveries by: the alert id for the raised alert (as before statuses),
-    ``<alert id>:WITHDRAWN`` for the version that withdraws it."""
+    ``<alert id>:WITHDRAWN`` for the version that withdraws it, ``<alert id>:RAISED:<control id>`` for a version
+    the command centre changed."""
     aid, status = version_key(alert)
     return aid if status == "RAISED" else f"{aid}:{status}"
 

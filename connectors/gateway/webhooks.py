@@ -261,7 +261,7 @@ class WebhookWorker:
             "X-Yrdbus-Signature": sign(spec.secret, body),
             "X-Yrdbus-Timestamp": str(int(now)),
             "X-Yrdbus-Delivery": delivery_id(item.alert),
-            "X-Yrdbus-Alert-Status": version_key(item.alert)[1],
+            "X-Yrdbus-Alert-Status": item.alert.get("status") or "RAISED",
             "X-Yrdbus-Attempt": str(attempt),
         }
         self.metrics.webhook_attempts.labels(spec.name).inc()

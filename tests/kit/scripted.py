@@ -80,10 +80,12 @@ class Script:
         return rec
 
     def control(self, regions: list[str], starts: int, ends: int, mult: float = 0.5, issued: int | None = None,
-                reason: str = "China International Import Expo") -> dict:
+                reason: str = "China International Import Expo", window_id: str | None = None) -> dict:
+        """A heightened window; with ``window_id``, a newer version of that window (e.g. ended early)."""
         rec = {"event_id": self._id(), "kind": "HEIGHTENED_MODE", "regions": regions, "starts_at": starts,
                "ends_at": ends, "threshold_multiplier": mult, "reason": reason,
-               "occurred_at": issued if issued is not None else starts, "issued_by": "regional command centre"}
+               "occurred_at": issued if issued is not None else starts, "issued_by": "regional command centre",
+               "window_id": window_id}
         self.events.append(("control", "", rec["event_id"], rec))
         return rec
 

@@ -266,6 +266,17 @@ function addRow(dl, label, value) {
   dl.appendChild(dd);
 }
 
+// a request that changes something: JSON in, the response and its JSON body (or {}) out
+async function post(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { Authorization: "Bearer " + state.token, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+    cache: "no-store",
+  });
+  return [response, await response.json().catch(() => ({}))];
+}
+
 // ----------------------------------------------------------------- dispositions
 function mayDispose(alert) {
   const scope = state.scope || {};
@@ -306,13 +317,8 @@ function showDispositions(li) {
 async function dispose(alertId, outcome, note, message) {
   message.textContent = "";
   try {
-    const response = await fetch("/alerts/" + encodeURIComponent(alertId) + "/dispositions", {
-      method: "POST",
-      headers: { Authorization: "Bearer " + state.token, "Content-Type": "application/json" },
-      body: JSON.stringify({ outcome, note }),
-      cache: "no-store",
-    });
-    const body = await response.json().catch(() => ({}));
+    const [response, body] = await post("/alerts/" + encodeURIComponent(alertId) + "/dispositions",
+                                        { outcome, note });
     if (!response.ok) {
       message.textContent = body.message || ("HTTP " + response.status);
       return;
@@ -340,6 +346,37 @@ function actions(alert) {
     box.appendChild(button);
   }
   box.appendChild(note);
+  box.appendChild(message);
+  return box;
+}
+
+// a heightened window still running, on the command centre's wall: ended early from its announcement
+function mayEnd(alert) {
+  const ends = Number((alert.details || {}).ends_at);
+  return Boolean((state.scope || {}).all) && alert.kind === "HEIGHTENED_MODE" && !withdrawn(alert) &&
+         ends > Date.now();
+}
+
+function endWindow(alert) {
+  const box = el("div", "actions end-window");
+  const button = el("button", "act act-end", t("hm.end"));
+  button.type = "button";
+  const message = el("span", "action-error");
+  message.setAttribute("role", "alert");
+  button.addEventListener("click", async () => {
+    message.textContent = "";
+    try {
+      const [response, answer] = await post("/control/heightened/" + encodeURIComponent(alert.alert_id) + "/end", {});
+      message.textContent = response.ok
+        ? t("hm.ended", { regions: regionNames(answer.regions), until: beijing(answer.ends_at), id: answer.event_id })
+        : (answer.message || ("HTTP " + response.status));
+      message.dataset.ok = response.ok ? "yes" : "no";
+      if (response.ok) button.disabled = true;
+    } catch (err) {
+      message.textContent = t("unreachable") + err.message;
+    }
+  });
+  box.appendChild(button);
   box.appendChild(message);
   return box;
 }
@@ -405,6 +442,7 @@ function buildRow(alert) {
   if (alert.position) addRow(dl, t("f.position"), alert.position.topic + ":" + alert.position.partition + ":" + alert.position.offset);
   body.appendChild(dl);
   if (mayDispose(alert)) body.appendChild(actions(alert));
+  if (mayEnd(alert)) body.appendChild(endWindow(alert));
   details.appendChild(body);
   li.appendChild(details);
   return li;
@@ -460,13 +498,7 @@ $("heightened-form").addEventListener("submit", async (e) => {
     reason: $("hm-reason").value.trim(),
   };
   try {
-    const response = await fetch("/control/heightened", {
-      method: "POST",
-      headers: { Authorization: "Bearer " + state.token, "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-      cache: "no-store",
-    });
-    const answer = await response.json().catch(() => ({}));
+    const [response, answer] = await post("/control/heightened", body);
     result.textContent = response.ok
       ? t("hm.done", { regions: regionNames(answer.regions), until: beijing(answer.ends_at), id: answer.event_id })
       : (answer.message || ("HTTP " + response.status));
