@@ -232,32 +232,40 @@ def test_an_officer_confirms_an_alert_from_the_wall_and_the_informed_regions_wal
 
 
 def test_the_command_centre_declares_heightened_mode_from_its_wall_ends_it_early_and_a_region_wall_has_no_console(
-        kafka, unique, tmp_path, pub):
+        kafka, unique, tmp_path):
+    """A real worker reads the control events the command centre's wall puts on the bus: it announces the window
+    on the walls in scope, broadcasts a HIGH alert of SH inside it to Jiangsu, and announces the window's new
+    end once the wall has ended it."""
+    import sys
     from datetime import datetime, timezone
 
+    from confluent_kafka import Producer
+
     from gateway_harness import records_on
-    from streams import ruleset
-    from streams.events import plain
-    from streams.regional import RegionalRules
+    from kit.faults import Proc, group_ready, wait_for
+    from kit.scripted import Script, token
+    from schemas.codec import get_codec
+    from streams.app import StreamsConfig, ensure_topics
 
     def controls() -> list[dict]:
         return [e for _, e in records_on(kafka.bootstrap, f"{unique}.control", "control")]
 
-    def announce(event) -> dict:
-        """The regional rules read the control event; the worker's announcement goes on the bus."""
-        (a,) = [a for k, a in rules.on_event(state, plain("control", event)) if k == "derived_alert"]
-        pub.publish({**a, "emitted_at": int(time.time() * 1000)})
-        return a
-
-    rules = RegionalRules(ruleset.default())
-    state = rules.new_state()
-    tokens = write_access_file(tmp_path, {"rcc": {"all": True}, "sh-duty": {"regions": ["SH"]}})
+    prefix, app_id = f"{unique}.", f"{unique}-w"
+    ensure_topics(StreamsConfig(kafka.bootstrap, prefix=prefix))
+    worker = Proc("worker", [str(Path(sys.executable).with_name("yrdbus")), "worker", "--prefix", prefix, "--app-id",
+                             app_id, "--partitions", "2", "--data-dir", str(tmp_path / "w")],
+                  {**os.environ, "YRDBUS_KAFKA_BOOTSTRAP": kafka.bootstrap, "YRDBUS_VAR_DIR": str(tmp_path / "w")},
+                  tmp_path / "w")
+    tokens = write_access_file(tmp_path, {"rcc": {"all": True}, "sh-duty": {"regions": ["SH"]},
+                                          "js-duty": {"regions": ["JS"]}})
     beijing = timezone(timedelta(hours=8))
     until = (datetime.now(beijing) + timedelta(days=2)).replace(second=0, microsecond=0)
-    with RunningGateway(kafka, tokens, f"{unique}.") as gw, sync_playwright() as p:
+    with RunningGateway(kafka, tokens, prefix) as gw, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        worker.start()
         try:
-            pages = {who: console(browser, gw.url, tokens[who]) for who in ("rcc", "sh-duty")}
+            wait_for(lambda: group_ready(kafka.bootstrap, app_id), 90, "the worker to join its group")
+            pages = {who: console(browser, gw.url, tokens[who]) for who in ("rcc", "sh-duty", "js-duty")}
             assert pages["sh-duty"].locator("#console").is_hidden()
             cc = pages["rcc"]
             cc.locator("#console summary").click()
@@ -272,29 +280,46 @@ def test_the_command_centre_declares_heightened_mode_from_its_wall_ends_it_early
             assert event["regions"] == ["SH"] and event["issued_by"] == "rcc" and event["threshold_multiplier"] == 0.5
             assert event["ends_at"] == until.astimezone(timezone.utc)      # typed in Beijing time, stored in UTC
 
-            # the announcement on both walls; only the command centre's can end the window
-            announcement = announce(event)
-            row = f'li[data-alert-id="{announcement["alert_id"]}"]'
+            # the worker's announcement on every wall in scope; a HIGH alert of SH inside the window is broadcast
+            announcement = f'li.alert[data-alert-id]:has(.kind[title="HEIGHTENED_MODE"])'
             for page in pages.values():
-                page.wait_for_selector(row, timeout=10_000)
-                page.locator(f"{row} summary").click()
-            assert pages["sh-duty"].locator(f"{row} .act-end").count() == 0
-            cc.click(f"{row} .act-end")
-            cc.wait_for_selector(f'{row} .end-window .action-error[data-ok="yes"]', timeout=10_000)
-            assert "加强模式改为于" in cc.locator(f"{row} .end-window").inner_text()
+                page.wait_for_selector(announcement, timeout=60_000)
+            s = Script()
+            inside = s.alert("PVG", int(time.time() * 1000), "SMUGGLING", "HIGH", subject=token(1), source="OFFICER")
+            producer = Producer({"bootstrap.servers": kafka.bootstrap})
+            for topic, key, value in s.encoded(get_codec(), prefix):
+                producer.produce(topic, value, key)
+            assert producer.flush(30) == 0
+            broadcast = 'li.alert:has(.kind[title="BROADCAST"])'
+            pages["js-duty"].wait_for_selector(broadcast, timeout=60_000)
+            assert inside["event_id"] in pages["js-duty"].locator(broadcast).inner_html()
+
+            # ended early from the announcement, on the command centre's wall only
+            pages["sh-duty"].locator(f"{announcement} summary").click()
+            assert pages["sh-duty"].locator(f"{announcement} .act-end").count() == 0
+            cc.locator(f"{announcement} summary").click()
+            cc.click(f"{announcement} .act-end")
+            # (the row's answer lasts until the worker's new announcement replaces the row: the bus is the oracle)
+            wait_for(lambda: len(controls()) == 2, 30, "the end of the window on the control topic")
             first, ended = controls()
             assert ended["window_id"] == event["event_id"] and ended["issued_by"] == "rcc"
             assert ended["starts_at"] == event["starts_at"] and ended["ends_at"] < event["ends_at"]
-            # the new version of the announcement replaces the row: the window has ended, nothing to end
-            changed = announce(ended)
-            assert changed["alert_id"] == announcement["alert_id"]
-            cc.wait_for_function(
-                f"() => {{ const li = document.querySelector('{row}'); return li && li._alert "
-                f"&& li._alert.details.changed_by === '{ended['event_id']}'; }}", timeout=10_000)
-            cc.locator(f"{row} summary").click()
-            assert cc.locator(f"{row} .act-end").count() == 0
+            # the worker's new version of the announcement replaces the row: the window has ended, nothing to end
+            for page in (cc, pages["sh-duty"]):
+                page.wait_for_function(
+                    f"() => {{ const li = document.querySelector('{announcement}'); return li && li._alert "
+                    f"&& li._alert.details.changed_by === '{ended['event_id']}'; }}", timeout=60_000)
+            cc.locator(f"{announcement} summary").click()
+            assert cc.locator(f"{announcement} .act-end").count() == 0
+            # its new end in Beijing time, not epoch milliseconds
+            shown = cc.locator(f"{announcement} .evidence").inner_text()
+            assert ended["ends_at"].astimezone(beijing).strftime("%Y-%m-%d %H:%M:%S") in shown, shown
+            assert str(int(ended["ends_at"].timestamp() * 1000)) not in shown
+            # the alert was inside the window as it ended: its broadcast stands
+            assert pages["js-duty"].locator(f"{broadcast}.withdrawn").count() == 0
         finally:
             browser.close()
+            worker.stop(20)
 
 
 def test_the_wall_speaks_chinese_in_beijing_time_switches_to_english_and_holds_its_layout(kafka, unique, tmp_path,

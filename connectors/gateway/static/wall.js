@@ -434,7 +434,10 @@ function buildRow(alert) {
   addRow(dl, t("f.subject"), alert.subject);
   addRow(dl, t("f.conveyance"), alert.conveyance_id);
   addRow(dl, t("f.pattern"), alert.pattern);
-  for (const [k, v] of Object.entries(alert.details || {})) addRow(dl, k, v);
+  for (const [k, v] of Object.entries(alert.details || {})) {
+    // a time in the details is epoch milliseconds (e.g. a heightened window's ends_at): shown in Beijing time
+    addRow(dl, k, /_at$/.test(k) && /^\d{12,14}$/.test(v) ? beijing(new Date(Number(v)).toISOString()) : v);
+  }
   addRow(dl, t("f.occurred"), beijing(alert.occurred_at));
   addRow(dl, t("f.emitted"), beijing(alert.emitted_at));
   addRow(dl, t("f.occurred_utc"), alert.occurred_at);
