@@ -75,5 +75,5 @@ def control(event_id: str, issued: int, starts: int, ends: int, regions: list[st
     return {
         "event_id": event_id, "kind": "HEIGHTENED_MODE", "regions": list(regions), "starts_at": at(starts),
         "ends_at": at(ends), "threshold_multiplier": multiplier, "reason": reason, "occurred_at": at(issued),
-        "issued_by": issued_by,
+        "issued_by": issued_by, "window_id": None,
     }
