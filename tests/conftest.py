@@ -36,25 +36,27 @@ def pytest_configure(config):
 #: the test files that take longest (seconds of a fresh clone's run with four processes, `--durations=0`, the
 #: CPU shared), run first: pytest-xdist hands out files in collection order (with `--no-loadscope-reorder`, see
 #: the Makefile), and a long file started last keeps one process busy after the others are done
-LONGEST_FIRST = (      # seconds each file took in a fresh clone's `make test`, quiet / beside two burners (ea6920d)
-    "test_streams_simulated.py",          # 250 / 273: the simulator's incidents and a week of baseline, a worker
-    "test_order_suite.py",                # 207 / 194: the simulator's day in four orders at the stages
-    "faults/test_faults_brokers.py",      # 192 / 166: a broker stopped and restarted, three brokers losing one
-    "test_order_suite_other_orders.py",   # 128 / 173: a tenth of the volume in seven orders, restarts
-    "test_scaleout.py",                   # 129 / 152: a three-broker cluster, a worker joined by a second
-    "faults/test_faults_processes.py",    # 124 / 111
-    "test_dashboards.py",                 # ~100: a simulated day, clickhouse-go built at two versions
-    "test_run.py",                        # 110 / 108
-    "faults/test_faults_store.py",        #  98 /  94
-    "test_security_kafka.py",             #  81 /  97
-    "test_order_suite_broker.py",         #  72 / 100: a second worker joining and leaving
-    "test_foundation.py",                 #  56 / 116
-    "test_hostile_worker.py",             #  73 /  72
-    "test_streams_worker.py",             #  70 /  75
-    "test_store_sink.py",                 #  68 /  61
-    "test_hostile_sink.py",               #  53 /  62
-    "test_hostile_queries.py",            #  51 /  58
-    "test_fuzz_queries.py",               #  54 /  48
+LONGEST_FIRST = (      # seconds each file took in a fresh clone's `make test` on a quiet machine (f12e845)
+    "test_run.py",                        # 268: two `yrdbus run`s of 60 s and their own brokers
+    "faults/test_faults_brokers.py",      # 183: a broker stopped and restarted, three brokers losing one
+    "test_streams_simulated.py",          # 161: the simulator's incidents and a week of baseline, a worker
+    "test_order_suite_other_orders.py",   # 160: a tenth of the volume in seven orders, restarts
+    "faults/test_faults_processes.py",    # 132
+    "test_order_suite.py",                # 125: the simulator's day in four orders at the stages
+    "test_scaleout.py",                   # 120: a three-broker cluster, a worker joined by a second
+    "faults/test_faults_store.py",        # 107
+    "test_foundation.py",                 #  97
+    "test_order_suite_broker.py",         #  92: a second worker joining and leaving
+    "test_security_kafka.py",             #  89
+    "test_dashboards.py",                 #  86: a simulated day, clickhouse-go built at two versions
+    "test_gateway_wall.py",               #  77: Chromium, a worker
+    "test_hostile_worker.py",             #  63
+    "test_streams_worker.py",             #  59
+    "test_hostile_sink.py",               #  46
+    "test_publisher.py",                  #  44
+    "test_store_sink.py",                 #  43
+    "test_security_secrets.py",           #  40
+    "test_fuzz_queries.py",               #  33
 )
 
 
