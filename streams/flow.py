@@ -209,11 +209,15 @@ class FlowSurge:
                 * float(port.share_of_region) / 8760.0)
         return base * float(p["hour_of_day"][port.kind][local.hour]) * float(p["day_of_week"][local.weekday()])
 
+    #: whether the last partial ``on_partial`` read was the count already held (its state unchanged)
+    unchanged = False
+
     def on_partial(self, state: dict, ev: dict, hm_state: dict | None = None) -> list:
         """Keep a partition's count of a (port, hour), replacing what it sent before for them. A count of an hour
         already judged (a late clearance) has the hour and those after it judged again, within the allowed
         delay, at the stage's next tick or judging (``judge_late``: once for all the hours changed in between);
         an older one is kept and counted in ``beyond_delay``."""
+        self.unchanged = False
         if ev.get("progress"):
             part = str(ev["partition"])
             state.setdefault("progress", {})[part] = max(ev["hour"], state["progress"].get(part, ev["hour"]))
@@ -221,9 +225,14 @@ class FlowSurge:
             # the hours every partition has now sent are judged at once, not when the watermark next rises
             return self._judge_due(state, hm_state or {"windows": []}) if state.get("wm") is not None else []
         key = f"{ev['port']}|{ev['hour']}"
-        parts = state["partials"].setdefault(key, {})
+        parts = state["partials"].get(key) or {}
         if parts.get(str(ev["partition"])) == int(ev["count"]):
+            # the count it holds (a partition sends its passed hours' counts again after a restart): nothing
+            # changes, and the stage writes nothing
+            self.unchanged = True
             return []
+        self.unchanged = False
+        state["partials"][key] = parts
         parts[str(ev["partition"])] = int(ev["count"])
         first = state["first_hour"]
         if first is None or ev["hour"] < first:

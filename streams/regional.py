@@ -61,6 +61,10 @@ class RegionalRules:
             return ("flow",)
         return ()
 
+    def unchanged(self, ev: dict) -> bool:
+        """Whether ``ev``, just read, changed nothing: a flow partial of the count already held."""
+        return ev["_kind"] == "flow_partial" and self.flow.unchanged
+
     def on_event(self, state: dict, ev: dict) -> list:
         kind = ev["_kind"]
         outs: list = []

@@ -151,6 +151,8 @@ class RegionalStage:
         # a case changes the trend section; a control (a heightened window read late) may judge trends again
         if ev["_kind"] not in ("case", "control") and state["trend"]["first_hour"] == first_hour:
             touched.discard("trend")
+        if self.rules.unchanged(ev):
+            touched.clear()
         self._watermark(state, touched, step)
         return step
 

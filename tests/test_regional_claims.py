@@ -130,3 +130,25 @@ def test_after_a_restart_an_upstream_no_tick_names_is_held_back_though_no_tick_e
     assert f.watermark() <= js_peak - f.lateness
     f.seconds(30, everything, sh_from=62)
     assert f.watermark() > js_peak
+
+
+def test_a_flow_count_the_stage_already_holds_writes_nothing():
+    """After a restart the subject stage sends every passed hour's count again (it does not know what it sent
+    after its state was last written): one the regional stage holds already changes nothing and writes nothing
+    to the changelog; a new count of the same hour is written."""
+    feed = Feed()
+    partial = {"_kind": "flow_partial", "port": "PVG", "hour": T0 // HOUR, "partition": 0, "count": 7,
+               "occurred_at": T0 + HOUR - 1}
+    headers = {"yrd-via": upstream_key("subjects", 0)}
+
+    def send(count: int):
+        step = feed.stage.step(json.dumps({**partial, "count": count}).encode(), headers, "streams.regional",
+                               EPOCH_S + feed.now)
+        feed.write(step)
+        return step
+
+    assert "flow" in send(7).writes
+    again = send(7)
+    assert "flow" not in again.writes and again.outs == []
+    assert "flow" in send(8).writes
+    assert feed.stage.table["flow"]["partials"][f"PVG|{T0 // HOUR}"] == {"0": 8}
