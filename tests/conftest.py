@@ -36,27 +36,30 @@ def pytest_configure(config):
 #: the test files that take longest (seconds of a fresh clone's run with four processes, `--durations=0`, the
 #: CPU shared), run first: pytest-xdist hands out files in collection order (with `--no-loadscope-reorder`, see
 #: the Makefile), and a long file started last keeps one process busy after the others are done
-LONGEST_FIRST = (      # seconds each file took in a fresh clone's `make test` on a quiet machine (f12e845)
-    "test_run.py",                        # 268: two `yrdbus run`s of 60 s and their own brokers
-    "faults/test_faults_brokers.py",      # 183: a broker stopped and restarted, three brokers losing one
-    "test_streams_simulated.py",          # 161: the simulator's incidents and a week of baseline, a worker
-    "faults/test_faults_processes.py",    # 132
-    "test_order_suite.py",                # 125: the simulator's day in four orders at the stages
-    "test_scaleout.py",                   # 120: a three-broker cluster, a worker joined by a second
-    "faults/test_faults_store.py",        # 107
-    "test_foundation.py",                 #  97
-    "test_order_suite_broker.py",         #  92: a second worker joining and leaving
-    "test_security_kafka.py",             #  89
-    "test_dashboards.py",                 #  86: a simulated day, clickhouse-go built at two versions
-    "test_gateway_wall.py",               #  77: Chromium, a worker
-    "test_order_suite_other_orders.py",   # 160 before the regional stage stopped writing unchanged flow counts
-    "test_hostile_worker.py",             #  63
-    "test_streams_worker.py",             #  59
-    "test_hostile_sink.py",               #  46
-    "test_publisher.py",                  #  44
-    "test_store_sink.py",                 #  43
-    "test_security_secrets.py",           #  40
-    "test_fuzz_queries.py",               #  33
+LONGEST_FIRST = (      # seconds each file took in quiet fresh-clone runs (f12e845: 623 s in all; c06739e: 831 s)
+    # Heavy files alternate between those that wait on a worker or a broker and those that compute: with
+    # the four heaviest worker files started together (test_run, the brokers' and processes' faults, the
+    # simulated week) a quiet run took 831 s, in this order 623 s.
+    "test_streams_simulated.py",          # 161 / 410: the simulator's incidents and a week of baseline, a worker
+    "test_order_suite.py",                # 125 / 212: the simulator's day in four orders at the stages
+    "faults/test_faults_brokers.py",      # 183 / 264: a broker stopped and restarted, three brokers losing one
+    "test_order_suite_other_orders.py",   # 160 /  66: a tenth of the volume in seven orders, restarts
+    "test_scaleout.py",                   # 120 / 139: a three-broker cluster, a worker joined by a second
+    "faults/test_faults_processes.py",    # 132 / 168
+    "test_dashboards.py",                 #  86 /  45: a simulated day, clickhouse-go built at two versions
+    "test_run.py",                        # 268 / 494: two `yrdbus run`s of 60 s and their own brokers
+    "faults/test_faults_store.py",        # 107 / 146
+    "test_security_kafka.py",             #  89 /  94
+    "test_order_suite_broker.py",         #  92 /  70: a second worker joining and leaving
+    "test_foundation.py",                 #  97 / 187
+    "test_gateway_wall.py",               #  77 /  94: Chromium, a worker
+    "test_hostile_worker.py",             #  63 /  74
+    "test_streams_worker.py",             #  59 /  56
+    "test_store_sink.py",                 #  43 /  59
+    "test_hostile_sink.py",               #  46 /  46
+    "test_publisher.py",                  #  44 /  33
+    "test_security_secrets.py",           #  40 /  36
+    "test_fuzz_queries.py",               #  33 /  31
 )
 
 
