@@ -231,7 +231,6 @@ class FlowSurge:
             # changes, and the stage writes nothing
             self.unchanged = True
             return []
-        self.unchanged = False
         state["partials"][key] = parts
         parts[str(ev["partition"])] = int(ev["count"])
         first = state["first_hour"]

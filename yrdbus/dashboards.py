@@ -80,7 +80,7 @@ def translate(board: dict, words: Words, strict: bool = True) -> dict:
         if panel.get("description"):
             panel["description"] = say(f"paneldesc.{title}", panel["description"])
         names = set(_WORD.findall(_queries(panel)))
-        overrides = [o for o in panel.get("fieldConfig", {}).get("overrides", [])]
+        overrides = list(panel.get("fieldConfig", {}).get("overrides", []))
         named = {o["matcher"].get("options") for o in overrides if o.get("matcher", {}).get("id") == "byName"}
         for name in sorted(names):
             key = f"col.{name}"

@@ -74,7 +74,8 @@ class Ledger:
     prefix: str = ""
     kafka_options: dict = field(default_factory=dict)
     alerts: dict[str, AlertFacts] = field(default_factory=dict)
-    #: heightened windows by window id, from their announcements' newest versions (``control.Window``)
+    #: heightened windows by window id and by their announcement's alert id, from the announcements' newest
+    #: versions (``control.Window``)
     windows: dict = field(default_factory=dict)
     #: (alert_id, region or None, "ack" | "settle") -> the disposition record
     recorded: dict[tuple[str, str | None, str], dict] = field(default_factory=dict)
@@ -152,7 +153,7 @@ class Ledger:
                                                         alert["emitted_at"])
             if alert["kind"] == "HEIGHTENED_MODE":
                 w = Window.of(alert)
-                self.windows[w.window_id] = w
+                self.windows[w.window_id] = self.windows[w.alert_id] = w
 
     def _learn(self, d: dict) -> None:
         step = "ack" if d["outcome"] == "ACKNOWLEDGED" else "settle"
@@ -181,7 +182,7 @@ class Ledger:
         if not await self.caught_up():
             raise DispositionError(503, "behind", "the gateway has not yet read the alert topics up to now; "
                                                   "try again in a moment")
-        return self.windows.get(name) or next((w for w in self.windows.values() if w.alert_id == name), None)
+        return self.windows.get(name)
 
     # ----------------------------------------------------------------- deciding
     async def dispose(self, entry: TokenEntry, alert_id: str, outcome: str, note: str) -> tuple[int, list[dict]]:
