@@ -19,11 +19,11 @@ import json
 import re
 from pathlib import Path
 
+from yrdbus.report import DASHBOARDS_DIR as SOURCE
 from yrdbus.words import Words, catalogue
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "dashboards" / "json"
-EDITIONS = {"zh-CN": ROOT / "dashboards" / "zh-CN"}
+ROOT = SOURCE.parents[1]
+EDITIONS = {"zh-CN": SOURCE.parent / "zh-CN"}
 TIMEZONE = {"zh-CN": "Asia/Shanghai"}
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: columns whose values are codes officers read by name (a panel reading none of them gets no value mapping)
