@@ -109,6 +109,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="yrdbus-watchdog", daemon=True)
         self._consumer = None
+        self._admin = None
         self.probes = 0          # probes decided so far
 
     def start(self) -> "Watchdog":
@@ -120,24 +121,38 @@ class Watchdog:
         self._stop.set()
 
     def probe(self, tps: list[TP]) -> Optional[Probe]:
-        """The group's committed offsets and the partitions' ends, or None when the broker does not answer."""
+        """The group's committed offsets and the partitions' ends, or None when the broker does not answer.
+
+        Three requests whatever the number of partitions: the committed offsets, the ends of all of them, and the
+        starts of those with nothing committed (a watermark query a partition would be two requests each: some 24
+        a second for a worker's sixty partitions, every five seconds for as long as it runs)."""
         from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
 
         if self._consumer is None:
             self._consumer = Consumer({**self.conf, "group.id": self.group, "enable.auto.commit": False,
                                        "log_level": 0})
-        c = self._consumer
+            self._admin = AdminClient({**self.conf, "log_level": 0})
         try:
             committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in c.committed([TopicPartition(t, p) for t, p in tps], timeout=self.timeout_s)}
-            starts, ends = {}, {}
-            for t, p in tps:
-                starts[(t, p)], ends[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=self.timeout_s,
-                                                                       cached=False)
+                         for tp in self._consumer.committed([TopicPartition(t, p) for t, p in tps],
+                                                            timeout=self.timeout_s)}
+            ends = self._offsets(tps, OffsetSpec.latest())
+            starts = self._offsets([tp for tp in tps if committed.get(tp, -1) < 0], OffsetSpec.earliest())
             return Probe(committed, ends, starts)
         except Exception as exc:  # noqa: BLE001 - an unreachable broker is not a stall
             log.debug("watchdog probe failed: %s", exc)
             return None
+
+    def _offsets(self, tps: list[TP], spec) -> dict[TP, int]:
+        """One ListOffsets request (a broker) for all of ``tps``: their offsets at ``spec``."""
+        from confluent_kafka import TopicPartition
+
+        if not tps:
+            return {}
+        futures = self._admin.list_offsets({TopicPartition(t, p): spec for t, p in tps},
+                                           request_timeout=self.timeout_s)
+        return {(tp.topic, tp.partition): f.result(timeout=self.timeout_s).offset for tp, f in futures.items()}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

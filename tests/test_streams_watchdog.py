@@ -108,6 +108,24 @@ def test_against_the_broker_a_group_behind_with_a_still_offset_is_stalled_and_on
         idle.stop()
 
 
+def test_a_probe_reads_the_committed_offsets_the_ends_and_the_starts_of_what_has_nothing_committed(kafka, unique):
+    """One probe of several partitions against the broker: the ends of all of them, the starts only where the group
+    has committed nothing, and the partitions with records past what is done."""
+    some, none, empty = f"{unique}-some", f"{unique}-none", f"{unique}-empty"
+    _topic(kafka, some, 7)
+    _topic(kafka, none, 4)
+    _topic(kafka, empty, 0)
+    _commit(kafka, f"{unique}-g", some, 3)
+    dog = Watchdog({"bootstrap.servers": kafka.bootstrap}, f"{unique}-g", 60.0, assigned=lambda: [],
+                   recovering=lambda: False, on_stall=lambda *a: None)
+    got = dog.probe([(some, 0), (none, 0), (empty, 0)])
+    assert got is not None
+    assert got.committed == {(some, 0): 3, (none, 0): -1001, (empty, 0): -1001}
+    assert got.ends == {(some, 0): 7, (none, 0): 4, (empty, 0): 0}
+    assert got.starts == {(none, 0): 0, (empty, 0): 0}
+    assert got.waiting() == [(none, 0), (some, 0)]
+
+
 def test_starting_again_keeps_the_process_id_its_command_line_and_counts_the_restarts(tmp_path):
     code = ("import os, sys\n"
             "from streams.watchdog import start_again\n"
