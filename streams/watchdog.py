@@ -108,7 +108,8 @@ class Watchdog:
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="yrdbus-watchdog", daemon=True)
-        self._admin = None     # the watchdog's own Kafka client
+        self._consumer = None
+        self._admin = None
         self.probes = 0          # probes decided so far
 
     def start(self) -> "Watchdog":
@@ -122,19 +123,20 @@ class Watchdog:
     def probe(self, tps: list[TP]) -> Optional[Probe]:
         """The group's committed offsets and the partitions' ends, or None when the broker does not answer.
 
-        Three requests of one admin client whatever the number of partitions: the committed offsets, the ends of
-        all of them, and the starts of those with nothing committed (a watermark query a partition would be two
-        requests each: some 24 a second for a worker's sixty partitions, every five seconds for as long as it runs)."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        Three requests whatever the number of partitions: the committed offsets, the ends of all of them, and the
+        starts of those with nothing committed (a watermark query a partition would be two requests each: some 24
+        a second for a worker's sixty partitions, every five seconds for as long as it runs)."""
+        from confluent_kafka import Consumer, TopicPartition
         from confluent_kafka.admin import AdminClient, OffsetSpec
 
-        if self._admin is None:
+        if self._consumer is None:
+            self._consumer = Consumer({**self.conf, "group.id": self.group, "enable.auto.commit": False,
+                                       "log_level": 0})
             self._admin = AdminClient({**self.conf, "log_level": 0})
         try:
-            asked = ConsumerGroupTopicPartitions(self.group, [TopicPartition(t, p) for t, p in tps])
-            answer = self._admin.list_consumer_group_offsets([asked], request_timeout=self.timeout_s)[self.group]
             committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in answer.result(timeout=self.timeout_s).topic_partitions}
+                         for tp in self._consumer.committed([TopicPartition(t, p) for t, p in tps],
+                                                            timeout=self.timeout_s)}
             ends = self._offsets(tps, OffsetSpec.latest())
             starts = self._offsets([tp for tp in tps if committed.get(tp, -1) < 0], OffsetSpec.earliest())
             return Probe(committed, ends, starts)
