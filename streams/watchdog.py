@@ -130,6 +130,9 @@ class Watchdog:
         from confluent_kafka.admin import AdminClient, OffsetSpec
 
         if self._consumer is None:
+            # The committed offsets through a consumer, not the admin client: librdkafka's admin requests to a
+            # group coordinator abort the process when its connection drops (librdkafka issue #3663, fix proposed
+            # in PR #5397); seen here as a worker killed by an assertion when a broker of three was killed.
             self._consumer = Consumer({**self.conf, "group.id": self.group, "enable.auto.commit": False,
                                        "log_level": 0})
             self._admin = AdminClient({**self.conf, "log_level": 0})
