@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.watchdog import Probe, StallClock, Watchdog
@@ -69,10 +69,25 @@ def _topic(kafka, name: str, records: int) -> None:
     assert p.flush(30) == 0
 
 
+#: errors the protocol says to retry: the group's coordinator is loading or moving
+_COORDINATOR_MOVING = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                       KafkaError.NOT_COORDINATOR}
+
+
 def _commit(kafka, group: str, topic: str, offset: int) -> None:
+    """The group's offset committed. A young broker answers "coordinator load in progress" (a retriable error)
+    while it loads the offsets topic: the commit is asked again until the broker takes it."""
     c = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group, "enable.auto.commit": False})
+    deadline = time.monotonic() + 60
     try:
-        c.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+        while True:
+            try:
+                c.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+                return
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_MOVING or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         c.close()
 
