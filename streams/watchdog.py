@@ -109,7 +109,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="yrdbus-watchdog", daemon=True)
         self._consumer = None
-        self._admin = None
+        self._offsets = None
         self.probes = 0          # probes decided so far
 
     def start(self) -> "Watchdog":
@@ -127,7 +127,8 @@ class Watchdog:
         starts of those with nothing committed (a watermark query a partition would be two requests each: some 24
         a second for a worker's sixty partitions, every five seconds for as long as it runs)."""
         from confluent_kafka import Consumer, TopicPartition
-        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        from schemas.offsets import OffsetsReader
 
         if self._consumer is None:
             # The committed offsets through a consumer, not the admin client: librdkafka's admin requests to a
@@ -135,27 +136,19 @@ class Watchdog:
             # in PR #5397); seen here as a worker killed by an assertion when a broker of three was killed.
             self._consumer = Consumer({**self.conf, "group.id": self.group, "enable.auto.commit": False,
                                        "log_level": 0})
-            self._admin = AdminClient({**self.conf, "log_level": 0})
+            self._offsets = OffsetsReader(self.conf, self.timeout_s)
         try:
             committed = {(tp.topic, tp.partition): tp.offset
                          for tp in self._consumer.committed([TopicPartition(t, p) for t, p in tps],
                                                             timeout=self.timeout_s)}
-            ends = self._offsets(tps, OffsetSpec.latest())
-            starts = self._offsets([tp for tp in tps if committed.get(tp, -1) < 0], OffsetSpec.earliest())
+            # the ends and starts through an admin client, made again after a failure (schemas/offsets.py: a
+            # request left with a dead leader had the client reconnecting to it in a tight loop)
+            ends = self._offsets.ends(tps)
+            starts = self._offsets.starts([tp for tp in tps if committed.get(tp, -1) < 0])
             return Probe(committed, ends, starts)
         except Exception as exc:  # noqa: BLE001 - an unreachable broker is not a stall
             log.debug("watchdog probe failed: %s", exc)
             return None
-
-    def _offsets(self, tps: list[TP], spec) -> dict[TP, int]:
-        """One ListOffsets request (a broker) for all of ``tps``: their offsets at ``spec``."""
-        from confluent_kafka import TopicPartition
-
-        if not tps:
-            return {}
-        futures = self._admin.list_offsets({TopicPartition(t, p): spec for t, p in tps},
-                                           request_timeout=self.timeout_s)
-        return {(tp.topic, tp.partition): f.result(timeout=self.timeout_s).offset for tp, f in futures.items()}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

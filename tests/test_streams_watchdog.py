@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -139,6 +141,28 @@ def test_a_probe_reads_the_committed_offsets_the_ends_and_the_starts_of_what_has
     assert got.ends == {(some, 0): 7, (none, 0): 4, (empty, 0): 0}
     assert got.starts == {(none, 0): 0, (empty, 0): 0}
     assert got.waiting() == [(none, 0), (some, 0)]
+
+
+def test_offsets_of_many_partitions_come_in_one_read_and_a_failed_read_leaves_its_client_behind(kafka, unique):
+    """schemas.offsets: the ends and starts of several partitions at once; a partition that fails is raised, or left
+    out when a partial answer will do, and the client that failed is not used again (librdkafka's admin client
+    reconnects to a dead leader in a tight loop while a request for it waits)."""
+    from schemas.offsets import OffsetsReader
+
+    some, none = f"{unique}-some", f"{unique}-none"
+    _topic(kafka, some, 5)
+    _topic(kafka, none, 0)
+    reader = OffsetsReader({"bootstrap.servers": kafka.bootstrap}, timeout_s=10)
+    assert reader.ends([(some, 0), (none, 0)]) == {(some, 0): 5, (none, 0): 0}
+    assert reader.starts([(some, 0)]) == {(some, 0): 0}
+    first = reader._admin
+    missing = (some, 7)                        # the topic has one partition
+    with pytest.raises(KafkaException, match="UNKNOWN_PARTITION"):
+        reader.ends([(some, 0), missing])
+    assert reader._admin is None
+    assert reader.ends([(some, 0), missing], partial=True) == {(some, 0): 5}
+    assert reader.ends([(none, 0)]) == {(none, 0): 0}
+    assert reader._admin is not None and reader._admin is not first
 
 
 def test_starting_again_keeps_the_process_id_its_command_line_and_counts_the_restarts(tmp_path):
