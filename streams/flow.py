@@ -177,6 +177,9 @@ class FlowSurge:
         self.cooldown_ms = rs.hours_ms("flow_surge", "cooldown_hours")
         self.delay_ms = rs.allowed_delay_ms()
         self._expected: dict = {}
+        # the keys of ``partials`` set or deleted since the stage last wrote them: each is a table key of its own
+        # (regional_stage.FLOW_PARTIAL), so a count read writes its own few bytes, not the section's 50 KB
+        self.dirty: set[str] = set()
         hm = rs["heightened_mode"]
         self.ratio_floor = float(hm["min_ratio_floor"])
         self.count_floor = float(hm["min_count_floor"])
@@ -211,6 +214,8 @@ class FlowSurge:
 
     #: whether the last partial ``on_partial`` read was the count already held (its state unchanged)
     unchanged = False
+    #: whether it changed anything beyond ``partials`` (the rest of the section is written only then)
+    meta_changed = False
 
     def on_partial(self, state: dict, ev: dict, hm_state: dict | None = None) -> list:
         """Keep a partition's count of a (port, hour), replacing what it sent before for them. A count of an hour
@@ -218,7 +223,9 @@ class FlowSurge:
         delay, at the stage's next tick or judging (``judge_late``: once for all the hours changed in between);
         an older one is kept and counted in ``beyond_delay``."""
         self.unchanged = False
+        self.meta_changed = False
         if ev.get("progress"):
+            self.meta_changed = True
             part = str(ev["partition"])
             state.setdefault("progress", {})[part] = max(ev["hour"], state["progress"].get(part, ev["hour"]))
             state["partitions"] = max(int(ev.get("partitions") or 1), state.get("partitions") or 1)
@@ -233,12 +240,15 @@ class FlowSurge:
             return []
         state["partials"][key] = parts
         parts[str(ev["partition"])] = int(ev["count"])
+        self.dirty.add(key)
         first = state["first_hour"]
         if first is None or ev["hour"] < first:
             state["first_hour"] = ev["hour"]
+            self.meta_changed = True
         judged = state.get("judged")
         if judged is None or ev["hour"] > judged:
             return []
+        self.meta_changed = True
         if (ev["hour"] + 1) * HOUR - 1 < (state.get("wm") or 0) - self.delay_ms:
             state["beyond_delay"] = state.get("beyond_delay", 0) + 1
             return []
@@ -463,6 +473,7 @@ class FlowSurge:
         oldest = judged - self.delay_ms // HOUR - 1
         for key in [k for k in state["partials"] if int(k.rsplit("|", 1)[1]) < oldest]:
             del state["partials"][key]
+            self.dirty.add(key)
         for hist in state["history"].values():
             for h in [h for h in hist if int(h) < oldest - self.scale_h]:
                 del hist[h]

@@ -15,7 +15,8 @@ from schemas.eventtime import EventTimeBounds
 from schemas.settings import get_settings
 from streams import ruleset
 from streams.decoding import PlainDecoder
-from streams.regional_stage import RegionalStage
+from streams.flow import FlowSurge
+from streams.regional_stage import FLOW_PARTIAL, RegionalStage
 from streams.subject_stage import upstream_key
 
 pytestmark = pytest.mark.unit   # no Java, Kafka or ClickHouse: `make unit`
@@ -135,11 +136,13 @@ def test_after_a_restart_an_upstream_no_tick_names_is_held_back_though_no_tick_e
 def test_a_flow_count_the_stage_already_holds_writes_nothing():
     """After a restart the subject stage sends every passed hour's count again (it does not know what it sent
     after its state was last written): one the regional stage holds already changes nothing and writes nothing
-    to the changelog; a new count of the same hour is written."""
+    to the changelog; a new count of the same hour is written, as that count's own key: the flow section's rest
+    (days of history, some 50 KB) is not written again for it."""
     feed = Feed()
     partial = {"_kind": "flow_partial", "port": "PVG", "hour": T0 // HOUR, "partition": 0, "count": 7,
                "occurred_at": T0 + HOUR - 1}
     headers = {"yrd-via": upstream_key("subjects", 0)}
+    key = f"{FLOW_PARTIAL}PVG|{T0 // HOUR}"
 
     def send(count: int):
         step = feed.stage.step(json.dumps({**partial, "count": count}).encode(), headers, "streams.regional",
@@ -147,8 +150,35 @@ def test_a_flow_count_the_stage_already_holds_writes_nothing():
         feed.write(step)
         return step
 
-    assert "flow" in send(7).writes
+    first = send(7).writes
+    assert first[key] == {"0": 7} and first["flow"]["first_hour"] == T0 // HOUR and "partials" not in first["flow"]
     again = send(7)
-    assert "flow" not in again.writes and again.outs == []
-    assert "flow" in send(8).writes
-    assert feed.stage.table["flow"]["partials"][f"PVG|{T0 // HOUR}"] == {"0": 8}
+    assert key not in again.writes and "flow" not in again.writes and again.outs == []
+    assert send(8).writes == {key: {"0": 8}}
+    assert feed.stage.table[key] == {"0": 8}
+    # started again on what it wrote: the count is the stage's again
+    feed.stage = RegionalStage(feed.rs, feed.stage.decoder, feed.stage.bounds, feed.stage.table)
+    feed.stage.assigned(UPSTREAMS)
+    assert send(8).writes == {} and feed.stage.state["flow"]["partials"][f"PVG|{T0 // HOUR}"] == {"0": 8}
+
+
+def test_a_flow_section_written_with_its_partials_inline_is_read_and_written_as_keys_of_their_own():
+    """A regional table an older worker wrote holds the flow partials inside the flow section: the stage reads
+    them, and its next write gives each its own key and the section without them."""
+    feed = Feed()
+    hour = T0 // HOUR
+    older = {**FlowSurge.new_state(), "first_hour": hour,
+             "partials": {f"PVG|{hour}": {"0": 7}, f"SHA|{hour}": {"1": 2}}}
+    feed.stage.table["flow"] = older
+    feed.stage.assigned(UPSTREAMS)
+    partial = {"_kind": "flow_partial", "port": "PVG", "hour": hour, "partition": 0, "count": 8,
+               "occurred_at": T0 + HOUR - 1}
+    step = feed.stage.step(json.dumps(partial).encode(), {"yrd-via": upstream_key("subjects", 0)},
+                           "streams.regional", EPOCH_S + feed.now)
+    feed.write(step)
+    assert step.writes[f"{FLOW_PARTIAL}PVG|{hour}"] == {"0": 8}
+    assert step.writes[f"{FLOW_PARTIAL}SHA|{hour}"] == {"1": 2}
+    assert "partials" not in step.writes["flow"] and step.writes["flow"]["first_hour"] == hour
+    again = RegionalStage(feed.rs, feed.stage.decoder, feed.stage.bounds, feed.stage.table)
+    again.assigned(UPSTREAMS)
+    assert again._state()["flow"]["partials"] == {f"PVG|{hour}": {"0": 8}, f"SHA|{hour}": {"1": 2}}

@@ -262,11 +262,13 @@ def plan_watermark_repair(tables: dict[str, dict], bounds) -> list[dict]:
     deleted, a tombstone), in table, key order.
     Repaired: the upstreams' largest event times (regional["watermark"], flowcounts[p]["wm"] and ["sources"]);
     the judged-up-to marks (regional["trend"]["judged"], regional["flow"]["judged"] and ["progress"],
-    flowcounts[p]["progress"]); first-hour marks, hourly counts (flowcounts["<p>|<port>|<hour>"] deleted) and
-    cooldown times dated beyond the limit. Not
-    repaired: what a judgement at a forged watermark pruned (those hours' counts and windows are gone), state
-    other than these keys (subjects, fraud, conveyance, heightened, vessels).
+    flowcounts[p]["progress"]); first-hour marks, hourly counts (flowcounts["<p>|<port>|<hour>"] and
+    regional["flow:<port>|<hour>"] deleted) and cooldown times dated beyond the limit. Not repaired: what a
+    judgement at a forged watermark pruned (those hours' counts and windows are gone), state other than these keys
+    (subjects, fraud, conveyance, heightened, vessels).
     """
+    from streams.regional_stage import FLOW_PARTIAL
+
     now_ms = int(bounds.clock() * 1000)
     repairs = []
     for table in REPAIRED_TABLES:
@@ -276,6 +278,11 @@ def plan_watermark_repair(tables: dict[str, dict], bounds) -> list[dict]:
             if table == "flowcounts" and "|" in key:
                 # one count (``<partition>|<port>|<hour>``): one of an hour beyond the limit is deleted
                 if f.hours({key.split("|", 1)[1]: value}, "count", _port_hour) == {}:
+                    repairs.append({"table": table, "key": key, "value": None, "changes": f.changes})
+                continue
+            if table == "regional" and key.startswith(FLOW_PARTIAL):
+                # one flow partial (``flow:<port>|<hour>``): one of an hour beyond the limit is deleted
+                if f.hours({key[len(FLOW_PARTIAL):]: value}, "flow partial", _port_hour) == {}:
                     repairs.append({"table": table, "key": key, "value": None, "changes": f.changes})
                 continue
             if not isinstance(value, dict):
