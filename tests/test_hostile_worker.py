@@ -37,6 +37,7 @@ from streams.evaluate import read_alerts_topic
 from streams.event_time import Watermark
 from streams.flow import FlowCounter, FlowSurge
 from streams.regional import RegionalRules
+from streams.regional_stage import FLOW_PARTIAL
 from streams.trends import Trends
 from yrdbus.cli_streams import changelog_topic, plan_watermark_repair, read_changelog, write_changelog
 
@@ -144,6 +145,11 @@ def _poisoned_state(now: int):
     assert state["trend"]["judged"] > _ms(9999) // HOUR - 2 and state["flow"]["judged"] > _ms(9999) // HOUR - 200
     state["trend"]["raised"]["x"] = {"alert_id": "x", "kind": "TREND_RISING", "occurred_at": _ms(9999)}
     regional = {sec: state[sec] for sec in ("trend", "flow", "fraud")}
+    # as the regional stage keeps them: each flow count under its own key (one of the forged hour, one in bounds)
+    regional["flow"] = {k: v for k, v in state["flow"].items() if k != "partials"}
+    regional.update({f"{FLOW_PARTIAL}{k}": v for k, v in state["flow"]["partials"].items()})
+    regional[f"{FLOW_PARTIAL}PVG|{_ms(9999) // HOUR}"] = {"0": 3}
+    regional[f"{FLOW_PARTIAL}PVG|{(now - 2 * HOUR) // HOUR}"] = {"0": 1}
     regional[WATERMARK_KEY] = {"subjects|0": _ms(9999), "border.SH.alert|1": now - 3 * HOUR,
                                "border.JS.case|0": _ms(1000)}
     # as the subject stage keeps them: each count under its own key, the rest under the partition's
@@ -162,8 +168,12 @@ def test_the_repair_command_s_plan_clamps_a_poisoned_state_and_the_stage_judges_
     by = {(r["table"], r["key"]): r for r in repairs}
     forged = [k for k in tables["flowcounts"] if "|" in k and int(k.rsplit("|", 1)[1]) > now // HOUR]
     assert len(forged) == 1 and len(tables["flowcounts"]) == 3
+    partials = [k for k in tables["regional"] if k.startswith(FLOW_PARTIAL)]
+    forged_partial = [k for k in partials if int(k.rsplit("|", 1)[1]) > now // HOUR]
+    assert len(forged_partial) == 1 and len(partials) == 2
     assert set(by) == {("regional", "watermark"), ("regional", "trend"), ("regional", "flow"), ("flowcounts", "0"),
-                       ("flowcounts", forged[0])}
+                       ("flowcounts", forged[0]), ("regional", forged_partial[0])}
+    assert by["regional", forged_partial[0]]["value"] is None
     cap = (now + 5 * MIN) // HOUR - 1      # the last hour that ends by now + skew
     assert by["regional", "watermark"]["value"] == {"border.SH.alert|1": now - 3 * HOUR}
     trend, flow, fc = by["regional", "trend"]["value"], by["regional", "flow"]["value"], by["flowcounts", "0"]["value"]
@@ -179,14 +189,15 @@ def test_the_repair_command_s_plan_clamps_a_poisoned_state_and_the_stage_judges_
     assert ("regional", "fraud") not in by
     # repaired, the stage judges the next hours as its watermark passes them; poisoned, it judged nothing more
     later = now + 3 * HOUR
-    poisoned = json.loads(json.dumps(tables["regional"]))
+    poisoned = json.loads(json.dumps({k: v for k, v in tables["regional"].items() if k in ("trend", "flow", "fraud")}))
     repaired = json.loads(json.dumps({**poisoned, "trend": trend, "flow": flow}))
     for st, judged in ((poisoned, tables["regional"]["trend"]["judged"]), (repaired, later // HOUR - 1)):
         full = {**RegionalRules(ruleset.default()).new_state(), **st}
         rr.on_watermark(full, later)
         assert full["trend"]["judged"] == judged
     # a repaired state needs no second repair; a clean one none at all
-    again = {"regional": {**tables["regional"], **{k: r["value"] for (t, k), r in by.items() if t == "regional"}},
+    again = {"regional": {k: v for k, v in {**tables["regional"], **{k: r["value"] for (t, k), r in by.items()
+                                                                       if t == "regional"}}.items() if v is not None},
              "flowcounts": {"0": fc, **{k: v for k, v in tables["flowcounts"].items() if k not in ("0", forged[0])}}}
     assert plan_watermark_repair(again, bounds) == []
     assert plan_watermark_repair({"regional": {"trend": Trends.new_state(), "flow": FlowSurge.new_state()},
