@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     sink_group: str = Field("yrdbus-sink", description="Consumer group of the ClickHouse sink.")
     sink_batch_rows: int = Field(50_000, ge=1, description="The sink inserts a table's batch when it holds this many rows ...")
     sink_batch_age_s: float = Field(1.0, gt=0, description="... or when its oldest row waited this long (seconds).")
+    sink_rejoin_s: float = Field(60.0, ge=0, description="A sink out of its consumer group this long (seconds) while "
+                                 "the broker answers replaces its consumer (librdkafka can stay without a group "
+                                 "coordinator after an outage); 0: never.")
 
     # --- schemas -----------------------------------------------------------
     schema_registry_port: int = Field(

@@ -136,6 +136,49 @@ def test_sink_waits_while_clickhouse_refuses_inserts_and_catches_up_without_loss
         assert (n, distinct) == (sent[kind], sent[kind]), kind
 
 
+class CutOffSink(Sink):
+    """A sink whose first consumer never reaches a group coordinator (its bootstrap is a port nobody listens on)
+    while its producer talks to the broker: the state librdkafka was seen to stay in after a broker outage (out of
+    the group, "no broker available for coordinator query", for minutes)."""
+
+    def __init__(self, *args, dead_bootstrap: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dead_bootstrap = dead_bootstrap
+        self.consumers = 0
+
+    def _consumer_config(self) -> dict:
+        conf = super()._consumer_config()
+        self.consumers += 1
+        if self.consumers == 1:
+            conf["bootstrap.servers"] = self.dead_bootstrap
+        return conf
+
+
+def test_a_sink_out_of_its_group_while_the_broker_answers_joins_again_with_a_new_consumer(kafka, ch, unique):
+    client, db = ch
+    migrate(client, Target(database=db))
+    prefix = f"{unique}."
+    sent = publish(kafka.bootstrap, prefix, scale=0.05, bad=False)
+    sink = CutOffSink(bootstrap=kafka.bootstrap, client=client, database=db, group=unique, prefix=prefix,
+                      batch_rows=200, rejoin_s=3.0, dead_bootstrap=f"127.0.0.1:{free_port()}")
+    runner = threading.Thread(target=sink.run, kwargs={"duration": 120}, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if all(client.query(count_sql(k, db)).result_rows[0][1] >= n for k, n in sent.items()):
+                break
+            time.sleep(0.5)
+    finally:
+        sink.stop()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert sink.stats["new_consumers"] == 1 and sink.consumers == 2, sink.stats   # one replacement, not a loop
+    for kind, table in TABLES.items():
+        n, distinct = client.query(count_sql(kind, db)).result_rows[0]
+        assert (n, distinct) == (sent[kind], sent[kind]), kind
+
+
 def _start_sink(env: dict, prefix: str, group: str, crash_after_inserts: int | None = None) -> subprocess.Popen:
     """`yrdbus sink`; with ``crash_after_inserts``, under the test kit's harness, which SIGKILLs it after that many
     inserts (each before its offsets are committed)."""

@@ -132,7 +132,8 @@ def _serve(sink: bool, duration: float | None, no_serve: bool, group: str | None
             worker = Sink(bootstrap=s.bootstrap, client=client, database=database,
                           embedded=store.is_embedded(s.clickhouse_url), group=group or s.sink_group,
                           prefix=prefix, batch_rows=s.sink_batch_rows, batch_age_s=s.sink_batch_age_s,
-                          registry_url=s.schema_registry_url, event_time=EventTimeBounds.from_settings(s))
+                          registry_url=s.schema_registry_url, event_time=EventTimeBounds.from_settings(s),
+                          rejoin_s=s.sink_rejoin_s)
             stopper["stop"] = worker.stop
             typer.echo(f"sink: {s.bootstrap} -> {store.describe(s.clickhouse_url)} database {database}, "
                        f"group {group or s.sink_group}", err=True)

@@ -2,8 +2,12 @@
 
 One confluent-kafka consumer reads the source topics, ``alerts.derived``, ``trends``, ``risk.scores`` and
 every ``dlq.*`` topic. Records are batched per table and inserted when a batch holds
-``sink_batch_rows`` rows or its oldest row has waited ``sink_batch_age_s``. Offsets are committed
-(synchronously) only after the batch's insert succeeded.
+``sink_batch_rows`` rows or its oldest row has waited ``sink_batch_age_s``. Offsets are committed only
+after the batch's insert succeeded, asynchronously: the main loop goes on polling, so it serves the rebalance
+a session timeout starts. (A synchronous commit sent as the broker shut down was retried by librdkafka while
+it waited for a coordinator; the session timed out meanwhile, and the revoke it handed to the application
+was never served by a main loop blocked in that commit: the sink left its group for good.) A commit that
+fails is logged; the batch log replays what it covered (below), so it doubles nothing.
 
 **Nothing doubled.** Each batch is a set of offset ranges, one per partition, and a partition feeds one
 table, so batches of one partition follow each other without overlap. Before inserting, the sink writes
@@ -32,6 +36,12 @@ allows is so stored in parts, and a single record the store refuses is dead-lett
 error (``refused_by_store``) while its neighbours are stored. The split is a function of the batch's
 records only, so a replay after a crash in the middle of it builds the same parts under the same tokens,
 and ClickHouse drops the parts that were in.
+
+**A group that does not come back.** librdkafka can stay without a group coordinator after a broker outage
+(it finds no broker to ask, librdkafka PR #3847): the sink, out of its group, would wait for ever. A sink
+that has held no assignment for ``rejoin_s`` (``YRDBUS_SINK_REJOIN_S``, 60 s) while the broker answers its
+producer replaces its consumer with a new one, which joins the group from the committed offsets and the
+batch log, as a restarted sink does.
 
 **Rebalances.** The rebalance callbacks run inside ``consume()``: they only record what happened
 (librdkafka must not be re-entered from them, see shared PITFALLS). A revoke drops the batches of the
@@ -75,6 +85,8 @@ CONSUMER_LAG = Gauge("yrdbus_sink_consumer_lag_messages", "Messages behind the e
                      ["topic", "partition"])
 DEAD_LETTERED = Counter("yrdbus_sink_dead_letters_total", "Records the sink sent to a dead-letter topic.",
                         ["source_topic"])
+NEW_CONSUMERS = Counter("yrdbus_sink_new_consumers_total",
+                        "Consumers replaced after the sink was out of its group while the broker answered.")
 REPLAYED = Counter("yrdbus_sink_replayed_batches_total", "Logged batches rebuilt and re-inserted after a restart.")
 SPLIT_INSERTS = Counter("yrdbus_sink_split_inserts_total",
                         "Inserts of part of a batch the store refused as a whole for its data, by table.", ["table"])
@@ -386,6 +398,13 @@ class Store:
         return out
 
 
+def _close_quietly(consumer) -> None:
+    try:
+        consumer.close()
+    except Exception as exc:  # noqa: BLE001 - a consumer already replaced
+        log.debug("closing a replaced consumer: %s", exc)
+
+
 def _literal(v) -> str:
     if isinstance(v, (int, float)):
         return str(v)
@@ -429,7 +448,7 @@ class Sink:
                  group: str = "yrdbus-sink", prefix: str = "", batch_rows: int = 50_000,
                  batch_age_s: float = 1.0, registry_url: str | None = None, consume_batch: int = 10_000,
                  kafka_config: dict | None = None,
-                 event_time: EventTimeBounds | None = None):
+                 event_time: EventTimeBounds | None = None, rejoin_s: float = 60.0):
         from schemas.kafka_config import kafka_security
 
         self.bootstrap = bootstrap
@@ -462,12 +481,15 @@ class Sink:
         self._skip: dict[tuple[str, int], int] = {}     # partition -> offset below which records were replayed
         self._paused = False
         self._assigned = False
+        self.rejoin_s = rejoin_s                         # out of the group this long, the broker up: a new consumer
+        self._out_since: float | None = time.monotonic()  # since when the consumer holds no assignment (None: holds)
+        self._probed_at = 0.0
         self._last_record = time.monotonic()
         self._codec = None
         self.consumer = None
         self.producer = None
         self.stats = {"rows": 0, "batches": 0, "dead_lettered": 0, "replayed": 0, "failures": 0,
-                      "split_inserts": 0, "refused_rows": 0}
+                      "split_inserts": 0, "refused_rows": 0, "commit_failures": 0, "new_consumers": 0}
         self.first_record_at: float | None = None   # monotonic time of the first record, and of the last commit
         self.last_commit_at: float | None = None
         self.last_error: str | None = None
@@ -501,6 +523,7 @@ class Sink:
             "session.timeout.ms": 10_000,
             "statistics.interval.ms": 5_000,
             "stats_cb": self._on_stats,
+            "on_commit": self._on_commit,
             **self.kafka_config,
             # The eager protocol: a revoke takes every partition, so dropping the revoked partitions' batches
             # (_on_revoke) never leaves a partition of ours behind its fetch position.
@@ -513,9 +536,46 @@ class Sink:
         self.producer = Producer({"bootstrap.servers": self.bootstrap, **self.kafka_config,
                                   "enable.idempotence": True, "acks": "all",
                                   "linger.ms": 20})
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        from confluent_kafka import Consumer
+
         self.consumer = Consumer(self._consumer_config())
+        self._out_since = time.monotonic()
         named, pattern = T.sink_topics(self.prefix)
         self.consumer.subscribe(named + [pattern], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _rejoin_if_stuck(self) -> None:
+        """Out of the group for ``rejoin_s`` while the broker answers: close the consumer (in a thread of its own,
+        as its close may wait on the group it cannot reach) and subscribe a new one."""
+        now = time.monotonic()
+        if self._out_since is None or not self.rejoin_s or now - self._out_since < self.rejoin_s \
+                or now - self._probed_at < 5.0:
+            return
+        self._probed_at = now
+        try:
+            self.producer.list_topics(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - the broker is away: waiting for it is right
+            log.info("out of the consumer group for %.0f s; the broker does not answer either: %s",
+                     now - self._out_since, _first_line(exc, 200))
+            return
+        log.error("out of the consumer group for %.0f s while the broker answers: a new consumer joins it (the "
+                  "old one's close goes on in the background)", now - self._out_since)
+        old = self.consumer
+        self._forget_all()
+        threading.Thread(target=_close_quietly, args=(old,), name="yrdbus-sink-old-consumer", daemon=True).start()
+        self.stats["new_consumers"] += 1
+        NEW_CONSUMERS.inc()
+        self._subscribe()
+
+    def _forget_all(self) -> None:
+        """Drop every batch and record read and not written (the new consumer reads them again, or replays them
+        from the batch log), as a revoke of every partition does."""
+        for batch in [*self._batches.values(), *self._ready]:
+            batch.abandoned = True
+        self._batches, self._ready, self._backlog = {}, [], []
+        self._unchecked, self._skip, self._paused = set(), {}, False
 
     def run(self, *, duration: float | None = None, idle_exit_s: float | None = None) -> dict:
         """Consume until ``stop()``, ``duration`` seconds, or ``idle_exit_s`` seconds without a record."""
@@ -526,6 +586,8 @@ class Sink:
             while not self._stop.is_set():
                 if duration is not None and time.monotonic() - started >= duration:
                     break
+                if self._out_since is not None:
+                    self._rejoin_if_stuck()
                 if self._unchecked:
                     self._check_assigned()   # replays what the batch log holds for them, before reading them
                     continue
@@ -907,9 +969,21 @@ class Sink:
         if not offsets or self.consumer is None:
             return
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=True)   # its outcome: _on_commit
         except Exception as exc:  # e.g. partitions revoked meanwhile: the next owner replays, deduplicated
+            self.stats["commit_failures"] += 1
             log.warning("commit of %s failed: %s", batch.table, exc)
+
+    def _on_commit(self, err, partitions) -> None:
+        """A commit's outcome (inside consume()). A failed one is replayed from the batch log by whoever reads the
+        partitions next, deduplicated, so it is only said."""
+        if err is None:
+            failed = [tp for tp in partitions or [] if tp.error is not None]
+            if not failed:
+                return
+            err = failed[0].error
+        self.stats["commit_failures"] += 1
+        log.warning("offset commit failed (%d partition(s)): %s", len(partitions or []), err)
 
     # ------------------------------------------------------------------ waiting while the store is away
     def _pause(self) -> None:
@@ -948,6 +1022,9 @@ class Sink:
         """Runs inside consume(): only records. The revoked partitions' batches are dropped, written or not
         (a logged batch is replayed by the next owner, an unlogged one was not inserted), and so are the
         records read from them and not yet batched."""
+        if consumer is not self.consumer:
+            return                    # the consumer a new one replaced, closing in the background
+        self._out_since = time.monotonic()
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         for batch in [*self._batches.values(), *self._ready, *self._in_flight]:
             if revoked & batch.ranges.keys():
@@ -962,6 +1039,9 @@ class Sink:
     def _on_assign(self, consumer, partitions) -> None:
         """Runs inside consume(): only records. The main loop checks these partitions against the batch log
         (``_check_assigned``) before it reads them."""
+        if consumer is not self.consumer:
+            return
+        self._out_since = None
         self._last_record = time.monotonic()  # idle time counts from the assignment, not from the start
         self._assigned = True
         self._unchecked |= {(tp.topic, tp.partition) for tp in partitions}
