@@ -111,6 +111,8 @@ class Watchdog:
         self._consumer = None
         self._offsets = None
         self.probes = 0          # probes decided so far
+        self.failed = 0          # probes in a row the broker did not answer
+        self._why: Optional[str] = None   # what kept the last probe from counting, as logged
 
     def start(self) -> "Watchdog":
         log.info("watchdog: the worker starts again after %.0f s with records waiting and no commit", self.clock.stall_s)
@@ -147,7 +149,10 @@ class Watchdog:
             starts = self._offsets.starts([tp for tp in tps if committed.get(tp, -1) < 0])
             return Probe(committed, ends, starts)
         except Exception as exc:  # noqa: BLE001 - an unreachable broker is not a stall
-            log.debug("watchdog probe failed: %s", exc)
+            self.failed += 1
+            if self.failed == 1 or self.failed % 12 == 0:
+                log.info("watchdog: the broker did not answer the probe (%d in a row): %s", self.failed,
+                         str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
             return None
 
     def _run(self) -> None:
@@ -155,7 +160,17 @@ class Watchdog:
             try:
                 tps = sorted(set(self.assigned()))
                 probe = self.probe(tps) if tps else Probe({}, {})
-                stalled = self.clock.observe(time.monotonic(), tps, probe, self.recovering())
+                if probe is not None and self.failed:
+                    log.info("watchdog: the broker answers the probe again after %d failed", self.failed)
+                    self.failed = 0
+                recovering = self.recovering()
+                why = "recovering" if recovering and probe is not None else None
+                if why != self._why:
+                    # a worker recovering its tables commits nothing and is not judged: say so, and when it ends
+                    log.info("watchdog: %s", "the worker recovers its tables; not judged meanwhile" if why
+                             else "judging the worker's progress again")
+                    self._why = why
+                stalled = self.clock.observe(time.monotonic(), tps, probe, recovering)
                 self.probes += 1
                 if stalled:
                     self.on_stall(self.clock.waiting, self.clock.stall_s)
