@@ -161,9 +161,13 @@ class RekeyTracker:
     ``RUN_AHEAD_MS`` of event time ahead of what this tracker has seen re-keyed, whatever the fault does.
     """
 
+    IDLE_S = 15.0
+
     def __init__(self, bootstrap: str, topic: str):
         self.bootstrap, self.topic = bootstrap, topic
         self.seen: set[str] = set()
+        self.positions: dict[int, int] = {}      # partition -> the next offset to read
+        self.consumers = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rekey-tracker", daemon=True)
 
@@ -181,27 +185,40 @@ class RekeyTracker:
         from schemas.codec import get_codec
 
         codec = get_codec()
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"yrdbus-faults-{uuid.uuid4().hex[:6]}",
-                      "enable.auto.commit": False, "log_level": 0, "logger": _Quiet()})
-        try:
-            while not self._stop.is_set():
-                try:
-                    meta = c.list_topics(self.topic, timeout=5).topics.get(self.topic)
-                except Exception:
-                    meta = None
-                if meta is not None and meta.error is None and meta.partitions:
-                    c.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-                    break
-                time.sleep(0.2)
-            while not self._stop.is_set():
-                for m in c.consume(1000, timeout=0.2):
-                    if m.error() is None and m.value():
-                        try:
-                            self.seen.add(codec.decode(m.value())[1]["event_id"])
-                        except Exception:
-                            pass
-        finally:
-            c.close()
+        while not self._stop.is_set():
+            c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"yrdbus-faults-{uuid.uuid4().hex[:6]}",
+                          "enable.auto.commit": False, "log_level": 0, "logger": _Quiet()})
+            self.consumers += 1
+            try:
+                while not self._stop.is_set():
+                    try:
+                        meta = c.list_topics(self.topic, timeout=5).topics.get(self.topic)
+                    except Exception:
+                        meta = None
+                    if meta is not None and meta.error is None and meta.partitions:
+                        c.assign([TopicPartition(self.topic, p, self.positions.get(p, OFFSET_BEGINNING))
+                                  for p in meta.partitions])
+                        break
+                    time.sleep(0.2)
+                read_at = time.monotonic()
+                # a consumer that read nothing for IDLE_S is made again where it was: librdkafka's clients were seen
+                # to stay cut off from a broker that came back after an outage
+                while not self._stop.is_set() and time.monotonic() - read_at < self.IDLE_S:
+                    for m in c.consume(1000, timeout=0.2):
+                        if m.error() is None:
+                            read_at = time.monotonic()
+                            self.positions[m.partition()] = m.offset() + 1
+                            if m.value():
+                                try:
+                                    self.seen.add(codec.decode(m.value())[1]["event_id"])
+                                except Exception:
+                                    pass
+            finally:
+                c.close()
+
+    def describe(self) -> str:
+        return (f"{len(self.seen)} events seen, read up to {dict(sorted(self.positions.items()))} by the "
+                f"{self.consumers} consumer(s) of the tracker")
 
 
 class _Quiet:
@@ -274,7 +291,8 @@ class Stations:
                                 self.on_stall()
                             raise FaultError(f"the stream layer re-keyed nothing for {STALL_S:.0f} s: the stations "
                                              f"wait at {i}/{n} for event {tracked[j][1]} (of "
-                                             f"{tracked[j][0].isoformat()}) to show in {self.tracker.topic}")
+                                             f"{tracked[j][0].isoformat()}) to show in {self.tracker.topic} "
+                                             f"({self.tracker.describe()})")
                         self.publisher.poll(0.02)
                         self.held_s += time.monotonic() - waited
                 due = t0 + self.seconds * i / n
