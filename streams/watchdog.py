@@ -112,7 +112,7 @@ class Watchdog:
         self._offsets = None
         self.probes = 0          # probes decided so far
         self.failed = 0          # probes in a row the broker did not answer
-        self._why: Optional[str] = None   # what kept the last probe from counting, as logged
+        self._said_recovering = False     # the log says the worker recovers (and is not judged)
 
     def start(self) -> "Watchdog":
         log.info("watchdog: the worker starts again after %.0f s with records waiting and no commit", self.clock.stall_s)
@@ -164,12 +164,11 @@ class Watchdog:
                     log.info("watchdog: the broker answers the probe again after %d failed", self.failed)
                     self.failed = 0
                 recovering = self.recovering()
-                why = "recovering" if recovering and probe is not None else None
-                if why != self._why:
+                if (recovering and probe is not None) != self._said_recovering:
                     # a worker recovering its tables commits nothing and is not judged: say so, and when it ends
-                    log.info("watchdog: %s", "the worker recovers its tables; not judged meanwhile" if why
-                             else "judging the worker's progress again")
-                    self._why = why
+                    self._said_recovering = not self._said_recovering
+                    log.info("watchdog: %s", "the worker recovers its tables; not judged meanwhile"
+                             if self._said_recovering else "judging the worker's progress again")
                 stalled = self.clock.observe(time.monotonic(), tps, probe, recovering)
                 self.probes += 1
                 if stalled:

@@ -563,19 +563,12 @@ class Sink:
         log.error("out of the consumer group for %.0f s while the broker answers: a new consumer joins it (the "
                   "old one's close goes on in the background)", now - self._out_since)
         old = self.consumer
-        self._forget_all()
+        self._drop(None)        # the new consumer reads them again, or replays them from the batch log
+        self._paused = False
         threading.Thread(target=_close_quietly, args=(old,), name="yrdbus-sink-old-consumer", daemon=True).start()
         self.stats["new_consumers"] += 1
         NEW_CONSUMERS.inc()
         self._subscribe()
-
-    def _forget_all(self) -> None:
-        """Drop every batch and record read and not written (the new consumer reads them again, or replays them
-        from the batch log), as a revoke of every partition does."""
-        for batch in [*self._batches.values(), *self._ready]:
-            batch.abandoned = True
-        self._batches, self._ready, self._backlog = {}, [], []
-        self._unchecked, self._skip, self._paused = set(), {}, False
 
     def run(self, *, duration: float | None = None, idle_exit_s: float | None = None) -> dict:
         """Consume until ``stop()``, ``duration`` seconds, or ``idle_exit_s`` seconds without a record."""
@@ -1025,12 +1018,19 @@ class Sink:
         if consumer is not self.consumer:
             return                    # the consumer a new one replaced, closing in the background
         self._out_since = time.monotonic()
-        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._drop({(tp.topic, tp.partition) for tp in partitions})
+
+    def _drop(self, revoked: set[tuple[str, int]] | None) -> None:
+        """Drop the batches of the ``revoked`` partitions (None: of every partition), written or not, and the
+        records read from them and not yet batched."""
         for batch in [*self._batches.values(), *self._ready, *self._in_flight]:
-            if revoked & batch.ranges.keys():
+            if revoked is None or revoked & batch.ranges.keys():
                 batch.abandoned = True
         self._batches = {t: b for t, b in self._batches.items() if not b.abandoned}
         self._ready = [b for b in self._ready if not b.abandoned]
+        if revoked is None:
+            self._backlog, self._unchecked, self._skip = [], set(), {}
+            return
         self._backlog = [m for m in self._backlog if (m.topic(), m.partition()) not in revoked]
         self._unchecked -= revoked
         for key in revoked:
